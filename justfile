@@ -1,0 +1,22 @@
+# Common tasks. `just --list` shows them.
+
+# Run the whole test suite (what CI runs, besides fmt and clippy).
+test:
+    cargo test
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Everything CI does.
+ci:
+    bash .ci/run
+
+# Create a demo PKI in ./pki and ./tlb.toml (refuses to overwrite).
+pki:
+    cargo run --release -- pki init
+
+# Release build.
+build:
+    cargo build --release

@@ -1,0 +1,40 @@
+//! One module per subcommand: its clap `Args` and `run(args)`.
+//!
+//! These are thin: they turn flags into calls of [`crate::core`] and print
+//! results for people. Anything reusable belongs in `core`.
+
+pub mod pki;
+
+use clap::{Parser, Subcommand};
+
+use crate::core::logging::LogFormat;
+
+/// tlb: a mutual-TLS layer-4 load balancer, with its own PKI, echo
+/// upstreams, client and load generator.
+#[derive(Debug, Parser)]
+#[command(name = "tlb", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and manage the CA, server and client certificates.
+    Pki(pki::Args),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Pki(a) => pki::run(a),
+        }
+    }
+}

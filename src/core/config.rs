@@ -1,0 +1,859 @@
+//! The `tlb.toml` model (SPEC §2): typed, defaulted, validated.
+//!
+//! [`Config::load`] reads a file, [`Config::parse`] a string. Every problem is a
+//! [`ConfigError`] that names the file, the 1-based line and the key, so a user
+//! can go straight to it. Relative paths in the file are resolved against the
+//! directory that holds the config file. Upstream host names are resolved when
+//! the config is loaded (and again on each reload), not per connection.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A problem in a config file, located by file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The config file as the user named it.
+    pub file: PathBuf,
+    /// 1-based line of the offending key or value (0 when unknown).
+    pub line: usize,
+    /// Dotted key path, e.g. `app[1].upstreams`.
+    pub key: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Lowest TLS version the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 (AEAD + ECDHE suites only) and 1.3.
+    V1_2,
+    /// TLS 1.3 only (the default).
+    V1_3,
+}
+
+/// `[tls]`: the listener's certificate and the trust root for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub crl: Option<PathBuf>,
+    pub min_version: TlsVersion,
+}
+
+/// `[admin]`: the plain-HTTP admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+/// Per-client limits (`[defaults]`, overridable per `[[client]]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Concurrent connections per client identity, across all apps.
+    pub max_connections: u32,
+    /// New connections per second (token-bucket refill rate).
+    pub connection_rate: f64,
+    /// Token-bucket capacity.
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10,
+            connection_rate: 20.0,
+            burst: 40,
+        }
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP accept to TLS handshake done.
+    pub handshake: Duration,
+    /// Connecting to an upstream (all retries together).
+    pub connect: Duration,
+    /// No bytes either way.
+    pub idle: Duration,
+    /// On SIGTERM/SIGINT: how long established connections may finish.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(5),
+            connect: Duration::from_secs(2),
+            idle: Duration::from_secs(600),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[app.health]`: active checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub send: Vec<u8>,
+    pub expect: Vec<u8>,
+}
+
+/// `[app.upstream_tls]`: TLS (optionally mutual) towards the upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// One upstream address, as written and as resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// As written in the config (used as its name in logs and metrics).
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// `[[app]]`: a group of upstreams reached through one listener (+ SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Lower-cased SNI names; empty = the listener's default app.
+    pub server_names: Vec<String>,
+    pub upstreams: Vec<UpstreamAddr>,
+    pub proxy_protocol: bool,
+    pub health: Option<HealthSettings>,
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// `[[client]]`: an identity (certificate CN) and what it may reach.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Client {
+    pub name: String,
+    pub apps: Vec<String>,
+    pub limits: Limits,
+    /// SHA-256 of the client's SubjectPublicKeyInfo, if pinned.
+    pub spki_sha256: Option<[u8; 32]>,
+}
+
+/// A whole, validated `tlb.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (for messages and reloads).
+    pub path: PathBuf,
+    pub tls: TlsSettings,
+    pub admin: Option<AdminSettings>,
+    pub defaults: Limits,
+    pub timeouts: Timeouts,
+    pub apps: Vec<App>,
+    pub clients: Vec<Client>,
+}
+
+impl Config {
+    /// Reads and validates `path`. A missing file is reported with the fix.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                "file not found; run `tlb pki init` to create one, or pass --config FILE".to_string()
+            } else {
+                format!("cannot read: {e}")
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                key: String::new(),
+                message,
+            }
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is used for messages and to
+    /// resolve relative paths (against its parent directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            let line = span.as_ref().map(|s| line_of(text, s.start)).unwrap_or(0);
+            let key = span
+                .map(|s| key_at(text, s))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_default();
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                key,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        let ctx = Ctx { text, path };
+        raw.validate(&ctx)
+    }
+
+    /// The app called `name`.
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// The client whose identity is `name`.
+    pub fn client(&self, name: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+
+    /// Distinct listen addresses, in the order apps name them.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for app in &self.apps {
+            if !out.contains(&app.listen) {
+                out.push(app.listen);
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw (as-written) structures, with spans for error messages.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    tls: RawTls,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    defaults: Option<Spanned<RawLimits>>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default, rename = "app")]
+    apps: Vec<Spanned<RawApp>>,
+    #[serde(default, rename = "client")]
+    clients: Vec<Spanned<RawClient>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    crl: Option<PathBuf>,
+    min_version: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<i64>>,
+    connection_rate: Option<Spanned<f64>>,
+    burst: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default, deserialize_with = "de_duration")]
+    handshake: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    idle: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    drain: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    #[serde(default)]
+    server_names: Vec<Spanned<String>>,
+    #[serde(default)]
+    upstreams: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    health: Option<Spanned<RawHealth>>,
+    upstream_tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default, deserialize_with = "de_duration")]
+    interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    timeout: Option<Duration>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    #[serde(default)]
+    send: String,
+    #[serde(default)]
+    expect: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: Spanned<String>,
+    #[serde(default)]
+    apps: Vec<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    connection_rate: Option<Spanned<f64>>,
+    burst: Option<Spanned<i64>>,
+    spki_sha256: Option<Spanned<String>>,
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    let dur = humantime::parse_duration(s.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"10m\""
+        ))
+    })?;
+    if dur.is_zero() {
+        return Err(serde::de::Error::custom("duration must be greater than zero"));
+    }
+    Ok(Some(dur))
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: line_of(self.text, span.start),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn err_noline(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: 0,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            return p;
+        }
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p,
+        }
+    }
+
+    fn positive(&self, v: &Spanned<i64>, key: String) -> Result<u32, ConfigError> {
+        let n = *v.get_ref();
+        if n < 1 || n > i64::from(u32::MAX) {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("must be a whole number from 1 to {}, got {n}", u32::MAX),
+            ));
+        }
+        Ok(n as u32)
+    }
+
+    fn rate(&self, v: &Spanned<f64>, key: String) -> Result<f64, ConfigError> {
+        let r = *v.get_ref();
+        if !(r.is_finite() && r > 0.0) {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("must be a positive number of connections per second, got {r}"),
+            ));
+        }
+        Ok(r)
+    }
+
+    fn limits(
+        &self,
+        base: Limits,
+        prefix: &str,
+        mc: &Option<Spanned<i64>>,
+        rate: &Option<Spanned<f64>>,
+        burst: &Option<Spanned<i64>>,
+    ) -> Result<Limits, ConfigError> {
+        let mut out = base;
+        if let Some(v) = mc {
+            out.max_connections = self.positive(v, format!("{prefix}max_connections"))?;
+        }
+        if let Some(v) = rate {
+            out.connection_rate = self.rate(v, format!("{prefix}connection_rate"))?;
+        }
+        if let Some(v) = burst {
+            out.burst = self.positive(v, format!("{prefix}burst"))?;
+        }
+        Ok(out)
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} has no port; write HOST:PORT, e.g. \"127.0.0.1:9001\""));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut it) => it.next().ok_or_else(|| format!("{s:?} resolved to no address")),
+        Err(e) => Err(format!("cannot resolve {s:?}: {e}")),
+    }
+}
+
+impl RawConfig {
+    fn validate(self, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
+        let min_version = match &self.tls.min_version {
+            None => TlsVersion::V1_3,
+            Some(v) => match v.get_ref().as_str() {
+                "1.3" => TlsVersion::V1_3,
+                "1.2" => TlsVersion::V1_2,
+                other => {
+                    return Err(ctx.err(
+                        v.span(),
+                        "tls.min_version",
+                        format!("unsupported TLS version {other:?}; use \"1.3\" (default) or \"1.2\""),
+                    ));
+                }
+            },
+        };
+        let tls = TlsSettings {
+            ca: ctx.resolve(self.tls.ca),
+            cert: ctx.resolve(self.tls.cert),
+            key: ctx.resolve(self.tls.key),
+            crl: self.tls.crl.map(|p| ctx.resolve(p)),
+            min_version,
+        };
+
+        let admin = match self.admin {
+            None => None,
+            Some(a) => Some(AdminSettings {
+                listen: a.listen.get_ref().parse().map_err(|_| {
+                    ctx.err(
+                        a.listen.span(),
+                        "admin.listen",
+                        format!("{:?} is not an IP:PORT address", a.listen.get_ref()),
+                    )
+                })?,
+            }),
+        };
+
+        let defaults = match &self.defaults {
+            None => Limits::default(),
+            Some(d) => {
+                let d = d.get_ref();
+                ctx.limits(
+                    Limits::default(),
+                    "defaults.",
+                    &d.max_connections,
+                    &d.connection_rate,
+                    &d.burst,
+                )?
+            }
+        };
+
+        let td = Timeouts::default();
+        let timeouts = Timeouts {
+            handshake: self.timeouts.handshake.unwrap_or(td.handshake),
+            connect: self.timeouts.connect.unwrap_or(td.connect),
+            idle: self.timeouts.idle.unwrap_or(td.idle),
+            drain: self.timeouts.drain.unwrap_or(td.drain),
+        };
+
+        if self.apps.is_empty() {
+            return Err(ctx.err_noline(
+                "app",
+                "no [[app]] defined; add at least one with a name, listen and upstreams",
+            ));
+        }
+
+        let mut apps: Vec<App> = Vec::with_capacity(self.apps.len());
+        let mut app_spans: HashMap<String, Range<usize>> = HashMap::new();
+        for (i, sapp) in self.apps.into_iter().enumerate() {
+            let app_span = sapp.span();
+            let raw = sapp.into_inner();
+            let k = |field: &str| format!("app[{i}].{field}");
+            let name = raw.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return Err(ctx.err(raw.name.span(), k("name"), "app name must not be empty"));
+            }
+            if let Some(prev) = app_spans.get(&name) {
+                return Err(ctx.err(
+                    raw.name.span(),
+                    k("name"),
+                    format!(
+                        "duplicate app name {name:?} (first defined at line {}); app names must be unique",
+                        line_of(ctx.text, prev.start)
+                    ),
+                ));
+            }
+            app_spans.insert(name.clone(), raw.name.span());
+            let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|_| {
+                ctx.err(
+                    raw.listen.span(),
+                    k("listen"),
+                    format!(
+                        "{:?} is not an IP:PORT address, e.g. \"127.0.0.1:8443\"",
+                        raw.listen.get_ref()
+                    ),
+                )
+            })?;
+            let ups = match &raw.upstreams {
+                None => {
+                    return Err(ctx.err(
+                        app_span,
+                        k("upstreams"),
+                        format!("app {name:?} has no upstreams; add upstreams = [\"HOST:PORT\", ...]"),
+                    ));
+                }
+                Some(u) if u.get_ref().is_empty() => {
+                    return Err(ctx.err(
+                        u.span(),
+                        k("upstreams"),
+                        format!("app {name:?} has no upstreams; list at least one \"HOST:PORT\""),
+                    ));
+                }
+                Some(u) => u.get_ref(),
+            };
+            let mut upstreams = Vec::with_capacity(ups.len());
+            for u in ups {
+                let text = u.get_ref().trim().to_string();
+                let addr = parse_socket_addr(&text).map_err(|m| ctx.err(u.span(), k("upstreams"), m))?;
+                if upstreams.iter().any(|x: &UpstreamAddr| x.name == text) {
+                    return Err(ctx.err(u.span(), k("upstreams"), format!("upstream {text:?} is listed twice")));
+                }
+                upstreams.push(UpstreamAddr { name: text, addr });
+            }
+            let mut server_names = Vec::new();
+            for sn in &raw.server_names {
+                let n = sn.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+                if n.is_empty() {
+                    return Err(ctx.err(sn.span(), k("server_names"), "empty server name"));
+                }
+                if !server_names.contains(&n) {
+                    server_names.push(n);
+                }
+            }
+            let health = match raw.health {
+                None => None,
+                Some(h) => {
+                    let span = h.span();
+                    let h = h.into_inner();
+                    let rise = h
+                        .rise
+                        .as_ref()
+                        .map(|v| ctx.positive(v, k("health.rise")))
+                        .transpose()?
+                        .unwrap_or(2);
+                    let fall = h
+                        .fall
+                        .as_ref()
+                        .map(|v| ctx.positive(v, k("health.fall")))
+                        .transpose()?
+                        .unwrap_or(3);
+                    let interval = h.interval.unwrap_or(Duration::from_secs(5));
+                    let timeout = h.timeout.unwrap_or(Duration::from_secs(1));
+                    if timeout > interval {
+                        return Err(ctx.err(span, k("health.timeout"), "health timeout must not exceed the interval"));
+                    }
+                    Some(HealthSettings {
+                        interval,
+                        timeout,
+                        rise,
+                        fall,
+                        send: h.send.into_bytes(),
+                        expect: h.expect.into_bytes(),
+                    })
+                }
+            };
+            let upstream_tls = match raw.upstream_tls {
+                None => None,
+                Some(t) => {
+                    if t.cert.is_some() != t.key.is_some() {
+                        return Err(ctx.err(
+                            app_span,
+                            k("upstream_tls"),
+                            "set both cert and key (for mTLS to upstreams) or neither",
+                        ));
+                    }
+                    Some(UpstreamTls {
+                        ca: ctx.resolve(t.ca),
+                        cert: t.cert.map(|p| ctx.resolve(p)),
+                        key: t.key.map(|p| ctx.resolve(p)),
+                        server_name: t.server_name,
+                    })
+                }
+            };
+            apps.push(App {
+                name,
+                listen,
+                server_names,
+                upstreams,
+                proxy_protocol: raw.proxy_protocol,
+                health,
+                upstream_tls,
+            });
+        }
+
+        // Apps sharing a listener must be told apart by SNI: at most one
+        // default (no server_names) app, and no name claimed twice.
+        let mut by_listener: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        for (i, a) in apps.iter().enumerate() {
+            by_listener.entry(a.listen).or_default().push(i);
+        }
+        for idxs in by_listener.values().filter(|v| v.len() > 1) {
+            let mut default_app: Option<&str> = None;
+            let mut claimed: HashMap<&str, &str> = HashMap::new();
+            for &i in idxs {
+                let a = &apps[i];
+                let span = app_spans.get(&a.name).cloned().unwrap_or(0..0);
+                if a.server_names.is_empty() {
+                    if let Some(other) = default_app {
+                        return Err(ctx.err(
+                            span,
+                            format!("app[{i}].server_names"),
+                            format!("apps {other:?} and {:?} share listener {} without distinct server_names; give each app its own server_names", a.name, a.listen),
+                        ));
+                    }
+                    default_app = Some(&a.name);
+                }
+                for n in &a.server_names {
+                    if let Some(other) = claimed.insert(n, &a.name) {
+                        return Err(ctx.err(
+                            span,
+                            format!("app[{i}].server_names"),
+                            format!("server name {n:?} is claimed by apps {other:?} and {:?} on listener {}; server_names must be distinct", a.name, a.listen),
+                        ));
+                    }
+                }
+            }
+        }
+
+        let mut clients: Vec<Client> = Vec::with_capacity(self.clients.len());
+        let mut seen: HashSet<String> = HashSet::new();
+        for (i, sc) in self.clients.into_iter().enumerate() {
+            let raw = sc.into_inner();
+            let k = |field: &str| format!("client[{i}].{field}");
+            let name = raw.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return Err(ctx.err(
+                    raw.name.span(),
+                    k("name"),
+                    "client name (the certificate CN) must not be empty",
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(ctx.err(
+                    raw.name.span(),
+                    k("name"),
+                    format!("duplicate client {name:?}; each identity may appear once"),
+                ));
+            }
+            let mut allowed = Vec::with_capacity(raw.apps.len());
+            for a in &raw.apps {
+                let an = a.get_ref().trim();
+                if !app_spans.contains_key(an) {
+                    let known: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+                    return Err(ctx.err(
+                        a.span(),
+                        k("apps"),
+                        format!(
+                            "client {name:?} names unknown app {an:?}; known apps: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                if !allowed.iter().any(|x: &String| x == an) {
+                    allowed.push(an.to_string());
+                }
+            }
+            let limits = ctx.limits(
+                defaults,
+                &format!("client[{i}]."),
+                &raw.max_connections,
+                &raw.connection_rate,
+                &raw.burst,
+            )?;
+            let spki_sha256 = match &raw.spki_sha256 {
+                None => None,
+                Some(s) => {
+                    let hexs: String = s.get_ref().chars().filter(|c| *c != ':').collect();
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(hexs.trim(), &mut out).map_err(|_| {
+                        ctx.err(
+                            s.span(),
+                            k("spki_sha256"),
+                            "must be 64 hex digits (SHA-256 of the client's public key; `tlb pki show` prints it)",
+                        )
+                    })?;
+                    Some(out)
+                }
+            };
+            clients.push(Client {
+                name,
+                apps: allowed,
+                limits,
+                spki_sha256,
+            });
+        }
+
+        Ok(Config {
+            path: ctx.path.to_path_buf(),
+            tls,
+            admin,
+            defaults,
+            timeouts,
+            apps,
+            clients,
+        })
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The key text under a span, when it looks like a bare key.
+fn key_at(text: &str, span: Range<usize>) -> String {
+    let s = text.get(span).unwrap_or("").trim();
+    if !s.is_empty()
+        && s.len() < 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        s.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// A working `tlb.toml` for a PKI at `pki_dir` (as the config should spell
+/// it) and the given clients: app `echo` on 127.0.0.1:8443 over
+/// 127.0.0.1:9001-9003 (`tlb upstream --count 3`). Every client but the last
+/// is authorized; the last (client4 by default) is left out on purpose, so the
+/// default-deny path can be seen. With a single client, it is authorized.
+pub fn example_toml(pki_dir: &str, clients: &[String]) -> String {
+    let p = pki_dir.trim_end_matches('/');
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut s = format!(
+        r#"# tlb configuration (SPEC §2). Paths are relative to this file's directory.
+
+[tls]
+ca   = {ca}           # trust root for client certificates
+cert = {cert}
+key  = {key}
+crl  = {crl}           # revoked client certificates are refused
+# min_version = "1.3"        # default: TLS 1.3 only; "1.2" also allows TLS 1.2 (AEAD + ECDHE)
+
+# [admin]
+# listen = "127.0.0.1:9090"  # plain-HTTP admin: /metrics /healthz /status
+
+[defaults]                   # per-client limits unless a [[client]] overrides them
+max_connections = 10         # concurrent connections per client identity
+connection_rate = 20         # new connections per second (token bucket)
+burst = 40
+
+[timeouts]
+handshake = "5s"             # TCP accept -> TLS handshake done
+connect   = "2s"             # to an upstream, retries included
+idle      = "10m"            # no bytes either way
+drain     = "30s"            # SIGTERM/SIGINT: grace period for open connections
+
+[[app]]
+name = "echo"
+listen = "127.0.0.1:8443"
+server_names = []            # SNI names that select this app on a shared listener
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+"#,
+        ca = q(&format!("{p}/ca.crt")),
+        cert = q(&format!("{p}/server.crt")),
+        key = q(&format!("{p}/server.key")),
+        crl = q(&format!("{p}/crl.pem")),
+    );
+    let allowed = if clients.len() > 1 {
+        &clients[..clients.len() - 1]
+    } else {
+        clients
+    };
+    for c in allowed {
+        s.push_str(&format!("\n[[client]]\nname = {}\napps = [\"echo\"]\n", q(c)));
+    }
+    if let (true, Some(last)) = (clients.len() > 1, clients.last()) {
+        s.push_str(&format!(
+            "\n# {last} has a valid certificate but no [[client]] entry: it is refused during the handshake.\n"
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_counts_from_one() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+    }
+
+    #[test]
+    fn socket_addr_without_port_is_explained() {
+        let e = parse_socket_addr("localhost").unwrap_err();
+        assert!(e.contains("no port"), "{e}");
+    }
+}

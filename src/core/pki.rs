@@ -1,0 +1,658 @@
+//! The built-in PKI: a CA, server and client certificates, and a CRL, made
+//! with rcgen and laid out as SPEC §1.1 describes.
+//!
+//! Promises: the directory is 0700 and every key file 0600 (PKCS#8 PEM);
+//! every certificate has a random 127-bit serial, so revocation by serial is
+//! unambiguous; files are written to a temporary name and renamed, so a
+//! failure never leaves a half-written key; nothing is overwritten unless the
+//! caller asks (`force`). The CRL is the record of revocations: `show` reads it.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType,
+    SerialNumber,
+};
+use time::{Duration as TimeDuration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Key algorithm for newly generated keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256 (default; accepted everywhere).
+    #[default]
+    #[value(name = "ecdsa-p256")]
+    EcdsaP256,
+    /// Ed25519 (smaller, faster to sign; needs OpenSSL >= 1.1.1 on peers).
+    #[value(name = "ed25519")]
+    Ed25519,
+}
+
+impl KeyType {
+    fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ca,
+    Server,
+    Client,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Ca => "ca",
+            Role::Server => "server",
+            Role::Client => "client",
+        })
+    }
+}
+
+/// Validity window of a new certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From five minutes ago (clock skew) to `days` from now.
+    pub fn days(days: u32) -> Validity {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - TimeDuration::minutes(5),
+            not_after: now + TimeDuration::days(i64::from(days)),
+        }
+    }
+}
+
+/// Options of `tlb pki init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub clients: Vec<String>,
+    pub server_names: Vec<String>,
+    pub key_type: KeyType,
+    /// Validity of server and client certificates; the CA gets at least ten years.
+    pub days: u32,
+    pub force: bool,
+}
+
+/// One certificate as `show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub name: String,
+    pub role: Role,
+    /// CN for clients and the CA; the SANs for servers.
+    pub identity: String,
+    /// Upper-case hex, no separators.
+    pub serial: String,
+    pub not_after: String,
+    pub expired: bool,
+    pub revoked: bool,
+    pub spki_sha256: String,
+    pub path: PathBuf,
+}
+
+/// A PKI directory (`pki/` by default) and the paths inside it.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    dir: PathBuf,
+}
+
+/// CA validity floor: leaf `--days` must not make the CA expire first.
+const CA_MIN_DAYS: u32 = 3650;
+
+impl Pki {
+    pub fn new(dir: impl Into<PathBuf>) -> Pki {
+        Pki { dir: dir.into() }
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+    pub fn clients_dir(&self) -> PathBuf {
+        self.dir.join("clients")
+    }
+    pub fn servers_dir(&self) -> PathBuf {
+        self.dir.join("servers")
+    }
+    /// `(cert, key)` of client `name`.
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.clients_dir();
+        (d.join(format!("{name}.crt")), d.join(format!("{name}.key")))
+    }
+    /// `(cert, key)` of extra server certificate `name` (from `issue --server`).
+    pub fn server(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = self.servers_dir();
+        (d.join(format!("{name}.crt")), d.join(format!("{name}.key")))
+    }
+
+    /// Creates the CA, the server certificate, the clients and an empty CRL.
+    /// Returns the files written.
+    pub fn init(&self, opts: &InitOptions) -> Result<Vec<PathBuf>> {
+        for c in &opts.clients {
+            check_name(c)?;
+        }
+        if opts.clients.is_empty() {
+            bail!("--clients is empty; name at least one client, e.g. --clients client1,client2");
+        }
+        if opts.days == 0 {
+            bail!("--days must be at least 1");
+        }
+        let existing: Vec<PathBuf> = [self.ca_cert(), self.ca_key()]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        if !existing.is_empty() && !opts.force {
+            bail!(
+                "a PKI already exists in {} ({}); pass --force to replace it (every certificate issued from the old CA stops working)",
+                self.dir.display(),
+                existing[0].display()
+            );
+        }
+        make_private_dir(&self.dir)?;
+        if opts.force {
+            // A new CA invalidates every old leaf: remove them so the
+            // directory never mixes certificates from two CAs.
+            for d in [self.clients_dir(), self.servers_dir()] {
+                remove_pem_files(&d)?;
+            }
+        }
+        make_private_dir(&self.clients_dir())?;
+
+        let mut written = Vec::new();
+        let ca_key = KeyPair::generate_for(opts.key_type.algorithm()).context("generating the CA key")?;
+        let ca_days = opts.days.max(CA_MIN_DAYS);
+        let ca_params = ca_params(Validity::days(ca_days))?;
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .context("self-signing the CA certificate")?;
+        write_file(&self.ca_key(), ca_key.serialize_pem().as_bytes(), 0o600)?;
+        written.push(self.ca_key());
+        write_file(&self.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
+        written.push(self.ca_cert());
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let validity = Validity::days(opts.days);
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        for n in &opts.server_names {
+            let n = n.trim().to_string();
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let (cert, key) = self.sign_leaf(&issuer, Role::Server, "tlb server", &names, opts.key_type, validity)?;
+        write_file(&self.server_key(), key.as_bytes(), 0o600)?;
+        write_file(&self.server_cert(), cert.as_bytes(), 0o644)?;
+        written.extend([self.server_key(), self.server_cert()]);
+
+        for c in &opts.clients {
+            let (cert, key) = self.sign_leaf(&issuer, Role::Client, c, &[], opts.key_type, validity)?;
+            let (cp, kp) = self.client(c);
+            write_file(&kp, key.as_bytes(), 0o600)?;
+            write_file(&cp, cert.as_bytes(), 0o644)?;
+            written.extend([cp, kp]);
+        }
+
+        let crl = build_crl(&issuer, Vec::new(), 1)?;
+        write_file(&self.crl(), crl.as_bytes(), 0o644)?;
+        written.push(self.crl());
+        Ok(written)
+    }
+
+    /// Issues one more certificate from the existing CA: a client (CN =
+    /// `name`) or, with `Role::Server`, a server certificate whose SANs are
+    /// `name` plus the loopback names. Returns `(cert, key)` paths.
+    pub fn issue(
+        &self,
+        name: &str,
+        role: Role,
+        key_type: KeyType,
+        validity: Validity,
+        force: bool,
+    ) -> Result<(PathBuf, PathBuf)> {
+        check_name(name)?;
+        let issuer = self.load_issuer()?;
+        let ca_not_after = self.ca_not_after()?;
+        let validity = Validity {
+            not_before: validity.not_before,
+            not_after: validity.not_after.min(ca_not_after),
+        };
+        let (cp, kp, sans) = match role {
+            Role::Client => {
+                let (c, k) = self.client(name);
+                (c, k, Vec::new())
+            }
+            Role::Server => {
+                let (c, k) = self.server(name);
+                let mut sans = vec![name.to_string()];
+                for n in ["localhost", "127.0.0.1", "::1"] {
+                    if n != name {
+                        sans.push(n.to_string());
+                    }
+                }
+                (c, k, sans)
+            }
+            Role::Ca => bail!("a CA is made by `tlb pki init`, not `issue`"),
+        };
+        if cp.exists() && !force {
+            bail!(
+                "{} already exists; revoke it with `tlb pki revoke {name}` and pass --force to issue a new one",
+                cp.display()
+            );
+        }
+        make_private_dir(cp.parent().unwrap_or(&self.dir))?;
+        let cn = if role == Role::Server { "tlb server" } else { name };
+        let (cert, key) = self.sign_leaf(&issuer, role, cn, &sans, key_type, validity)?;
+        write_file(&kp, key.as_bytes(), 0o600)?;
+        write_file(&cp, cert.as_bytes(), 0o644)?;
+        Ok((cp, kp))
+    }
+
+    /// Adds the serial of certificate `name` (a client, an extra server, or
+    /// `server`) to `crl.pem`, re-signed by the CA with the next CRL number.
+    /// Returns the revoked serial (hex). Revoking twice is an error.
+    pub fn revoke(&self, name: &str) -> Result<String> {
+        check_name(name)?;
+        let cert_path = self.find_cert(name)?;
+        let der = read_cert_der(&cert_path)?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| anyhow!("{} is not a valid certificate: {e}", cert_path.display()))?;
+        let serial = cert.raw_serial().to_vec();
+        let serial_hex = hex::encode_upper(&serial);
+        let issuer = self.load_issuer()?;
+        let (mut revoked, number) = self.read_crl()?;
+        if revoked.iter().any(|r| r.serial_number.to_bytes() == serial) {
+            bail!(
+                "{name} (serial {serial_hex}) is already revoked in {}",
+                self.crl().display()
+            );
+        }
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: OffsetDateTime::now_utc(),
+            reason_code: None,
+            invalidity_date: None,
+        });
+        let crl = build_crl(&issuer, revoked, number + 1)?;
+        write_file(&self.crl(), crl.as_bytes(), 0o644)?;
+        Ok(serial_hex)
+    }
+
+    /// Every certificate in the directory with its state, CA first.
+    pub fn show(&self) -> Result<Vec<CertInfo>> {
+        if !self.ca_cert().exists() {
+            bail!(
+                "no PKI in {} (no ca.crt); run `tlb pki init` or pass --dir",
+                self.dir.display()
+            );
+        }
+        let revoked: Vec<Vec<u8>> = self.read_crl()?.0.iter().map(|r| r.serial_number.to_bytes()).collect();
+        let mut out = Vec::new();
+        out.push(cert_info("ca", Role::Ca, &self.ca_cert(), &revoked)?);
+        if self.server_cert().exists() {
+            out.push(cert_info("server", Role::Server, &self.server_cert(), &revoked)?);
+        }
+        for (dir, role) in [(self.servers_dir(), Role::Server), (self.clients_dir(), Role::Client)] {
+            for path in list_certs(&dir)? {
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                out.push(cert_info(&name, role, &path, &revoked)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn find_cert(&self, name: &str) -> Result<PathBuf> {
+        let candidates = [self.client(name).0, self.server(name).0];
+        if let Some(p) = candidates.iter().find(|p| p.exists()) {
+            return Ok(p.clone());
+        }
+        if name == "server" && self.server_cert().exists() {
+            return Ok(self.server_cert());
+        }
+        bail!(
+            "no certificate named {name:?} in {} (looked for clients/{name}.crt and servers/{name}.crt); `tlb pki show` lists them",
+            self.dir.display()
+        )
+    }
+
+    fn load_issuer(&self) -> Result<Issuer<'static, KeyPair>> {
+        let ca_pem = fs::read_to_string(self.ca_cert()).with_context(|| {
+            format!(
+                "reading CA certificate {} (run `tlb pki init` or pass --dir)",
+                self.ca_cert().display()
+            )
+        })?;
+        let key_pem = fs::read_to_string(self.ca_key()).with_context(|| {
+            format!(
+                "reading CA key {} (run `tlb pki init` or pass --dir)",
+                self.ca_key().display()
+            )
+        })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            anyhow!(
+                "CA key {} is not a valid PKCS#8 PEM private key ({e}); restore it from backup or re-create the PKI with `tlb pki init --force`",
+                self.ca_key().display()
+            )
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| {
+            anyhow!(
+                "CA certificate {} is not valid PEM ({e}); re-create the PKI with `tlb pki init --force`",
+                self.ca_cert().display()
+            )
+        })?;
+        // The key must belong to the certificate, or everything we sign is junk.
+        let ca_der = read_cert_der(&self.ca_cert())?;
+        let (_, ca) =
+            X509Certificate::from_der(&ca_der).map_err(|e| anyhow!("parsing {}: {e}", self.ca_cert().display()))?;
+        if ca.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(issuer.key()) {
+            bail!(
+                "CA key {} does not match CA certificate {}; restore the matching pair or re-create with `tlb pki init --force`",
+                self.ca_key().display(),
+                self.ca_cert().display()
+            );
+        }
+        Ok(issuer)
+    }
+
+    fn ca_not_after(&self) -> Result<OffsetDateTime> {
+        let der = read_cert_der(&self.ca_cert())?;
+        let (_, ca) =
+            X509Certificate::from_der(&der).map_err(|e| anyhow!("parsing {}: {e}", self.ca_cert().display()))?;
+        OffsetDateTime::from_unix_timestamp(ca.validity().not_after.timestamp()).context("CA expiry out of range")
+    }
+
+    /// Revoked entries and the CRL number of the current `crl.pem`
+    /// (empty and 0 when there is none yet).
+    fn read_crl(&self) -> Result<(Vec<RevokedCertParams>, u64)> {
+        let path = self.crl();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
+            .map_err(|e| anyhow!("{} is not a PEM CRL: {e}", path.display()))?;
+        let (_, crl) = x509_parser::parse_x509_crl(&pem.contents)
+            .map_err(|e| anyhow!("{} is not a valid CRL: {e}", path.display()))?;
+        let number = crl
+            .crl_number()
+            .and_then(|n| u64::try_from(n.clone()).ok())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for r in crl.iter_revoked_certificates() {
+            out.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(r.raw_serial()),
+                revocation_time: OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
+                    .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        Ok((out, number))
+    }
+
+    fn sign_leaf(
+        &self,
+        issuer: &Issuer<'_, KeyPair>,
+        role: Role,
+        cn: &str,
+        sans: &[String],
+        key_type: KeyType,
+        validity: Validity,
+    ) -> Result<(String, String)> {
+        let key = KeyPair::generate_for(key_type.algorithm()).context("generating a key")?;
+        let mut params = CertificateParams::default();
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        params.serial_number = Some(random_serial()?);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if key_type == KeyType::EcdsaP256 && role == Role::Server {
+            params.key_usages.push(KeyUsagePurpose::KeyAgreement);
+        }
+        params.extended_key_usages = vec![match role {
+            Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
+            _ => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        for s in sans {
+            params.subject_alt_names.push(match s.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(s.clone().try_into().map_err(|_| {
+                    anyhow!("server name {s:?} is not a valid DNS name; use letters, digits, '-' and '.'")
+                })?),
+            });
+        }
+        let cert = params
+            .signed_by(&key, issuer)
+            .with_context(|| format!("signing the certificate for {cn}"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+fn ca_params(validity: Validity) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    params.serial_number = Some(random_serial()?);
+    let mut dn = DistinguishedName::new();
+    let id = hex::encode_upper(random_bytes::<3>()?);
+    dn.push(DnType::CommonName, format!("tlb CA {id}"));
+    dn.push(DnType::OrganizationName, "tlb");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    Ok(params)
+}
+
+fn build_crl(issuer: &Issuer<'_, KeyPair>, revoked: Vec<RevokedCertParams>, number: u64) -> Result<String> {
+    let now = OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now - TimeDuration::minutes(5),
+        next_update: now + TimeDuration::days(365),
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(issuer).context("signing the CRL")?;
+    crl.pem().context("encoding the CRL as PEM")
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow!("the system random number generator failed"))?;
+    Ok(b)
+}
+
+/// 16 random bytes, positive (top bit clear) and with a non-zero first byte
+/// so the DER encoding keeps all 127 bits.
+fn random_serial() -> Result<SerialNumber> {
+    let mut b = random_bytes::<16>()?;
+    b[0] = (b[0] & 0x7f) | 0x01;
+    Ok(SerialNumber::from_slice(&b))
+}
+
+/// Names become file names: keep them to a safe alphabet.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("invalid name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'");
+    }
+    Ok(())
+}
+
+fn make_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "creating directory {} (check the path and its permissions, or pass --dir)",
+                dir.display()
+            )
+        })?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", dir.display()))
+}
+
+/// Writes `bytes` to `path` with `mode`, through a temporary file and a rename.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    let res = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| {
+            format!(
+                "writing {} (check the directory's permissions, or pass --dir)",
+                path.display()
+            )
+        });
+    }
+    Ok(())
+}
+
+fn remove_pem_files(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        if matches!(path.extension().and_then(|e| e.to_str()), Some("crt" | "key")) {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn list_certs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("crt") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// DER of the first certificate in a PEM file.
+pub fn read_cert_der(path: &Path) -> Result<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der =
+        CertificateDer::from_pem_file(path).map_err(|e| anyhow!("reading certificate {}: {e}", path.display()))?;
+    Ok(der.to_vec())
+}
+
+fn cert_info(name: &str, role: Role, path: &Path, revoked: &[Vec<u8>]) -> Result<CertInfo> {
+    let der = read_cert_der(path)?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| anyhow!("{} is not a valid certificate: {e}", path.display()))?;
+    let identity = match role {
+        Role::Server => match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .map(|g| match g {
+                    x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b)
+                            .map(|a| IpAddr::from(a).to_string())
+                            .unwrap_or_default(),
+                        16 => <[u8; 16]>::try_from(*b)
+                            .map(|a| IpAddr::from(a).to_string())
+                            .unwrap_or_default(),
+                        _ => String::from("?"),
+                    },
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => String::new(),
+        },
+        _ => super::identity::common_name(&der).unwrap_or_default(),
+    };
+    let serial = cert.raw_serial().to_vec();
+    let not_after = cert.validity().not_after;
+    Ok(CertInfo {
+        name: name.to_string(),
+        role,
+        identity,
+        serial: hex::encode_upper(&serial),
+        not_after: not_after.to_datetime().date().to_string(),
+        expired: !cert.validity().is_valid(),
+        revoked: revoked.contains(&serial),
+        spki_sha256: super::identity::spki_sha256(&der).map(hex::encode).unwrap_or_default(),
+        path: path.to_path_buf(),
+    })
+}

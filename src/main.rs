@@ -1,0 +1,22 @@
+//! The `tlb` binary: parse flags, start logging, dispatch. Nothing else.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tlb::cmd::Cli::parse();
+    if let Err(e) = tlb::core::logging::init(cli.verbose, cli.log_format) {
+        eprintln!("tlb: error: {e:#}");
+        return ExitCode::from(2);
+    }
+    match cli.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined by ": ".
+            eprintln!("tlb: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
