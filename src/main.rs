@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the context chain joined by ": ".
             eprintln!("tlb: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(tlb::cmd::exit_code(&e))
         }
     }
 }

@@ -3,7 +3,10 @@
 //! These are thin: they turn flags into calls of [`crate::core`] and print
 //! results for people. Anything reusable belongs in `core`.
 
+pub mod client;
 pub mod pki;
+pub mod serve;
+pub mod upstream;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +31,12 @@ pub struct Cli {
 pub enum Command {
     /// Create and manage the CA, server and client certificates.
     Pki(pki::Args),
+    /// Run the load balancer from a config file.
+    Serve(serve::Args),
+    /// TCP echo servers for demos and tests.
+    Upstream(upstream::Args),
+    /// Connect with mTLS: send a message, or relay stdin/stdout.
+    Client(client::Args),
 }
 
 impl Cli {
@@ -35,6 +44,20 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Pki(a) => pki::run(a),
+            Command::Serve(a) => serve::run(a),
+            Command::Upstream(a) => upstream::run(a),
+            Command::Client(a) => client::run(a),
         }
+    }
+}
+
+/// Process exit status for an error: 3 = TLS handshake refused, 4 = closed
+/// by the balancer before any reply, 1 = anything else.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use crate::core::client::ClientError;
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::TlsRefused { .. }) => 3,
+        Some(ClientError::ClosedBeforeReply { .. }) => 4,
+        _ => 1,
     }
 }

@@ -1,6 +1,15 @@
 //! The reusable library behind every `tlb` subcommand.
 
+pub mod balancer;
+pub mod client;
 pub mod config;
 pub mod identity;
+pub mod limiter;
 pub mod logging;
+pub mod net;
 pub mod pki;
+pub mod relay;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+pub mod upstream;

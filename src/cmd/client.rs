@@ -1,0 +1,145 @@
+//! `tlb client`: an mTLS client like `ncat --ssl`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_lite::{AsyncRead, AsyncWrite};
+use rustls::pki_types::ServerName;
+
+use crate::core::client::{ClientOptions, connect, exchange, refused_or_io};
+use crate::core::relay::{RelayEnd, Side, Transferred, relay};
+use crate::core::tls::{ClientTlsFiles, client_config};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Balancer address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub connect: String,
+    /// Client name: uses <pki>/clients/NAME.crt and .key. Without it (and
+    /// without --cert-file) no client certificate is sent.
+    #[arg(long)]
+    pub cert: Option<String>,
+    /// PKI directory for --cert and the default --ca.
+    #[arg(long, default_value = "pki")]
+    pub pki: PathBuf,
+    /// Client certificate file (PEM), instead of --cert.
+    #[arg(long, requires = "key_file", conflicts_with = "cert")]
+    pub cert_file: Option<PathBuf>,
+    /// Client key file (PEM), with --cert-file.
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// CA that signed the server certificate (default: <pki>/ca.crt).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Server name for SNI and certificate check.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Also offer TLS 1.2.
+    #[arg(long)]
+    pub tls12: bool,
+    /// Seconds to wait for connect, handshake and (message mode) the reply.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Message to send (words joined by spaces, plus a newline). Without it,
+    /// stdin is relayed to the connection and the connection to stdout.
+    pub message: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (cert, key) = match (&args.cert, &args.cert_file, &args.key_file) {
+        (Some(name), None, None) => {
+            let d = args.pki.join("clients");
+            let (c, k) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
+            if !c.exists() {
+                bail!(
+                    "no certificate for client {name:?} at {} (see `tlb pki show --dir {}`, or pass --pki)",
+                    c.display(),
+                    args.pki.display()
+                );
+            }
+            (Some(c), Some(k))
+        }
+        (None, Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
+        _ => (None, None),
+    };
+    let ca = args.ca.clone().unwrap_or_else(|| args.pki.join("ca.crt"));
+    let tls = client_config(&ClientTlsFiles {
+        ca: &ca,
+        cert: cert.as_deref(),
+        key: key.as_deref(),
+        allow_tls12: args.tls12,
+        resumption: true,
+    })
+    .with_context(|| format!("loading client TLS files (CA {})", ca.display()))?;
+    let server_name = ServerName::try_from(args.server_name.clone()).map_err(|_| {
+        anyhow::anyhow!(
+            "--server-name {:?} is not a valid DNS name or IP address",
+            args.server_name
+        )
+    })?;
+    let opts = ClientOptions {
+        connect: args.connect.clone(),
+        server_name,
+        tls,
+        connect_timeout: Duration::from_secs(args.timeout),
+    };
+    if args.message.is_empty() {
+        return smol::block_on(interactive(&opts));
+    }
+    let mut message = args.message.join(" ");
+    message.push('\n');
+    let reply = smol::block_on(exchange(&opts, message.as_bytes(), Duration::from_secs(args.timeout)))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&reply).context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    Ok(())
+}
+
+/// stdin -> connection, connection -> stdout, until both ends close.
+async fn interactive(opts: &ClientOptions) -> Result<()> {
+    let (addr, mut tls) = connect(opts).await?;
+    let mut local = StdPair {
+        stdin: smol::Unblock::new(std::io::stdin()),
+        stdout: smol::Unblock::new(std::io::stdout()),
+    };
+    let mut moved = Transferred::default();
+    // No idle limit for an interactive session (a day is "none" here).
+    match relay(&mut local, &mut tls, Duration::from_secs(86_400), &mut moved).await {
+        RelayEnd::Done | RelayEnd::Idle => Ok(()),
+        RelayEnd::Error(Side::B, e) => {
+            if moved.b_to_a == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof {
+                return Err(crate::core::client::ClientError::ClosedBeforeReply { addr }.into());
+            }
+            Err(refused_or_io(addr, e).into())
+        }
+        RelayEnd::Error(Side::A, e) => Err(e).context("stdin/stdout"),
+    }
+}
+
+/// stdin and stdout as one duplex stream.
+struct StdPair {
+    stdin: smol::Unblock<std::io::Stdin>,
+    stdout: smol::Unblock<std::io::Stdout>,
+}
+
+impl AsyncRead for StdPair {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stdin).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StdPair {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stdout).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_flush(cx)
+    }
+}

@@ -1,0 +1,87 @@
+//! `tlb upstream`: TCP echo servers for demos and tests.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use async_signal::{Signal, Signals};
+use futures_lite::StreamExt;
+use tracing::info;
+
+use crate::core::runtime::{Runtime, raise_fd_limit};
+use crate::core::server::bind_listener;
+use crate::core::upstream::{EchoOptions, serve_echo};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// First address to listen on; --count N uses N consecutive ports from here.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+    /// How many echo servers (consecutive ports).
+    #[arg(long, default_value_t = 1)]
+    pub count: u16,
+    /// Name; with --count N > 1 the servers are <name>1..<name>N.
+    #[arg(long, default_value = "up")]
+    pub name: String,
+    /// Send a first line `<name> client=<addr> sni=- identity=-` on each connection.
+    #[arg(long)]
+    pub greet: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    if u32::from(args.listen.port()) + u32::from(args.count) - 1 > u32::from(u16::MAX) {
+        bail!(
+            "--listen port {} + --count {} runs past port 65535",
+            args.listen.port(),
+            args.count
+        );
+    }
+    raise_fd_limit();
+    let mut servers = Vec::new();
+    for i in 0..args.count {
+        let mut addr = args.listen;
+        addr.set_port(args.listen.port() + i);
+        let name = if args.count == 1 {
+            args.name.clone()
+        } else {
+            format!("{}{}", args.name, i + 1)
+        };
+        let l = bind_listener(addr).with_context(|| format!("starting echo server {name}"))?;
+        servers.push((l, name, addr));
+    }
+    let rt = Runtime::new(args.threads).context("starting worker threads")?;
+    let signals = Signals::new([Signal::Term, Signal::Int]).context("installing signal handlers")?;
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    let ex = rt.executor().clone();
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for (l, name, addr) in servers {
+            println!("{name} echoing on {addr}");
+            let opts = EchoOptions {
+                name,
+                greet: args.greet,
+            };
+            let rx = stop_rx.clone();
+            let ex2 = ex.clone();
+            tasks.push(ex.spawn(async move {
+                serve_echo(&ex2, l, opts, async move {
+                    let _ = rx.recv().await;
+                })
+                .await
+            }));
+        }
+        let mut signals = signals;
+        let _ = signals.next().await;
+        info!("stopping");
+        drop(stop_tx);
+        for t in tasks {
+            t.await?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,209 @@
+//! Per-client limits, keyed by identity across all apps: concurrent
+//! connections (`max_connections`) and a token bucket (`connection_rate`
+//! new connections per second, `burst` capacity).
+//!
+//! Promises: a granted [`ClientSlot`] releases its concurrency slot on drop,
+//! on every exit path; locks are held for a few arithmetic operations only;
+//! state survives reloads (limits are updated in place).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::config::{Client, Limits};
+
+/// Why a connection was refused by the limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitRefusal {
+    /// `max_connections` concurrent connections already open.
+    MaxConnections,
+    /// The token bucket is empty (`connection_rate` / `burst`).
+    RateLimited,
+}
+
+impl LimitRefusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitRefusal::MaxConnections => "max_connections",
+            LimitRefusal::RateLimited => "rate_limited",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+/// Live state of one client identity.
+#[derive(Debug)]
+pub struct ClientState {
+    pub name: String,
+    active: AtomicU32,
+    max: AtomicU32,
+    total: AtomicU64,
+    refused: AtomicU64,
+    bucket: Mutex<Bucket>,
+}
+
+impl ClientState {
+    fn new(name: &str, limits: Limits) -> ClientState {
+        ClientState {
+            name: name.to_string(),
+            active: AtomicU32::new(0),
+            max: AtomicU32::new(limits.max_connections),
+            total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(limits.burst),
+                last: Instant::now(),
+                rate: limits.connection_rate,
+                burst: f64::from(limits.burst),
+            }),
+        }
+    }
+
+    fn update(&self, limits: Limits) {
+        self.max.store(limits.max_connections, Ordering::Relaxed);
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.rate = limits.connection_rate;
+        b.burst = f64::from(limits.burst);
+        b.tokens = b.tokens.min(b.burst);
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    pub fn max_connections(&self) -> u32 {
+        self.max.load(Ordering::Relaxed)
+    }
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Takes a concurrency slot and a token, or says why not.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<ClientSlot, LimitRefusal> {
+        let max = self.max.load(Ordering::Relaxed);
+        let prev = self.active.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(LimitRefusal::MaxConnections);
+        }
+        let slot = ClientSlot { client: self.clone() };
+        let granted = {
+            let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let elapsed = now.duration_since(b.last).as_secs_f64();
+            b.last = now;
+            b.tokens = (b.tokens + elapsed * b.rate).min(b.burst);
+            if b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                true
+            } else {
+                false
+            }
+        };
+        if !granted {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(LimitRefusal::RateLimited); // `slot` drops: concurrency slot released
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(slot)
+    }
+}
+
+/// A held concurrency slot; released on drop.
+#[derive(Debug)]
+pub struct ClientSlot {
+    client: Arc<ClientState>,
+}
+
+impl ClientSlot {
+    pub fn client(&self) -> &Arc<ClientState> {
+        &self.client
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.client.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// All clients' states.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    clients: HashMap<String, Arc<ClientState>>,
+}
+
+impl Limiter {
+    /// States for `clients`; entries of `previous` with the same name are
+    /// kept (so active counts and buckets survive a reload) with new limits.
+    pub fn new(clients: &[Client], previous: Option<&Limiter>) -> Limiter {
+        let mut map = HashMap::with_capacity(clients.len());
+        for c in clients {
+            let state = match previous.and_then(|p| p.clients.get(&c.name)) {
+                Some(s) => {
+                    s.update(c.limits);
+                    s.clone()
+                }
+                None => Arc::new(ClientState::new(&c.name, c.limits)),
+            };
+            map.insert(c.name.clone(), state);
+        }
+        Limiter { clients: map }
+    }
+
+    pub fn get(&self, identity: &str) -> Option<&Arc<ClientState>> {
+        self.clients.get(identity)
+    }
+
+    pub fn clients(&self) -> impl Iterator<Item = &Arc<ClientState>> {
+        self.clients.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(max: u32, rate: f64, burst: u32) -> Arc<ClientState> {
+        Arc::new(ClientState::new(
+            "c",
+            Limits {
+                max_connections: max,
+                connection_rate: rate,
+                burst,
+            },
+        ))
+    }
+
+    #[test]
+    fn max_connections_enforced_and_released() {
+        let s = state(2, 1000.0, 100);
+        let a = s.try_acquire().expect("first");
+        let _b = s.try_acquire().expect("second");
+        assert_eq!(s.try_acquire().unwrap_err(), LimitRefusal::MaxConnections);
+        drop(a);
+        assert!(s.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn bucket_empties_and_refusal_releases_slot() {
+        let s = state(100, 0.001, 3);
+        for _ in 0..3 {
+            drop(s.try_acquire().expect("within burst"));
+        }
+        assert_eq!(s.try_acquire().unwrap_err(), LimitRefusal::RateLimited);
+        assert_eq!(s.active(), 0);
+        assert_eq!(s.refused(), 1);
+    }
+}

@@ -1,0 +1,271 @@
+//! Bidirectional byte relay between two streams, driven by one task.
+//!
+//! Promises:
+//! - Bounded memory: one buffer of [`BUF_SIZE`] per direction at most, and
+//!   only while bytes are in flight: an idle direction returns its buffer to
+//!   a small per-thread pool, so idle connections hold no relay buffers.
+//! - Backpressure: nothing more is read from a side until what was read has
+//!   been written to the other.
+//! - Half-close: EOF from one side is passed on as a write shutdown of the
+//!   other (TCP FIN, or TLS close_notify + FIN); the other direction keeps
+//!   flowing until it ends too.
+//! - An error on either side ends the relay (the caller drops both streams);
+//!   no bytes flow either way for `idle` ends it too.
+//! - Fairness: a direction yields after [`POLL_BUDGET`] bytes per poll.
+//! - No lock: both directions are polled from one future, so a TLS stream
+//!   (one state machine) needs no split.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use smol::Timer;
+
+/// Size of one relay buffer: one maximal TLS record of plaintext.
+pub const BUF_SIZE: usize = 16 * 1024;
+/// Bytes one direction may move in one poll before yielding.
+pub const POLL_BUDGET: usize = 256 * 1024;
+/// Buffers kept per thread for reuse.
+const POOL_MAX: usize = 128;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_buf(b: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(b);
+        }
+    });
+}
+
+/// Which side of the relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first stream passed to [`relay`] (the client in tlb).
+    A,
+    /// The second stream (the upstream in tlb).
+    B,
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions reached EOF and were shut down.
+    Done,
+    /// No bytes moved for the idle timeout.
+    Idle,
+    /// An I/O error on one side.
+    Error(Side, io::Error),
+}
+
+/// Byte counts, readable while the relay runs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// Bytes read from A and written to B.
+    pub a_to_b: u64,
+    /// Bytes read from B and written to A.
+    pub b_to_a: u64,
+}
+
+/// One direction: read from `r`, write to `w`.
+#[derive(Default)]
+struct Pipe {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    len: usize,
+    read_eof: bool,
+    need_flush: bool,
+    done: bool,
+    moved: u64,
+}
+
+/// Result of polling one direction: which side failed, if any.
+type PipeResult = Result<(), (bool, io::Error)>; // bool: true = reader side failed
+
+impl Pipe {
+    /// Polls until this direction is finished (Ready(Ok)), fails, or would block.
+    /// Sets `*progress` when bytes moved.
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, progress: &mut bool) -> Poll<PipeResult>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut budget = POLL_BUDGET;
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            // 1. Drain what we hold.
+            while self.pos < self.len {
+                let Some(buf) = self.buf.as_ref() else { break };
+                match Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.len]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err((false, io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.moved += n as u64;
+                        self.need_flush = true;
+                        *progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // 2. Reader finished: flush and shut the writer down.
+            if self.read_eof {
+                if let Some(b) = self.buf.take() {
+                    give_buf(b);
+                }
+                match Pin::new(&mut *w).poll_close(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.done = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    // The peer may already be gone; its own direction reports that.
+                    Poll::Ready(Err(e)) if is_disconnect(&e) => {
+                        self.done = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if budget == 0 {
+                // Let other tasks run; come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // 3. Read more.
+            let buf = self.buf.get_or_insert_with(take_buf);
+            match Pin::new(&mut *r).poll_read(cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.read_eof = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pos = 0;
+                    self.len = n;
+                    budget = budget.saturating_sub(n);
+                    *progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
+                Poll::Pending => {
+                    // Nothing in flight: give the buffer back while idle.
+                    if let Some(b) = self.buf.take() {
+                        give_buf(b);
+                    }
+                    if self.need_flush {
+                        match Pin::new(&mut *w).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(b) = self.buf.take() {
+            give_buf(b);
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Relays between `a` and `b` until both directions end, one side fails,
+/// or nothing moves for `idle`. `progress` is updated as bytes move (so the
+/// caller can account partial transfers after an error).
+pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration, progress: &mut Transferred) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut r = Relay {
+        a,
+        b,
+        ab: Pipe::default(),
+        ba: Pipe::default(),
+        idle,
+        last_activity: Instant::now(),
+        timer: Timer::after(idle),
+        progress,
+    };
+    std::future::poll_fn(move |cx| r.poll_relay(cx)).await
+}
+
+struct Relay<'a, A: ?Sized, B: ?Sized> {
+    a: &'a mut A,
+    b: &'a mut B,
+    ab: Pipe,
+    ba: Pipe,
+    idle: Duration,
+    last_activity: Instant,
+    timer: Timer,
+    progress: &'a mut Transferred,
+}
+
+impl<A, B> Relay<'_, A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let mut moved = false;
+        let ab = self.ab.poll(cx, &mut *self.a, &mut *self.b, &mut moved);
+        let ba = self.ba.poll(cx, &mut *self.b, &mut *self.a, &mut moved);
+        self.progress.a_to_b = self.ab.moved;
+        self.progress.b_to_a = self.ba.moved;
+        if let Poll::Ready(Err((reader_failed, e))) = ab {
+            return Poll::Ready(RelayEnd::Error(if reader_failed { Side::A } else { Side::B }, e));
+        }
+        if let Poll::Ready(Err((reader_failed, e))) = ba {
+            return Poll::Ready(RelayEnd::Error(if reader_failed { Side::B } else { Side::A }, e));
+        }
+        if ab.is_ready() && ba.is_ready() {
+            return Poll::Ready(RelayEnd::Done);
+        }
+        if moved {
+            self.last_activity = Instant::now();
+        }
+        // Idle timer: re-armed lazily, only when it fires early.
+        loop {
+            match Pin::new(&mut self.timer).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => {
+                    let deadline = self.last_activity + self.idle;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(RelayEnd::Idle);
+                    }
+                    self.timer.set_at(deadline);
+                }
+            }
+        }
+    }
+}

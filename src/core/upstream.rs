@@ -1,0 +1,83 @@
+//! Echo upstream servers (`tlb upstream`): everything received is sent
+//! back; a half-close from the peer is answered by a half-close after the
+//! echo. With `greet`, one line comes first:
+//! `<name> client=<addr> sni=- identity=-`.
+//!
+//! Each connection is one task; memory per connection is one 16 KiB buffer.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use smol::{Async, Executor, Timer};
+use tracing::{debug, warn};
+
+/// How one echo server behaves.
+#[derive(Debug, Clone)]
+pub struct EchoOptions {
+    /// Name used in the greeting and logs (`up1`...).
+    pub name: String,
+    /// Send `<name> client=<addr> sni=- identity=-\n` first.
+    pub greet: bool,
+}
+
+/// Serves echo on `listener` until `shutdown` resolves.
+pub async fn serve_echo<S>(
+    ex: &Arc<Executor<'static>>,
+    listener: TcpListener,
+    opts: EchoOptions,
+    shutdown: S,
+) -> Result<()>
+where
+    S: std::future::Future<Output = ()>,
+{
+    listener
+        .set_nonblocking(true)
+        .context("setting the listener non-blocking")?;
+    let listener = Async::new(listener).context("registering the listener")?;
+    let opts = Arc::new(opts);
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let opts = opts.clone();
+                    ex.spawn(async move {
+                        if let Err(e) = echo(stream, peer, &opts).await {
+                            debug!(name = %opts.name, %peer, "echo connection ended: {e}");
+                        }
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    Timer::after(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    accept.or(shutdown).await;
+    Ok(())
+}
+
+async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) -> std::io::Result<()> {
+    let _ = stream.get_ref().set_nodelay(true);
+    let mut w = &stream;
+    if opts.greet {
+        let line = format!("{} client={peer} sni=- identity=-\n", opts.name);
+        w.write_all(line.as_bytes()).await?;
+    }
+    let mut r = &stream;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).await?;
+    }
+    w.flush().await?;
+    stream.get_ref().shutdown(std::net::Shutdown::Write)?;
+    Ok(())
+}
