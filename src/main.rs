@@ -7,7 +7,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = tlb::cmd::Cli::parse();
-    if let Err(e) = tlb::core::logging::init(cli.verbose, cli.log_format) {
+    if let Err(e) = tlb::core::logging::init(cli.verbose, cli.log_format, cli.quiet_by_default()) {
         eprintln!("tlb: error: {e:#}");
         return ExitCode::from(2);
     }

@@ -3,6 +3,7 @@
 //! These are thin: they turn flags into calls of [`crate::core`] and print
 //! results for people. Anything reusable belongs in `core`.
 
+pub mod bench;
 pub mod client;
 pub mod pki;
 pub mod serve;
@@ -37,9 +38,16 @@ pub enum Command {
     Upstream(upstream::Args),
     /// Connect with mTLS: send a message, or relay stdin/stdout.
     Client(client::Args),
+    /// Load generator; without --target it stands up the whole system on loopback.
+    Bench(bench::Args),
 }
 
 impl Cli {
+    /// Commands whose default log level is warnings only.
+    pub fn quiet_by_default(&self) -> bool {
+        matches!(self.command, Command::Bench(_))
+    }
+
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -47,6 +55,7 @@ impl Cli {
             Command::Serve(a) => serve::run(a),
             Command::Upstream(a) => upstream::run(a),
             Command::Client(a) => client::run(a),
+            Command::Bench(a) => bench::run(a),
         }
     }
 }

@@ -16,12 +16,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Call once, at start.
-pub fn init(verbose: u8, format: LogFormat) -> Result<()> {
+/// Installs the global subscriber. Call once, at start. `quiet` lowers the
+/// default level to warnings (for `bench`, whose in-process balancer would
+/// otherwise log every connection).
+pub fn init(verbose: u8, format: LogFormat, quiet: bool) -> Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(s) if !s.trim().is_empty() => EnvFilter::try_new(&s)
             .map_err(|e| anyhow!("RUST_LOG={s:?} is not a valid filter ({e}); e.g. RUST_LOG=tlb=debug"))?,
         _ => EnvFilter::new(match verbose {
+            0 if quiet => "warn",
             0 => "warn,tlb=info",
             1 => "info,tlb=debug",
             _ => "debug,tlb=trace",

@@ -1,9 +1,11 @@
 //! The reusable library behind every `tlb` subcommand.
 
 pub mod balancer;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod identity;
+pub mod lab;
 pub mod limiter;
 pub mod logging;
 pub mod net;

@@ -1,0 +1,185 @@
+//! `tlb bench`: load generator; without --target it stands up a whole
+//! system in-process on loopback first.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use rustls::pki_types::ServerName;
+
+use crate::core::bench::{BenchOptions, Live, Mode, render, run as run_bench};
+use crate::core::client::ClientOptions;
+use crate::core::lab::{Lab, LabOptions};
+use crate::core::runtime::default_threads;
+use crate::core::tls::{ClientTlsFiles, client_config};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// mTLS echo endpoint to load (tlb, HAProxy, nginx...). Without it, a
+    /// complete system is started in-process on loopback.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Client name: <pki>/clients/NAME.crt and .key.
+    #[arg(long)]
+    pub cert: Option<String>,
+    /// PKI directory for --cert and the default --ca.
+    #[arg(long, default_value = "pki")]
+    pub pki: PathBuf,
+    #[arg(long, requires = "key_file", conflicts_with = "cert")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// CA of the server certificate (default: <pki>/ca.crt).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    #[arg(long, value_enum, default_value_t = Mode::Rr)]
+    pub mode: Mode,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// How long to run, e.g. 10s, 1m.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Message size in bytes (rr, handshake); chunk size floor 16 KiB in stream.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Open loop (rr): total requests per second across connections;
+    /// latency counts from the scheduled send time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Resume TLS sessions (default: full handshakes only).
+    #[arg(long)]
+    pub resume: bool,
+    /// Loader threads (default: all cores; half of them when self-hosted).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.size == 0 {
+        bail!("--size must be at least 1");
+    }
+    if args.duration.is_zero() {
+        bail!("--duration must be positive, e.g. 10s");
+    }
+    if let Some(r) = args.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    crate::core::runtime::raise_fd_limit();
+    let cores = default_threads();
+    let (_lab, client, threads) = match &args.target {
+        Some(target) => (None, target_client(&args, target)?, args.threads),
+        None => {
+            let lab_threads = (cores / 2).max(1);
+            let lab = Lab::start_with(
+                LabOptions {
+                    threads: lab_threads,
+                    ..LabOptions::default()
+                },
+                |p| {
+                    p.default_config(
+                        "\n[defaults]\nmax_connections = 1000000\nconnection_rate = 1000000\nburst = 1000000\n[timeouts]\ndrain = \"2s\"\n",
+                    )
+                },
+            )
+            .context("starting the self-hosted system")?;
+            let loader_threads = if args.threads == 0 {
+                (cores - lab_threads).max(1)
+            } else {
+                args.threads
+            };
+            eprintln!(
+                "self-hosted: temporary PKI, 3 echo upstreams and the balancer, in-process on {} ({} balancer thread(s), {} loader thread(s))",
+                lab.addr(),
+                lab_threads,
+                loader_threads
+            );
+            let client = lab.client_with(Some("client1"), "localhost", args.resume)?;
+            (Some(lab), client, loader_threads)
+        }
+    };
+    let opts = BenchOptions {
+        client,
+        mode: args.mode,
+        connections: args.connections,
+        duration: args.duration,
+        size: args.size,
+        rate: args.rate,
+        threads,
+        op_timeout: Duration::from_secs(10),
+    };
+    eprintln!(
+        "{:?} load: {} connection(s) for {:?} against {}",
+        args.mode, args.connections, args.duration, opts.client.connect
+    );
+    let bar = ProgressBar::new(args.duration.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {elapsed:>3}/{len_s} {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let live = Arc::new(Live::default());
+    let mut last = (0u64, 0u64, Duration::ZERO);
+    let report = run_bench(&opts, live, |l, elapsed| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (req, conns) = (l.requests.load(Relaxed), l.connections.load(Relaxed));
+        let dt = (elapsed - last.2).as_secs_f64().max(1e-3);
+        let msg = format!(
+            "{:>9.0} req/s {:>7.0} conn/s {:>8.1} MB/s  errors {}",
+            (req - last.0) as f64 / dt,
+            (conns - last.1) as f64 / dt,
+            l.bytes.load(Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6,
+            l.errors.load(Relaxed)
+        );
+        last = (req, conns, elapsed);
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(msg);
+    })?;
+    bar.finish_and_clear();
+    println!("{}", render(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn target_client(args: &Args, target: &str) -> Result<ClientOptions> {
+    let (cert, key) = match (&args.cert, &args.cert_file, &args.key_file) {
+        (Some(name), None, None) => {
+            let d = args.pki.join("clients");
+            (Some(d.join(format!("{name}.crt"))), Some(d.join(format!("{name}.key"))))
+        }
+        (None, Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
+        _ => bail!("--target needs a client certificate: --cert NAME (with --pki DIR) or --cert-file F --key-file F"),
+    };
+    let ca = args.ca.clone().unwrap_or_else(|| args.pki.join("ca.crt"));
+    let tls = client_config(&ClientTlsFiles {
+        ca: &ca,
+        cert: cert.as_deref(),
+        key: key.as_deref(),
+        allow_tls12: false,
+        resumption: args.resume,
+    })
+    .with_context(|| format!("loading client TLS files (CA {})", ca.display()))?;
+    Ok(ClientOptions {
+        connect: target.to_string(),
+        server_name: ServerName::try_from(args.server_name.clone())
+            .map_err(|_| anyhow!("--server-name {:?} is not a valid DNS name or IP", args.server_name))?,
+        tls,
+        connect_timeout: Duration::from_secs(10),
+    })
+}

@@ -1,0 +1,260 @@
+//! A complete tlb system on loopback, in-process: a temporary PKI, echo
+//! upstreams and the balancer, all on `127.0.0.1:0` ports. `tlb bench`
+//! without `--target` runs its load through one; integration tests build
+//! theirs with custom configs.
+//!
+//! Promises: no fixed ports, nothing written outside the temporary
+//! directory, readiness without sleeps (listeners are bound before the
+//! config is written), and everything stopped and removed on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use rustls::pki_types::ServerName;
+use smol::channel;
+
+use super::client::ClientOptions;
+use super::config::Config;
+use super::pki::{InitOptions, KeyType, Pki};
+use super::runtime::Runtime;
+use super::server::{Server, bind_listener};
+use super::tls::{ClientTlsFiles, client_config};
+use super::upstream::{EchoOptions, serve_echo};
+
+/// What the lab's config may refer to.
+#[derive(Debug, Clone)]
+pub struct LabPaths {
+    /// The PKI directory (`ca.crt`, `server.crt`, `clients/...`).
+    pub pki_dir: PathBuf,
+    /// The balancer's listen address (already bound).
+    pub listen: SocketAddr,
+    /// Echo upstream addresses (already serving).
+    pub upstreams: Vec<SocketAddr>,
+}
+
+impl LabPaths {
+    /// `"127.0.0.1:a", "127.0.0.1:b", ...` for a TOML array.
+    pub fn upstream_list(&self) -> String {
+        self.upstreams
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A config like `pki init` writes (clients 1-3 on app `echo`), with
+    /// `extra` TOML appended (more `[[client]]`s, `[defaults]`...).
+    pub fn default_config(&self, extra: &str) -> String {
+        let p = self.pki_dir.display();
+        format!(
+            r#"[tls]
+ca = "{p}/ca.crt"
+cert = "{p}/server.crt"
+key = "{p}/server.key"
+crl = "{p}/crl.pem"
+
+[[app]]
+name = "echo"
+listen = "{listen}"
+upstreams = [{ups}]
+
+[[client]]
+name = "client1"
+apps = ["echo"]
+
+[[client]]
+name = "client2"
+apps = ["echo"]
+
+[[client]]
+name = "client3"
+apps = ["echo"]
+{extra}
+"#,
+            listen = self.listen,
+            ups = self.upstream_list(),
+        )
+    }
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Number of echo upstreams.
+    pub upstreams: usize,
+    /// Upstreams greet with `<name> client=...` first.
+    pub greet: bool,
+    /// Runtime threads (0 = one per core).
+    pub threads: usize,
+    pub key_type: KeyType,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            upstreams: 3,
+            greet: true,
+            threads: 0,
+            key_type: KeyType::EcdsaP256,
+        }
+    }
+}
+
+/// A running system; stopped and deleted on drop.
+pub struct Lab {
+    pub paths: LabPaths,
+    pub pki: Pki,
+    pub server: Arc<Server>,
+    pub config_path: PathBuf,
+    stop: Option<channel::Sender<()>>,
+    thread: Option<JoinHandle<Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A lab with the default config (clients 1-3 on `echo`, client4 not).
+    pub fn start(opts: LabOptions) -> Result<Lab> {
+        Lab::start_with(opts, |p| p.default_config(""))
+    }
+
+    /// A lab whose config text is produced by `config` from the bound
+    /// addresses and PKI paths.
+    pub fn start_with(opts: LabOptions, config: impl FnOnce(&LabPaths) -> String) -> Result<Lab> {
+        let dir = tempfile::Builder::new()
+            .prefix("tlb-lab-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let pki = Pki::new(dir.path().join("pki"));
+        pki.init(&InitOptions {
+            clients: (1..=4).map(|i| format!("client{i}")).collect(),
+            server_names: vec![],
+            key_type: opts.key_type,
+            days: 30,
+            force: false,
+        })?;
+        let mut up_listeners = Vec::with_capacity(opts.upstreams);
+        for _ in 0..opts.upstreams {
+            up_listeners.push(bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?);
+        }
+        let upstreams = up_listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("reading upstream addresses")?;
+        let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listen = listener.local_addr().context("reading the listener address")?;
+        let paths = LabPaths {
+            pki_dir: pki.dir().to_path_buf(),
+            listen,
+            upstreams,
+        };
+        let config_path = dir.path().join("tlb.toml");
+        std::fs::write(&config_path, config(&paths)).context("writing the lab config")?;
+        let cfg = Config::load(&config_path)?;
+        let server = Server::new(cfg)?;
+
+        let rt = Runtime::new(opts.threads).context("starting the lab runtime")?;
+        let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        let srv = server.clone();
+        let greet = opts.greet;
+        let thread = std::thread::Builder::new()
+            .name("tlb-lab".into())
+            .spawn(move || -> Result<()> {
+                let ex = rt.executor().clone();
+                rt.block_on(async move {
+                    for (i, l) in up_listeners.into_iter().enumerate() {
+                        let rx = stop_rx.clone();
+                        let opts = EchoOptions {
+                            name: format!("up{}", i + 1),
+                            greet,
+                        };
+                        let ex2 = ex.clone();
+                        ex.spawn(async move {
+                            let _ = serve_echo(&ex2, l, opts, async move {
+                                let _ = rx.recv().await;
+                            })
+                            .await;
+                        })
+                        .detach();
+                    }
+                    srv.run(&ex, vec![listener], async move {
+                        let _ = stop_rx.recv().await;
+                    })
+                    .await
+                })
+            })
+            .context("starting the lab thread")?;
+        Ok(Lab {
+            paths,
+            pki,
+            server,
+            config_path,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        })
+    }
+
+    /// The balancer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.paths.listen
+    }
+
+    /// Client options for `client` (a name under `pki/clients`, or `None`
+    /// for no client certificate), trusting the lab CA, SNI `localhost`.
+    pub fn client(&self, client: Option<&str>) -> Result<ClientOptions> {
+        self.client_with(client, "localhost", true)
+    }
+
+    /// Like [`Lab::client`] with an explicit server name and resumption setting.
+    pub fn client_with(&self, client: Option<&str>, server_name: &str, resumption: bool) -> Result<ClientOptions> {
+        let files = client.map(|c| self.pki.client(c));
+        let tls = client_config(&ClientTlsFiles {
+            ca: &self.pki.ca_cert(),
+            cert: files.as_ref().map(|f| f.0.as_path()),
+            key: files.as_ref().map(|f| f.1.as_path()),
+            allow_tls12: false,
+            resumption,
+        })?;
+        Ok(ClientOptions {
+            connect: self.addr().to_string(),
+            server_name: ServerName::try_from(server_name.to_string()).map_err(|_| anyhow!("bad server name"))?,
+            tls,
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Rewrites the config file with `text` and reloads the server from it.
+    pub fn reload(&self, text: &str) -> Result<()> {
+        std::fs::write(&self.config_path, text).context("writing the lab config")?;
+        self.server.reload(Config::load(&self.config_path)?)
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Stops the system (drain included) and returns the server's result.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        self.stop.take();
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow!("the lab thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
