@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = tlb::cmd::Cli::parse();
+    let cli = match tlb::cmd::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return tlb::cmd::usage_error(e),
+    };
     if let Err(e) = tlb::core::logging::init(cli.verbose, cli.log_format, cli.quiet_by_default()) {
         eprintln!("tlb: error: {e:#}");
         return ExitCode::from(2);

@@ -70,3 +70,29 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         _ => 1,
     }
 }
+
+/// Help and version go to stdout as clap renders them; a usage mistake is
+/// one line on stderr (clap's first line, without its usage block) and exit 2.
+pub fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            std::process::ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            std::process::ExitCode::from(2)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let msg = first.trim().trim_start_matches("error: ");
+            eprintln!("tlb: error: {msg} (see `tlb --help`, or `tlb <command> --help`)");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -142,6 +142,18 @@ fn init(
         days,
         force,
     };
+    // Checked before the PKI is written: failing afterwards would leave a PKI
+    // that a re-run refuses to replace without --force.
+    if !config.exists()
+        && let Some(parent) = config.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!(
+            "cannot write {}: directory {} does not exist; create it or pass another --config",
+            config.display(),
+            parent.display()
+        );
+    }
     let written = pki.init(&opts)?;
     println!("created PKI in {}:", dir.display());
     for p in &written {

@@ -202,8 +202,7 @@ impl Config {
             let span = e.span();
             let line = span.as_ref().map(|s| line_of(text, s.start)).unwrap_or(0);
             let key = span
-                .map(|s| key_at(text, s))
-                .filter(|k| !k.is_empty())
+                .map(|s| key_path_at(text, s.clone(), e.message()).unwrap_or_else(|| key_at(text, s)))
                 .unwrap_or_default();
             ConfigError {
                 file: path.to_path_buf(),
@@ -283,14 +282,10 @@ struct RawLimits {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    #[serde(default, deserialize_with = "de_duration")]
-    handshake: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    connect: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    idle: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    drain: Option<Duration>,
+    handshake: Option<HumanDuration>,
+    connect: Option<HumanDuration>,
+    idle: Option<HumanDuration>,
+    drain: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -299,22 +294,20 @@ struct RawApp {
     name: Spanned<String>,
     listen: Spanned<String>,
     #[serde(default)]
-    server_names: Vec<Spanned<String>>,
+    server_names: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     upstreams: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     proxy_protocol: bool,
     health: Option<Spanned<RawHealth>>,
-    upstream_tls: Option<RawUpstreamTls>,
+    upstream_tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    #[serde(default, deserialize_with = "de_duration")]
-    interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    timeout: Option<Duration>,
+    interval: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<HumanDuration>>,
     rise: Option<Spanned<i64>>,
     fall: Option<Spanned<i64>>,
     #[serde(default)]
@@ -344,17 +337,22 @@ struct RawClient {
     spki_sha256: Option<Spanned<String>>,
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    let dur = humantime::parse_duration(s.trim()).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"10m\""
-        ))
-    })?;
-    if dur.is_zero() {
-        return Err(serde::de::Error::custom("duration must be greater than zero"));
+/// A human duration (`500ms`, `5s`, `10m`), greater than zero.
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let dur = humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"10m\""
+            ))
+        })?;
+        if dur.is_zero() {
+            return Err(serde::de::Error::custom("duration must be greater than zero"));
+        }
+        Ok(HumanDuration(dur))
     }
-    Ok(Some(dur))
 }
 
 // ---------------------------------------------------------------------------
@@ -506,10 +504,10 @@ impl RawConfig {
 
         let td = Timeouts::default();
         let timeouts = Timeouts {
-            handshake: self.timeouts.handshake.unwrap_or(td.handshake),
-            connect: self.timeouts.connect.unwrap_or(td.connect),
-            idle: self.timeouts.idle.unwrap_or(td.idle),
-            drain: self.timeouts.drain.unwrap_or(td.drain),
+            handshake: self.timeouts.handshake.map_or(td.handshake, |d| d.0),
+            connect: self.timeouts.connect.map_or(td.connect, |d| d.0),
+            idle: self.timeouts.idle.map_or(td.idle, |d| d.0),
+            drain: self.timeouts.drain.map_or(td.drain, |d| d.0),
         };
 
         if self.apps.is_empty() {
@@ -521,6 +519,9 @@ impl RawConfig {
 
         let mut apps: Vec<App> = Vec::with_capacity(self.apps.len());
         let mut app_spans: HashMap<String, Range<usize>> = HashMap::new();
+        // Per app (by index): the span of `server_names` (or of `name` when
+        // absent) and the span of each server name, for the listener checks.
+        let mut sni_spans: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::with_capacity(self.apps.len());
         for (i, sapp) in self.apps.into_iter().enumerate() {
             let app_span = sapp.span();
             let raw = sapp.into_inner();
@@ -577,15 +578,19 @@ impl RawConfig {
                 upstreams.push(UpstreamAddr { name: text, addr });
             }
             let mut server_names = Vec::new();
-            for sn in &raw.server_names {
+            let mut name_spans = Vec::new();
+            let list_span = raw.server_names.as_ref().map_or(raw.name.span(), Spanned::span);
+            for sn in raw.server_names.as_ref().map(Spanned::get_ref).into_iter().flatten() {
                 let n = sn.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
                 if n.is_empty() {
                     return Err(ctx.err(sn.span(), k("server_names"), "empty server name"));
                 }
                 if !server_names.contains(&n) {
                     server_names.push(n);
+                    name_spans.push(sn.span());
                 }
             }
+            sni_spans.push((list_span, name_spans));
             let health = match raw.health {
                 None => None,
                 Some(h) => {
@@ -603,10 +608,23 @@ impl RawConfig {
                         .map(|v| ctx.positive(v, k("health.fall")))
                         .transpose()?
                         .unwrap_or(3);
-                    let interval = h.interval.unwrap_or(Duration::from_secs(5));
-                    let timeout = h.timeout.unwrap_or(Duration::from_secs(1));
+                    let interval = h.interval.as_ref().map_or(Duration::from_secs(5), |d| d.get_ref().0);
+                    let timeout = h.timeout.as_ref().map_or(Duration::from_secs(1), |d| d.get_ref().0);
                     if timeout > interval {
-                        return Err(ctx.err(span, k("health.timeout"), "health timeout must not exceed the interval"));
+                        let (span, key) = match (&h.timeout, &h.interval) {
+                            (Some(t), _) => (t.span(), "health.timeout"),
+                            (None, Some(i)) => (i.span(), "health.interval"),
+                            (None, None) => (span, "health.timeout"),
+                        };
+                        return Err(ctx.err(
+                            span,
+                            k(key),
+                            format!(
+                                "health timeout ({}) must not exceed the interval ({})",
+                                humantime::format_duration(timeout),
+                                humantime::format_duration(interval)
+                            ),
+                        ));
                     }
                     Some(HealthSettings {
                         interval,
@@ -621,9 +639,11 @@ impl RawConfig {
             let upstream_tls = match raw.upstream_tls {
                 None => None,
                 Some(t) => {
+                    let span = t.span();
+                    let t = t.into_inner();
                     if t.cert.is_some() != t.key.is_some() {
                         return Err(ctx.err(
-                            app_span,
+                            span,
                             k("upstream_tls"),
                             "set both cert and key (for mTLS to upstreams) or neither",
                         ));
@@ -658,21 +678,21 @@ impl RawConfig {
             let mut claimed: HashMap<&str, &str> = HashMap::new();
             for &i in idxs {
                 let a = &apps[i];
-                let span = app_spans.get(&a.name).cloned().unwrap_or(0..0);
+                let (span, name_spans) = &sni_spans[i];
                 if a.server_names.is_empty() {
                     if let Some(other) = default_app {
                         return Err(ctx.err(
-                            span,
+                            span.clone(),
                             format!("app[{i}].server_names"),
                             format!("apps {other:?} and {:?} share listener {} without distinct server_names; give each app its own server_names", a.name, a.listen),
                         ));
                     }
                     default_app = Some(&a.name);
                 }
-                for n in &a.server_names {
+                for (n, n_span) in a.server_names.iter().zip(name_spans) {
                     if let Some(other) = claimed.insert(n, &a.name) {
                         return Err(ctx.err(
-                            span,
+                            n_span.clone(),
                             format!("app[{i}].server_names"),
                             format!("server name {n:?} is claimed by apps {other:?} and {:?} on listener {}; server_names must be distinct", a.name, a.listen),
                         ));
@@ -765,6 +785,64 @@ impl RawConfig {
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The dotted key path (e.g. `app[1].upstreams`) of the entry under `span`
+/// in the document: the key whose name or value the span starts in. For a
+/// "missing field" error on a table, that field is appended to the table's
+/// path. `None` when the text does not parse or nothing matches.
+fn key_path_at(text: &str, span: Range<usize>, message: &str) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+
+    fn walk(table: &DeTable<'_>, at: usize, prefix: &str) -> Option<(String, bool)> {
+        let mut table_hit: Option<(String, bool)> = None;
+        for (k, v) in table.iter() {
+            let path = format!("{prefix}{}", k.get_ref());
+            if k.span().contains(&at) {
+                return Some((path, false));
+            }
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    if let Some(hit) = walk(t, at, &format!("{path}.")) {
+                        return Some(hit);
+                    }
+                    if v.span().contains(&at) {
+                        table_hit = Some((path, true));
+                    }
+                }
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let DeValue::Table(t) = item.get_ref() {
+                            let item_path = format!("{path}[{i}]");
+                            if let Some(hit) = walk(t, at, &format!("{item_path}.")) {
+                                return Some(hit);
+                            }
+                            if item.span().contains(&at) {
+                                table_hit = Some((item_path, true));
+                            }
+                        }
+                    }
+                    if v.span().contains(&at) {
+                        return Some((path, false));
+                    }
+                }
+                _ if v.span().contains(&at) => return Some((path, false)),
+                _ => {}
+            }
+        }
+        table_hit
+    }
+
+    let doc = DeTable::parse(text).ok()?;
+    let (mut path, is_table) = walk(doc.get_ref(), span.start, "")?;
+    if is_table
+        && let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+    {
+        path = format!("{path}.{field}");
+    }
+    Some(path)
 }
 
 /// The key text under a span, when it looks like a bare key.

@@ -160,6 +160,13 @@ impl Pki {
         for c in &opts.clients {
             check_name(c)?;
         }
+        // Checked before anything is written, so a typo leaves no half-made PKI.
+        for n in &opts.server_names {
+            let n = n.trim();
+            if !n.is_empty() && n.parse::<IpAddr>().is_err() {
+                check_server_name(n)?;
+            }
+        }
         if opts.clients.is_empty() {
             bail!("--clients is empty; name at least one client, e.g. --clients client1,client2");
         }
@@ -452,9 +459,10 @@ impl Pki {
         for s in sans {
             params.subject_alt_names.push(match s.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(s.clone().try_into().map_err(|_| {
-                    anyhow!("server name {s:?} is not a valid DNS name; use letters, digits, '-' and '.'")
-                })?),
+                Err(_) => {
+                    check_server_name(s)?;
+                    SanType::DnsName(s.clone().try_into().map_err(|_| invalid_server_name(s))?)
+                }
             });
         }
         let cert = params
@@ -524,6 +532,37 @@ fn check_name(name: &str) -> Result<()> {
         bail!("invalid name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'");
     }
     Ok(())
+}
+
+fn invalid_server_name(name: &str) -> anyhow::Error {
+    anyhow!("server name {name:?} is not a valid DNS name or IP address; use letters, digits, '-' and '.'")
+}
+
+/// rcgen accepts any IA5 string as a DNS name: check the syntax here.
+fn check_server_name(name: &str) -> Result<()> {
+    if is_dns_name(name) {
+        Ok(())
+    } else {
+        Err(invalid_server_name(name))
+    }
+}
+
+/// A DNS name as a certificate SAN may carry: dot-separated labels of
+/// letters, digits, '-' and '_' (1-63 bytes, no '-' at either end), at most
+/// 253 bytes, optionally with a leading `*.` wildcard label.
+fn is_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn make_private_dir(dir: &Path) -> Result<()> {
