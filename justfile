@@ -20,3 +20,8 @@ pki:
 # Release build.
 build:
     cargo build --release
+
+# tlb vs HAProxy side by side, one core each (installs haproxy if missing).
+bench-vs-haproxy *ARGS:
+    cargo build --release
+    python3 scripts/bench_vs_haproxy.py {{ARGS}}

@@ -54,6 +54,9 @@ pub struct Args {
     /// Resume TLS sessions (default: full handshakes only).
     #[arg(long)]
     pub resume: bool,
+    /// Plain TCP, no TLS: measure an echo upstream directly (a baseline).
+    #[arg(long, requires = "target")]
+    pub plain: bool,
     /// Loader threads (default: all cores; half of them when self-hosted).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -80,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
     crate::core::runtime::raise_fd_limit();
     let cores = default_threads();
     let (_lab, client, threads) = match &args.target {
+        Some(target) if args.plain => (None, plain_client(target)?, args.threads),
         Some(target) => (None, target_client(&args, target)?, args.threads),
         None => {
             let lab_threads = (cores / 2).max(1);
@@ -119,6 +123,7 @@ pub fn run(args: Args) -> Result<()> {
         rate: args.rate,
         threads,
         op_timeout: Duration::from_secs(10),
+        plain: args.plain,
     };
     eprintln!(
         "{:?} load: {} connection(s) for {:?} against {}",
@@ -179,6 +184,23 @@ fn target_client(args: &Args, target: &str) -> Result<ClientOptions> {
         connect: target.to_string(),
         server_name: ServerName::try_from(args.server_name.clone())
             .map_err(|_| anyhow!("--server-name {:?} is not a valid DNS name or IP", args.server_name))?,
+        tls,
+        connect_timeout: Duration::from_secs(10),
+    })
+}
+
+/// Options for `--plain`: only the address is used.
+fn plain_client(target: &str) -> Result<ClientOptions> {
+    let tls = Arc::new(
+        rustls::ClientConfig::builder_with_provider(crate::core::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("configuring TLS")?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    );
+    Ok(ClientOptions {
+        connect: target.to_string(),
+        server_name: ServerName::try_from("localhost").map_err(|_| anyhow!("bad server name"))?,
         tls,
         connect_timeout: Duration::from_secs(10),
     })

@@ -25,6 +25,7 @@ use serde::Serialize;
 use smol::Timer;
 
 use super::client::{ClientError, ClientOptions, ClientStream, connect};
+use super::net::TcpConn;
 use super::runtime::{Runtime, timeout};
 
 /// What each connection does.
@@ -37,6 +38,9 @@ pub enum Mode {
     Rr,
     /// Bulk bytes through the echo, both directions.
     Stream,
+    /// Open --connections connections, one echo each, then hold them idle
+    /// until the end (memory per idle connection, connection capacity).
+    Idle,
 }
 
 /// A benchmark run's parameters.
@@ -52,6 +56,44 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Per-operation timeout.
     pub op_timeout: Duration,
+    /// Plain TCP instead of TLS (to measure an upstream directly).
+    pub plain: bool,
+}
+
+/// A loader connection: mTLS, or plain TCP with `--plain`.
+pub enum Conn {
+    Tls(Box<ClientStream>),
+    Plain(TcpConn),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Conn::Plain(s) => Pin::new(s).poll_close(cx),
+        }
+    }
 }
 
 /// Live counters, for the progress bar.
@@ -102,6 +144,8 @@ pub struct BenchReport {
     pub requests: u64,
     pub requests_per_s: f64,
     pub request_latency: Percentiles,
+    /// Echoed bytes received (= bytes sent each way that made the round trip).
+    pub bytes_echoed: u64,
     /// Echoed bytes received per second, in MB (10^6).
     pub throughput_mb_s: f64,
     pub errors: BTreeMap<String, u64>,
@@ -191,6 +235,7 @@ pub fn run(
                 Mode::Handshake => handshake_loop(&o, &l, deadline).await,
                 Mode::Rr => rr_loop(&o, &l, deadline, per_conn_interval, offset).await,
                 Mode::Stream => stream_loop(&o, &l, deadline).await,
+                Mode::Idle => idle_hold(&o, &l, deadline).await,
             }
         }));
     }
@@ -242,6 +287,7 @@ pub fn run(
         requests,
         requests_per_s: requests as f64 / d,
         request_latency: Percentiles::of(&rq),
+        bytes_echoed: bytes,
         throughput_mb_s: bytes as f64 / d / 1e6,
         errors,
         upstream_share,
@@ -258,10 +304,23 @@ fn payload(size: usize) -> Vec<u8> {
 }
 
 /// Connects, timing the handshake.
-async fn open(opts: &BenchOptions, live: &Live, res: &mut TaskResult) -> Option<ClientStream> {
+async fn open(opts: &BenchOptions, live: &Live, res: &mut TaskResult) -> Option<Conn> {
     let t0 = Instant::now();
-    match connect(&opts.client).await {
-        Ok((_, s)) => {
+    let conn = if opts.plain {
+        let addr = opts.client_addr();
+        match timeout(opts.client.connect_timeout, TcpConn::connect(addr)).await {
+            Ok(Ok(c)) => Ok(Conn::Plain(c)),
+            Ok(Err(source)) => Err(ClientError::Connect { addr, source }),
+            Err(_) => Err(ClientError::Timeout {
+                what: "TCP connect",
+                after: opts.client.connect_timeout,
+            }),
+        }
+    } else {
+        connect(&opts.client).await.map(|(_, s)| Conn::Tls(Box::new(s)))
+    };
+    match conn {
+        Ok(s) => {
             let _ = res.handshake.record(us(t0.elapsed()));
             res.handshakes += 1;
             live.connections.fetch_add(1, Ordering::Relaxed);
@@ -276,12 +335,7 @@ async fn open(opts: &BenchOptions, live: &Live, res: &mut TaskResult) -> Option<
 
 /// Reads exactly `want.len()` echoed bytes, first consuming a greeting line
 /// (`<name> client=...`) if the upstream sends one; returns the upstream name.
-async fn read_echo(
-    s: &mut ClientStream,
-    buf: &mut [u8],
-    greet: &mut Vec<u8>,
-    first: bool,
-) -> io::Result<Option<String>> {
+async fn read_echo(s: &mut Conn, buf: &mut [u8], greet: &mut Vec<u8>, first: bool) -> io::Result<Option<String>> {
     let mut got = 0;
     let mut name = None;
     if first {
@@ -450,6 +504,39 @@ async fn stream_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> Tas
     res.bytes = pump.received;
     res.requests = 0;
     let _ = timeout(Duration::from_secs(1), s.close()).await;
+    res
+}
+
+async fn idle_hold(opts: &BenchOptions, live: &Live, deadline: Instant) -> TaskResult {
+    let mut res = TaskResult::new();
+    let msg = payload(opts.size);
+    let mut buf = vec![0u8; msg.len()];
+    let mut greet = Vec::with_capacity(128);
+    let Some(mut s) = open(opts, live, &mut res).await else {
+        return res;
+    };
+    let r = timeout(opts.op_timeout, async {
+        s.write_all(&msg).await?;
+        s.flush().await?;
+        read_echo(&mut s, &mut buf, &mut greet, true).await
+    })
+    .await;
+    match r {
+        Ok(Ok(name)) => {
+            if let Some(n) = name {
+                *res.upstreams.entry(n).or_insert(0) += 1;
+            }
+            res.requests += 1;
+            live.requests.fetch_add(1, Ordering::Relaxed);
+            drop(buf);
+            drop(greet);
+            // Hold the connection, idle, until the end of the run.
+            Timer::at(deadline).await;
+            let _ = timeout(Duration::from_secs(1), s.close()).await;
+        }
+        Ok(Err(e)) => res.error(live, io_kind(&e)),
+        Err(_) => res.error(live, "timeout: echo".into()),
+    }
     res
 }
 

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""tlb vs HAProxy, side by side, in one run.
+
+Both balancers terminate mTLS (TLS 1.3 only, client certificate required and
+verified against the same CA and CRL) in front of the same three
+`tlb upstream` echo servers, with least-connections balancing and ONE
+thread, pinned to CPU 0. The loader (`tlb bench`) and the upstreams are
+pinned to CPU 1. Rounds alternate tlb and HAProxy under identical loads.
+
+Figures (all independent of how fast the loader is):
+  cpu_ms_per_conn   balancer CPU time / new mTLS connections (handshake + one 64 B echo)
+  cpu_s_per_gib     balancer CPU time / GiB echoed (one connection, stream mode)
+  rss_kib_per_idle  RSS delta / idle proxied connections held (3,000)
+  added_p50_us, added_p99_us
+                    64 B ping-pong latency on one established connection,
+                    minus the same run straight to an upstream (plain TCP)
+  held_ok           connections held at once without error (ramp up to --max-held)
+
+Usage: scripts/bench_vs_haproxy.py [--rounds 3] [--duration 10] [--out bench-results]
+Needs: Linux, taskset (util-linux), haproxy (installed from Debian if missing, as root).
+"""
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TLB = os.path.join(ROOT, "target", "release", "tlb")
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, deadline=10.0):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on 127.0.0.1:{port} after {deadline}s")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def ensure_haproxy():
+    if shutil.which("haproxy"):
+        return
+    log("haproxy not found: installing it from Debian (apt-get)")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def bench(work, port, mode, conns, duration, extra=(), plain=False):
+    out = os.path.join(work, f"bench-{mode}-{port}-{time.time_ns()}.json")
+    cmd = ["taskset", "-c", "1", TLB, "bench", "--target", f"127.0.0.1:{port}",
+           "--mode", mode, "--connections", str(conns), "--duration", f"{duration}s",
+           "--threads", "1", "--json", out]
+    if plain:
+        cmd.append("--plain")
+    else:
+        cmd += ["--cert", "client1", "--pki", os.path.join(work, "pki")]
+    cmd += list(extra)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        return json.load(f)
+
+
+def measure(name, pid, port, work, args, direct):
+    r = {}
+    # 1. CPU per new connection.
+    c0 = cpu_seconds(pid)
+    b = bench(work, port, "handshake", 16, args.duration)
+    c1 = cpu_seconds(pid)
+    r["conns"] = b["handshakes"]
+    r["cpu_ms_per_conn"] = (c1 - c0) * 1000 / max(b["handshakes"], 1)
+    # 2. CPU per GiB echoed.
+    c0 = cpu_seconds(pid)
+    b = bench(work, port, "stream", 1, args.duration, ["--size", "65536"])
+    c1 = cpu_seconds(pid)
+    gib = b["bytes_echoed"] / 2**30
+    r["gib_echoed"] = gib
+    r["cpu_s_per_gib"] = (c1 - c0) / max(gib, 1e-9)
+    # 3. RSS per idle connection.
+    base = rss_kib(pid)
+    n = args.idle
+    p = subprocess.Popen(["taskset", "-c", "1", TLB, "bench", "--target", f"127.0.0.1:{port}",
+                          "--cert", "client1", "--pki", os.path.join(work, "pki"), "--mode", "idle",
+                          "--connections", str(n), "--duration", "12s", "--threads", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(9)  # connections are opened within a few seconds; sample while held
+    held = rss_kib(pid)
+    p.wait()
+    r["rss_kib_per_idle"] = (held - base) / n
+    # 4. Added latency on an established connection.
+    b = bench(work, port, "rr", 1, args.duration)
+    r["rr_p50_us"] = b["request_latency"]["p50_us"]
+    r["rr_p99_us"] = b["request_latency"]["p99_us"]
+    r["added_p50_us"] = r["rr_p50_us"] - direct["request_latency"]["p50_us"]
+    r["added_p99_us"] = r["rr_p99_us"] - direct["request_latency"]["p99_us"]
+    # 5. Connections held at once.
+    b = bench(work, port, "idle", args.max_held, 20)
+    r["held_ok"] = b["requests"]
+    r["held_errors"] = sum(b["errors"].values())
+    log(f"  {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--idle", type=int, default=3000)
+    ap.add_argument("--max-held", type=int, default=9000)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
+    args = ap.parse_args()
+    if not os.path.exists(TLB):
+        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+    ensure_haproxy()
+    hv = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    log(f"tlb: {TLB}\nhaproxy: {hv}")
+    work = tempfile.mkdtemp(prefix="tlb-vs-haproxy-")
+    procs = []
+
+    def cleanup(*_):
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
+    try:
+        subprocess.run([TLB, "pki", "init", "--dir", f"{work}/pki", "--config", f"{work}/unused.toml",
+                        "--clients", "client1"], check=True, stdout=subprocess.DEVNULL)
+        up = free_port()
+        while any(not _free(up + i) for i in range(3)):
+            up = free_port()
+        procs.append(subprocess.Popen(["taskset", "-c", "1", TLB, "upstream", "--listen", f"127.0.0.1:{up}",
+                                       "--count", "3", "--greet", "--threads", "1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for i in range(3):
+            wait_port(up + i)
+        ups = [f"127.0.0.1:{up + i}" for i in range(3)]
+        tlb_port, hap_port = free_port(), free_port()
+        with open(f"{work}/tlb.toml", "w") as f:
+            f.write(f'''[tls]
+ca = "{work}/pki/ca.crt"
+cert = "{work}/pki/server.crt"
+key = "{work}/pki/server.key"
+crl = "{work}/pki/crl.pem"
+[defaults]
+max_connections = 100000
+connection_rate = 1000000
+burst = 1000000
+[timeouts]
+idle = "10m"
+drain = "1s"
+[[app]]
+name = "echo"
+listen = "127.0.0.1:{tlb_port}"
+upstreams = [{", ".join(f'"{u}"' for u in ups)}]
+[[client]]
+name = "client1"
+apps = ["echo"]
+''')
+        with open(f"{work}/haproxy.pem", "w") as f:
+            f.write(open(f"{work}/pki/server.crt").read() + open(f"{work}/pki/server.key").read())
+        with open(f"{work}/haproxy.cfg", "w") as f:
+            f.write(f'''global
+    nbthread 1
+    maxconn 9950
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10m
+    timeout server 10m
+frontend fe
+    bind 127.0.0.1:{hap_port} ssl crt {work}/haproxy.pem ca-file {work}/pki/ca.crt crl-file {work}/pki/crl.pem verify required ssl-min-ver TLSv1.3
+    default_backend be
+backend be
+    balance leastconn
+''' + "".join(f"    server up{i + 1} {u}\n" for i, u in enumerate(ups)))
+        subprocess.run(["haproxy", "-c", "-f", f"{work}/haproxy.cfg"], check=True, stdout=subprocess.DEVNULL)
+        tlb = subprocess.Popen(["taskset", "-c", "0", TLB, "serve", "--config", f"{work}/tlb.toml", "--threads", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        hap = subprocess.Popen(["taskset", "-c", "0", "haproxy", "-db", "-f", f"{work}/haproxy.cfg"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs += [tlb, hap]
+        wait_port(tlb_port)
+        wait_port(hap_port)
+        direct = bench(work, up, "rr", 1, args.duration, plain=True)
+        log(f"direct to upstream: p50 {direct['request_latency']['p50_us']} us, p99 {direct['request_latency']['p99_us']} us")
+        results = {"tlb": [], "haproxy": []}
+        for rnd in range(args.rounds):
+            order = [("tlb", tlb, tlb_port), ("haproxy", hap, hap_port)]
+            if rnd % 2:
+                order.reverse()
+            log(f"round {rnd + 1}/{args.rounds}")
+            for name, p, port in order:
+                results[name].append(measure(name, p.pid, port, work, args, direct))
+        keys = ["cpu_ms_per_conn", "cpu_s_per_gib", "rss_kib_per_idle", "added_p50_us", "added_p99_us", "held_ok"]
+        med = {n: {k: statistics.median(r[k] for r in rs) for k in keys} for n, rs in results.items()}
+        targets = {"cpu_ms_per_conn": "<= 0.25x", "cpu_s_per_gib": "<= 0.55x", "rss_kib_per_idle": "<= 0.45x",
+                   "added_p50_us": "<= 1.0x", "added_p99_us": "<= 1.0x", "held_ok": ">= 9000"}
+        lines = [f"| figure (median of {args.rounds}) | tlb | HAProxy | tlb/HAProxy | target |", "|---|---|---|---|---|"]
+        for k in keys:
+            t, h = med["tlb"][k], med["haproxy"][k]
+            ratio = t / h if h else float("nan")
+            lines.append(f"| {k} | {t:.3f} | {h:.3f} | {ratio:.2f} | {targets[k]} |")
+        table = "\n".join(lines)
+        print(table)
+        os.makedirs(args.out, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        with open(os.path.join(args.out, f"vs-haproxy-{stamp}.json"), "w") as f:
+            json.dump({"haproxy": hv, "direct": direct, "rounds": results, "median": med}, f, indent=2)
+        with open(os.path.join(args.out, f"vs-haproxy-{stamp}.md"), "w") as f:
+            f.write(table + "\n")
+    finally:
+        cleanup()
+
+
+def _free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+if __name__ == "__main__":
+    main()
