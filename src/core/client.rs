@@ -125,6 +125,14 @@ pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
     }
 }
 
+/// The peer went away (EOF without close_notify, reset, broken pipe).
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Sends `message`, half-closes, and returns everything received until EOF.
 /// An empty reply to a non-empty message, or EOF without close_notify
 /// before any byte, is [`ClientError::ClosedBeforeReply`].

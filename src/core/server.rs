@@ -368,11 +368,13 @@ impl Server {
                 };
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 log.close(&format!("refused: {}", refusal.label()));
+                refuse_established(tls).await;
                 return;
             }
             None => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 log.close("refused: unauthorized");
+                refuse_established(tls).await;
                 return;
             }
         };
@@ -382,6 +384,7 @@ impl Server {
             Err(r) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 log.close(&format!("refused: {}", r.label()));
+                refuse_established(tls).await;
                 return;
             }
         };
@@ -572,6 +575,26 @@ async fn handshake(
         identity,
         sni,
     })
+}
+
+/// Closes an established connection that will not be relayed (limits, no
+/// upstream): close_notify + FIN, then discard what the client still sends
+/// for a moment, so it sees a clean "closed before any reply" and not a reset.
+async fn refuse_established(mut tls: ClientTls) {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    const LINGER: Duration = Duration::from_secs(1);
+    let _ = timeout(LINGER, tls.close()).await;
+    let _ = timeout(LINGER, async {
+        let mut scratch = [0u8; 2048];
+        let mut total = 0usize;
+        while total < 64 * 1024 {
+            match tls.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Half-closes and discards what the client still sends, briefly, so the

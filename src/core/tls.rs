@@ -438,19 +438,36 @@ pub fn describe_tls_error(e: &std::io::Error) -> String {
     }
 }
 
-/// snake_case name of an alert as in RFC 8446 (`access_denied`, `unknown_ca`...).
+/// snake_case name of an alert as in RFC 8446 (`access_denied`, `unknown_ca`,
+/// `unknown_psk_identity`...): a word boundary is a capital after a lower-case
+/// letter, or the last capital of an acronym followed by a lower-case letter.
 pub fn alert_name(a: rustls::AlertDescription) -> String {
-    let s = format!("{a:?}");
+    let s: Vec<char> = format!("{a:?}").chars().collect();
     let mut out = String::with_capacity(s.len() + 4);
-    for (i, ch) in s.chars().enumerate() {
-        if ch.is_ascii_uppercase() {
-            if i > 0 {
+    for (i, &ch) in s.iter().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            let prev_lower = s[i - 1].is_ascii_lowercase();
+            let acronym_end = s[i - 1].is_ascii_uppercase() && s.get(i + 1).is_some_and(|c| c.is_ascii_lowercase());
+            if prev_lower || acronym_end {
                 out.push('_');
             }
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
         }
+        out.push(ch.to_ascii_lowercase());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alert_name;
+    use rustls::AlertDescription as AD;
+
+    #[test]
+    fn alert_names_follow_the_rfc() {
+        assert_eq!(alert_name(AD::UnknownCA), "unknown_ca");
+        assert_eq!(alert_name(AD::AccessDenied), "access_denied");
+        assert_eq!(alert_name(AD::UnknownPSKIdentity), "unknown_psk_identity");
+        assert_eq!(alert_name(AD::CertificateRequired), "certificate_required");
+        assert_eq!(alert_name(AD::ProtocolVersion), "protocol_version");
+    }
 }

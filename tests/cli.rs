@@ -1,0 +1,250 @@
+//! The `tlb` binary end to end: `serve --check` on good and bad configs, and
+//! `pki init` + `upstream` + `serve` + `client` as child processes.
+//!
+//! No fixed ports: the generated `tlb.toml` is rewritten with ports reserved
+//! (bound on 127.0.0.1:0 and released) just before the children start, and
+//! readiness is a TCP connect polled with a deadline. Children are killed
+//! when a test ends, however it ends.
+
+mod common;
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Limit for one short `tlb` command.
+const CMD: Duration = Duration::from_secs(30);
+
+/// A temporary directory with `pki/` and `tlb.toml` from `tlb pki init`.
+fn init_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("tlb-cli-").tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let config = dir.path().join("tlb.toml");
+    let out = tlb(
+        &[
+            "pki",
+            "init",
+            "--dir",
+            pki.to_str().expect("utf-8 path"),
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ],
+        dir.path(),
+        CMD,
+    );
+    assert_eq!(out.code(), Some(0), "pki init failed: {out:?}");
+    assert!(config.exists() && pki.join("ca.crt").exists(), "{out:?}");
+    dir
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Asserts a failure reported as one line on stderr, without a panic.
+fn assert_one_line_error(out: &Bounded) -> String {
+    assert!(out.status.is_some(), "did not finish: {out:?}");
+    assert_ne!(out.code(), Some(0), "expected a failure: {out:?}");
+    assert!(!out.all().contains("panicked"), "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {out:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn serve_check_accepts_the_generated_config() {
+    let dir = init_dir();
+    let config = dir.path().join("tlb.toml");
+    let out = tlb(&["serve", "--check", "--config", path_str(&config)], dir.path(), CMD);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("OK"), "{out:?}");
+    assert!(!out.all().contains("panicked"), "{out:?}");
+}
+
+#[test]
+fn serve_check_names_file_line_and_key_of_an_unknown_key() {
+    let dir = init_dir();
+    let config = dir.path().join("tlb.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    let mut lines: Vec<&str> = text.lines().collect();
+    let tls = lines.iter().position(|l| l.trim() == "[tls]").expect("a [tls] table");
+    lines.insert(tls + 1, "bogus_key = 1");
+    fs::write(&config, lines.join("\n") + "\n").expect("writing the bad config");
+    let bad_line = tls + 2; // 1-based
+
+    let out = tlb(&["serve", "--check", "--config", path_str(&config)], dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert!(
+        line.contains(&format!("tlb.toml:{bad_line}")),
+        "file:line missing: {line}"
+    );
+    assert!(line.contains("bogus_key"), "key missing: {line}");
+}
+
+#[test]
+fn serve_check_reports_a_missing_certificate_file() {
+    let dir = init_dir();
+    let config = dir.path().join("tlb.toml");
+    fs::remove_file(dir.path().join("pki/server.crt")).expect("removing server.crt");
+    let out = tlb(&["serve", "--check", "--config", path_str(&config)], dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("server.crt"), "which file is missing: {line}");
+}
+
+#[test]
+fn serve_reports_a_missing_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.toml");
+    for args in [
+        vec!["serve", "--check", "--config", path_str(&missing)],
+        vec!["serve", "--config", path_str(&missing)],
+    ] {
+        let out = tlb(&args, dir.path(), CMD);
+        let line = assert_one_line_error(&out);
+        assert!(line.contains("nope.toml"), "{line}");
+        assert!(line.contains("tlb pki init"), "no hint to run `tlb pki init`: {line}");
+    }
+    // Default path ./tlb.toml in an empty directory.
+    let out = tlb(&["serve"], dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("tlb pki init"), "{line}");
+}
+
+/// Waits until `addr` accepts TCP connections, failing early if `child` exits.
+fn wait_listening(addr: &str, child: &mut ChildGuard, logs: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            panic!(
+                "{} exited ({status}) before listening on {addr}; log:\n{}",
+                child.name,
+                fs::read_to_string(logs).unwrap_or_default()
+            );
+        }
+        if TcpStream::connect_timeout(&addr.parse().expect("an address"), Duration::from_secs(1)).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} not listening within 30 s; log:\n{}",
+            fs::read_to_string(logs).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `tlb ARGS` with stdout and stderr going to `log`.
+fn start(name: &str, args: &[&str], dir: &Path, log: &Path) -> ChildGuard {
+    let file = fs::File::create(log).expect("log file");
+    let file2 = file.try_clone().expect("log file");
+    ChildGuard::spawn(
+        name,
+        Command::new(tlb_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(file2)),
+    )
+}
+
+#[test]
+fn end_to_end_with_pki_upstream_serve_and_client_processes() {
+    let dir = init_dir();
+    let d = dir.path();
+    let config = d.join("tlb.toml");
+    let pki = d.join("pki");
+
+    // Ports reserved right before the children start.
+    let base = free_consecutive_ports(3);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ups: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    let mut text = fs::read_to_string(&config).expect("config");
+    for (old, new) in [
+        ("\"127.0.0.1:8443\"", format!("\"{listen}\"")),
+        ("\"127.0.0.1:9001\"", format!("\"{}\"", ups[0])),
+        ("\"127.0.0.1:9002\"", format!("\"{}\"", ups[1])),
+        ("\"127.0.0.1:9003\"", format!("\"{}\"", ups[2])),
+        ("\"30s\"", "\"2s\"".to_string()),
+    ] {
+        assert!(text.contains(old), "the generated config has no {old}:\n{text}");
+        text = text.replace(old, &new);
+    }
+    fs::write(&config, &text).expect("rewriting the config");
+
+    let up_log = d.join("upstream.log");
+    let serve_log = d.join("serve.log");
+    let mut upstream = start(
+        "tlb upstream",
+        &["upstream", "--count", "3", "--listen", &ups[0], "--greet"],
+        d,
+        &up_log,
+    );
+    let mut serve = start("tlb serve", &["serve", "--config", path_str(&config)], d, &serve_log);
+    for u in &ups {
+        wait_listening(u, &mut upstream, &up_log);
+    }
+    wait_listening(&listen, &mut serve, &serve_log);
+
+    let client = |extra: &[&str]| {
+        let mut args = vec![
+            "client",
+            "--connect",
+            &listen,
+            "--pki",
+            path_str(&pki),
+            "--timeout",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        tlb(&args, d, CMD)
+    };
+
+    // An authorized client: the greeting, then the echo.
+    let out = client(&["--cert", "client2", "hello"]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{out:?}\nserve log:\n{}",
+        fs::read_to_string(&serve_log).unwrap_or_default()
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    let up = greeter(lines[0]);
+    assert!(["up1", "up2", "up3"].contains(&up.as_str()), "{out:?}");
+    assert_eq!(lines[1], "hello");
+
+    // Not authorized: exit 3, one line naming the alert.
+    let out = client(&["--cert", "client4", "hello"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("access_denied"), "{line}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // No client certificate: exit 3, certificate_required.
+    let out = client(&["hello"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("certificate_required"), "{line}");
+
+    // SIGTERM: drain and exit 0.
+    serve.signal("TERM");
+    let status = serve.wait_for(Duration::from_secs(10));
+    let log = fs::read_to_string(&serve_log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "tlb serve after SIGTERM: {status:?}; log:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    // The access log recorded the proxied connection.
+    assert!(log.contains("client2"), "no access-log line for client2:\n{log}");
+
+    upstream.signal("TERM");
+    let status = upstream.wait_for(Duration::from_secs(10));
+    assert!(status.is_some(), "tlb upstream did not stop on SIGTERM");
+}

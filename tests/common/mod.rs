@@ -1,0 +1,316 @@
+//! Helpers shared by the integration tests: lab configs, bounded waits,
+//! line reading, child processes that are always killed.
+//!
+//! Rules kept here for every test: real sockets on 127.0.0.1 with port 0,
+//! generated certificates in temporary directories, readiness by polling
+//! with a deadline, and a timeout on every network wait.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt};
+use tlb::core::client::{ClientError, ClientOptions, exchange};
+use tlb::core::lab::{Lab, LabOptions, LabPaths};
+use tlb::core::runtime::timeout;
+
+/// Limit for one network wait in a test (connect, handshake, a reply).
+pub const T: Duration = Duration::from_secs(10);
+
+/// Lab options for tests: two runtime threads, greeting upstreams.
+pub fn opts(upstreams: usize, greet: bool) -> LabOptions {
+    LabOptions {
+        upstreams,
+        greet,
+        threads: 2,
+        ..LabOptions::default()
+    }
+}
+
+/// Starts a lab; panics with the error chain when it cannot.
+pub fn lab(opts: LabOptions, config: impl FnOnce(&LabPaths) -> String) -> Lab {
+    Lab::start_with(opts, config).unwrap_or_else(|e| panic!("starting the lab: {e:#}"))
+}
+
+/// `[tls]` for the lab PKI, and `[timeouts]` with a short drain (so a lab
+/// stops quickly) plus `timeouts` (more `key = value` lines).
+pub fn base_config(p: &LabPaths, timeouts: &str) -> String {
+    let d = p.pki_dir.display();
+    format!(
+        "[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\ncrl = \"{d}/crl.pem\"\n\n\
+         [timeouts]\ndrain = \"1s\"\n{timeouts}\n"
+    )
+}
+
+/// One `[[app]]` table.
+pub fn app(name: &str, listen: SocketAddr, server_names: &[&str], upstreams: &[String]) -> String {
+    let q = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let names: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
+    format!(
+        "\n[[app]]\nname = \"{name}\"\nlisten = \"{listen}\"\nserver_names = [{}]\nupstreams = [{}]\n",
+        q(&names),
+        q(upstreams)
+    )
+}
+
+/// One `[[client]]` table; `extra` holds more `key = value` lines.
+pub fn client(name: &str, apps: &[&str], extra: &str) -> String {
+    let apps = apps.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    format!("\n[[client]]\nname = \"{name}\"\napps = [{apps}]\n{extra}\n")
+}
+
+/// The lab's upstream addresses as strings.
+pub fn ups(p: &LabPaths) -> Vec<String> {
+    p.upstreams.iter().map(|a| a.to_string()).collect()
+}
+
+/// Like `pki init` writes: app `echo` over every lab upstream, clients 1-3
+/// allowed (client4 not), short drain, `timeouts` and `extra` appended.
+pub fn standard_config(p: &LabPaths, timeouts: &str, extra: &str) -> String {
+    let mut s = base_config(p, timeouts);
+    s.push_str(&app("echo", p.listen, &[], &ups(p)));
+    for c in ["client1", "client2", "client3"] {
+        s.push_str(&client(c, &["echo"], ""));
+    }
+    s.push_str(extra);
+    s
+}
+
+/// A lab with the standard config.
+pub fn standard_lab(upstreams: usize) -> Lab {
+    lab(opts(upstreams, true), |p| standard_config(p, "", ""))
+}
+
+/// `fut`, or a panic naming `what` after `limit`.
+pub async fn within<F: Future>(what: &str, limit: Duration, fut: F) -> F::Output {
+    match timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: timed out after {limit:?}"),
+    }
+}
+
+/// Reads one line (up to and including `\n`, or to EOF).
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if r.read(&mut b).await? == 0 {
+            break;
+        }
+        out.push(b[0]);
+        if b[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// First word of an upstream greeting: `up2 client=... sni=- identity=-` -> `up2`.
+pub fn greeter(line: &str) -> String {
+    assert!(
+        line.contains(" client=") && line.contains(" sni=") && line.contains(" identity="),
+        "not an upstream greeting: {line:?}"
+    );
+    line.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Sends `msg` through the balancer; returns (greeter, rest of the reply).
+pub async fn greeted_exchange(opts: &ClientOptions, msg: &str) -> Result<(String, String), ClientError> {
+    let reply = exchange(opts, msg.as_bytes(), T).await?;
+    let text = String::from_utf8(reply).expect("utf-8 reply");
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    Ok((greeter(first), rest.to_string()))
+}
+
+/// Upstream connections ever made by app `app`, per upstream.
+pub fn totals(lab: &Lab, app: &str) -> Vec<u64> {
+    let g = lab.server.current();
+    let a = g.app(app).unwrap_or_else(|| panic!("no app {app}"));
+    a.balancer.upstreams().iter().map(|u| u.total()).collect()
+}
+
+/// Upstream connections currently open by app `app`, per upstream.
+pub fn actives(lab: &Lab, app: &str) -> Vec<u32> {
+    let g = lab.server.current();
+    let a = g.app(app).unwrap_or_else(|| panic!("no app {app}"));
+    a.balancer.upstreams().iter().map(|u| u.active()).collect()
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not reached within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// `n` consecutive free ports (for `tlb upstream --count n`), released.
+pub fn free_consecutive_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let base = first.local_addr().expect("local addr").port();
+        if u32::from(base) + u32::from(n) > 65535 {
+            continue;
+        }
+        let rest: Vec<_> = (1..n)
+            .map(|i| TcpListener::bind(("127.0.0.1", base + i)))
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        if rest.len() == usize::from(n - 1) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports found");
+}
+
+/// Is `program` runnable (`program --version` or `program version`)?
+pub fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        ChildGuard {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Exit status, waiting at most `limit`; `None` if still running.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sends a signal by pid with `kill -SIG PID`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {} ({}) failed", self.id(), self.name);
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// What a bounded run produced.
+#[derive(Debug)]
+pub struct Bounded {
+    /// `None` when the process was killed at the time limit.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Bounded {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+    /// stdout and stderr together, for searching.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` with `stdin` fed (then closed), killing it after `limit`.
+pub fn run_bounded(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Bounded {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut guard = ChildGuard::spawn(&format!("{cmd:?}"), cmd);
+    let input = stdin.to_vec();
+    let mut w = guard.child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&input);
+    });
+    let mut out = guard.child.stdout.take().expect("stdout");
+    let mut err = guard.child.stderr.take().expect("stderr");
+    let r1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let r2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = guard.wait_for(limit);
+    if status.is_none() {
+        let _ = guard.child.kill();
+        let _ = guard.child.wait();
+    }
+    let _ = writer.join();
+    Bounded {
+        status,
+        stdout: r1.join().unwrap_or_default(),
+        stderr: r2.join().unwrap_or_default(),
+    }
+}
+
+/// The `tlb` binary under test.
+pub fn tlb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tlb")
+}
+
+/// `tlb ARGS...` bounded to `limit`, without RUST_LOG from the environment.
+pub fn tlb(args: &[&str], dir: &Path, limit: Duration) -> Bounded {
+    run_bounded(
+        Command::new(tlb_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG"),
+        b"",
+        limit,
+    )
+}
+
+/// SHA-256 of `data`, hex.
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
