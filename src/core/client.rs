@@ -153,16 +153,17 @@ pub async fn exchange(opts: &ClientOptions, message: &[u8], read_timeout: Durati
             return Err(match tls.read(&mut probe).await {
                 Err(read_err) => match io_err(read_err) {
                     refused @ ClientError::TlsRefused { .. } => refused,
+                    _ if is_closed(&e) => ClientError::ClosedBeforeReply { addr },
                     _ => io_err(e),
                 },
+                Ok(0) => ClientError::ClosedBeforeReply { addr },
                 Ok(_) => io_err(e),
             });
         }
         match tls.read_to_end(&mut out).await {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && out.is_empty() => {
-                Err(ClientError::ClosedBeforeReply { addr })
-            }
+            // Other balancers reset or close without close_notify when they refuse.
+            Err(e) if is_closed(&e) && out.is_empty() => Err(ClientError::ClosedBeforeReply { addr }),
             Err(e) => Err(io_err(e)),
         }
     };
