@@ -417,10 +417,7 @@ fn client_refused(lab: &Lab, name: &str) -> u64 {
 /// A connection refused by a per-client limit, as the client sees it:
 /// `ClosedBeforeReply` only (the balancer sends close_notify and lingers).
 fn is_limit_refusal<T>(r: &Result<T, ClientError>) -> bool {
-    match r {
-        Err(ClientError::ClosedBeforeReply { .. }) => true,
-        _ => false,
-    }
+    matches!(r, Err(ClientError::ClosedBeforeReply { .. }))
 }
 
 #[test]
