@@ -871,3 +871,47 @@ fn unknown_sni_without_default_app_is_refused() {
         0
     );
 }
+
+// ---------------------------------------------------------------------------
+// TLS 1.2 when allowed, and SPKI pins
+
+#[test]
+fn tls12_client_accepted_when_min_version_is_1_2() {
+    let lab = lab(opts(3, true), |p| {
+        standard_config(p, "", "").replacen("[tls]\n", "[tls]\nmin_version = \"1.2\"\n", 1)
+    });
+    let opts = tls12_only(&lab, "client1");
+    let (greeting, echo) = smol::block_on(within("TLS 1.2 exchange", T, greeted_exchange(&opts, "over 1.2\n")))
+        .expect("a TLS 1.2 client is served when min_version = 1.2");
+    assert!(greeting.starts_with("up"), "{greeting}");
+    assert_eq!(echo, "over 1.2\n");
+    // Authorization still applies on TLS 1.2.
+    let denied = tls12_only(&lab, "client4");
+    let result = smol::block_on(within("TLS 1.2 exchange", T, exchange(&denied, b"x\n", T))).map(|_| ());
+    assert_refused(result, "access_denied");
+}
+
+#[test]
+fn spki_pin_admits_the_pinned_key_and_refuses_another() {
+    let lab = lab(opts(3, true), |p| {
+        let pin_of = |name: &str| {
+            let der = tlb::core::pki::read_cert_der(&p.pki_dir.join("clients").join(format!("{name}.crt")))
+                .expect("client cert");
+            hex::encode(tlb::core::identity::spki_sha256(&der).expect("spki"))
+        };
+        let mut s = base_config(p, "");
+        s.push_str(&app("echo", p.listen, &[], &ups(p)));
+        // client1 is pinned to its own key, client2 to client3's key.
+        s.push_str(&client("client1", &["echo"], &format!("spki_sha256 = \"{}\"", pin_of("client1"))));
+        s.push_str(&client("client2", &["echo"], &format!("spki_sha256 = \"{}\"", pin_of("client3"))));
+        s
+    });
+    let ok = lab.client(Some("client1")).expect("client options");
+    let (_, echo) = smol::block_on(within("pinned exchange", T, greeted_exchange(&ok, "pinned\n"))).expect("pin matches");
+    assert_eq!(echo, "pinned\n");
+    let before = totals(&lab, "echo").iter().sum::<u64>();
+    let bad = lab.client(Some("client2")).expect("client options");
+    let result = smol::block_on(within("mismatched pin", T, exchange(&bad, b"x\n", T))).map(|_| ());
+    assert_refused(result, "access_denied");
+    assert_eq!(totals(&lab, "echo").iter().sum::<u64>(), before, "a refused client reached an upstream");
+}

@@ -48,7 +48,8 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// Open loop (rr): total requests per second across connections;
-    /// latency counts from the scheduled send time.
+    /// latency counts from the scheduled send time. In idle mode: new
+    /// connections per second while ramping up.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Resume TLS sessions (default: full handshakes only).

@@ -38,8 +38,9 @@ pub enum Mode {
     Rr,
     /// Bulk bytes through the echo, both directions.
     Stream,
-    /// Open --connections connections, one echo each, then hold them idle
-    /// until the end (memory per idle connection, connection capacity).
+    /// Open --connections connections (at --rate per second if given), one
+    /// echo each, then hold them idle until the end (memory per idle
+    /// connection, connection capacity).
     Idle,
 }
 
@@ -235,7 +236,13 @@ pub fn run(
                 Mode::Handshake => handshake_loop(&o, &l, deadline).await,
                 Mode::Rr => rr_loop(&o, &l, deadline, per_conn_interval, offset).await,
                 Mode::Stream => stream_loop(&o, &l, deadline).await,
-                Mode::Idle => idle_hold(&o, &l, deadline).await,
+                Mode::Idle => {
+                    // With --rate, connections open at that many per second.
+                    if let Some(r) = o.rate {
+                        Timer::after(Duration::from_secs_f64(i as f64 / r.max(0.001))).await;
+                    }
+                    idle_hold(&o, &l, deadline).await
+                }
             }
         }));
     }
