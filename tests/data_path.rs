@@ -902,16 +902,29 @@ fn spki_pin_admits_the_pinned_key_and_refuses_another() {
         let mut s = base_config(p, "");
         s.push_str(&app("echo", p.listen, &[], &ups(p)));
         // client1 is pinned to its own key, client2 to client3's key.
-        s.push_str(&client("client1", &["echo"], &format!("spki_sha256 = \"{}\"", pin_of("client1"))));
-        s.push_str(&client("client2", &["echo"], &format!("spki_sha256 = \"{}\"", pin_of("client3"))));
+        s.push_str(&client(
+            "client1",
+            &["echo"],
+            &format!("spki_sha256 = \"{}\"", pin_of("client1")),
+        ));
+        s.push_str(&client(
+            "client2",
+            &["echo"],
+            &format!("spki_sha256 = \"{}\"", pin_of("client3")),
+        ));
         s
     });
     let ok = lab.client(Some("client1")).expect("client options");
-    let (_, echo) = smol::block_on(within("pinned exchange", T, greeted_exchange(&ok, "pinned\n"))).expect("pin matches");
+    let (_, echo) =
+        smol::block_on(within("pinned exchange", T, greeted_exchange(&ok, "pinned\n"))).expect("pin matches");
     assert_eq!(echo, "pinned\n");
     let before = totals(&lab, "echo").iter().sum::<u64>();
     let bad = lab.client(Some("client2")).expect("client options");
     let result = smol::block_on(within("mismatched pin", T, exchange(&bad, b"x\n", T))).map(|_| ());
     assert_refused(result, "access_denied");
-    assert_eq!(totals(&lab, "echo").iter().sum::<u64>(), before, "a refused client reached an upstream");
+    assert_eq!(
+        totals(&lab, "echo").iter().sum::<u64>(),
+        before,
+        "a refused client reached an upstream"
+    );
 }
