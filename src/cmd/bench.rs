@@ -21,19 +21,9 @@ pub struct Args {
     /// complete system is started in-process on loopback.
     #[arg(long)]
     pub target: Option<String>,
-    /// Client name: <pki>/clients/NAME.crt and .key.
-    #[arg(long)]
-    pub cert: Option<String>,
-    /// PKI directory for --cert and the default --ca.
-    #[arg(long, default_value = "pki")]
-    pub pki: PathBuf,
-    #[arg(long, requires = "key_file", conflicts_with = "cert")]
-    pub cert_file: Option<PathBuf>,
-    #[arg(long, requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
-    /// CA of the server certificate (default: <pki>/ca.crt).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
+    /// Client certificate and CA for --target.
+    #[command(flatten)]
+    pub certs: super::ClientCertArgs,
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
     #[arg(long, value_enum, default_value_t = Mode::Rr)]
@@ -164,15 +154,12 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn target_client(args: &Args, target: &str) -> Result<ClientOptions> {
-    let (cert, key) = match (&args.cert, &args.cert_file, &args.key_file) {
-        (Some(name), None, None) => {
-            let d = args.pki.join("clients");
-            (Some(d.join(format!("{name}.crt"))), Some(d.join(format!("{name}.key"))))
-        }
-        (None, Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
-        _ => bail!("--target needs a client certificate: --cert NAME (with --pki DIR) or --cert-file F --key-file F"),
+    let files = args.certs.resolve()?;
+    let ca = files.ca;
+    let Some((cert, key)) = files.cert_key else {
+        bail!("--target needs a client certificate: --cert NAME (with --pki DIR) or --cert-file F --key-file F");
     };
-    let ca = args.ca.clone().unwrap_or_else(|| args.pki.join("ca.crt"));
+    let (cert, key) = (Some(cert), Some(key));
     let tls = client_config(&ClientTlsFiles {
         ca: &ca,
         cert: cert.as_deref(),

@@ -1,12 +1,11 @@
 //! `tlb client`: an mTLS client like `ncat --ssl`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures_lite::{AsyncRead, AsyncWrite};
 use rustls::pki_types::ServerName;
 
@@ -19,22 +18,9 @@ pub struct Args {
     /// Balancer address.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub connect: String,
-    /// Client name: uses <pki>/clients/NAME.crt and .key. Without it (and
-    /// without --cert-file) no client certificate is sent.
-    #[arg(long)]
-    pub cert: Option<String>,
-    /// PKI directory for --cert and the default --ca.
-    #[arg(long, default_value = "pki")]
-    pub pki: PathBuf,
-    /// Client certificate file (PEM), instead of --cert.
-    #[arg(long, requires = "key_file", conflicts_with = "cert")]
-    pub cert_file: Option<PathBuf>,
-    /// Client key file (PEM), with --cert-file.
-    #[arg(long, requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
-    /// CA that signed the server certificate (default: <pki>/ca.crt).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
+    /// Client certificate (without --cert or --cert-file none is sent) and CA.
+    #[command(flatten)]
+    pub certs: super::ClientCertArgs,
     /// Server name for SNI and certificate check.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
@@ -50,23 +36,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (cert, key) = match (&args.cert, &args.cert_file, &args.key_file) {
-        (Some(name), None, None) => {
-            let d = args.pki.join("clients");
-            let (c, k) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
-            if !c.exists() {
-                bail!(
-                    "no certificate for client {name:?} at {} (see `tlb pki show --dir {}`, or pass --pki)",
-                    c.display(),
-                    args.pki.display()
-                );
-            }
-            (Some(c), Some(k))
-        }
-        (None, Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
-        _ => (None, None),
-    };
-    let ca = args.ca.clone().unwrap_or_else(|| args.pki.join("ca.crt"));
+    let files = args.certs.resolve()?;
+    let ca = files.ca;
+    let (cert, key) = files.cert_key.map(|(c, k)| (Some(c), Some(k))).unwrap_or((None, None));
     let tls = client_config(&ClientTlsFiles {
         ca: &ca,
         cert: cert.as_deref(),

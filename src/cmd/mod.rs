@@ -96,3 +96,53 @@ pub fn usage_error(e: clap::Error) -> std::process::ExitCode {
         }
     }
 }
+
+/// Client-certificate flags shared by `client` and `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientCertArgs {
+    /// Client name: uses <pki>/clients/NAME.crt and .key.
+    #[arg(long)]
+    pub cert: Option<String>,
+    /// PKI directory for --cert and the default --ca.
+    #[arg(long, default_value = "pki")]
+    pub pki: std::path::PathBuf,
+    /// Client certificate file (PEM), instead of --cert.
+    #[arg(long, requires = "key_file", conflicts_with = "cert")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client key file (PEM), with --cert-file.
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// CA that signed the server certificate (default: <pki>/ca.crt).
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// Resolved client TLS files: `(cert, key)` when a certificate was named, and the CA.
+pub struct ClientCertFiles {
+    pub cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub ca: std::path::PathBuf,
+}
+
+impl ClientCertArgs {
+    /// Turns the flags into files; a `--cert NAME` whose file is missing is an error.
+    pub fn resolve(&self) -> anyhow::Result<ClientCertFiles> {
+        let cert_key = match (&self.cert, &self.cert_file, &self.key_file) {
+            (Some(name), None, None) => {
+                let d = self.pki.join("clients");
+                let (c, k) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
+                if !c.exists() {
+                    anyhow::bail!(
+                        "no certificate for client {name:?} at {} (see `tlb pki show --dir {}`, or pass --pki)",
+                        c.display(),
+                        self.pki.display()
+                    );
+                }
+                Some((c, k))
+            }
+            (None, Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        };
+        let ca = self.ca.clone().unwrap_or_else(|| self.pki.join("ca.crt"));
+        Ok(ClientCertFiles { cert_key, ca })
+    }
+}
