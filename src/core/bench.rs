@@ -342,6 +342,19 @@ async fn open(opts: &BenchOptions, live: &Live, res: &mut TaskResult) -> Option<
 
 /// Reads exactly `want.len()` echoed bytes, first consuming a greeting line
 /// (`<name> client=...`) if the upstream sends one; returns the upstream name.
+/// Sends `msg` and reads its echo (see [`read_echo`]).
+async fn echo_once(
+    s: &mut Conn,
+    msg: &[u8],
+    buf: &mut [u8],
+    greet: &mut Vec<u8>,
+    first: bool,
+) -> io::Result<Option<String>> {
+    s.write_all(msg).await?;
+    s.flush().await?;
+    read_echo(s, buf, greet, first).await
+}
+
 async fn read_echo(s: &mut Conn, buf: &mut [u8], greet: &mut Vec<u8>, first: bool) -> io::Result<Option<String>> {
     let mut got = 0;
     let mut name = None;
@@ -383,9 +396,7 @@ async fn handshake_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> 
         };
         let t0 = Instant::now();
         let r = timeout(opts.op_timeout, async {
-            s.write_all(&msg).await?;
-            s.flush().await?;
-            let name = read_echo(&mut s, &mut buf, &mut greet, true).await?;
+            let name = echo_once(&mut s, &msg, &mut buf, &mut greet, true).await?;
             s.close().await?;
             Ok::<_, io::Error>(name)
         })
@@ -447,12 +458,7 @@ async fn rr_loop(
                 }
                 None => Instant::now(),
             };
-            let r = timeout(opts.op_timeout, async {
-                s.write_all(&msg).await?;
-                s.flush().await?;
-                read_echo(&mut s, &mut buf, &mut greet, first).await
-            })
-            .await;
+            let r = timeout(opts.op_timeout, echo_once(&mut s, &msg, &mut buf, &mut greet, first)).await;
             match r {
                 Ok(Ok(name)) => {
                     if let Some(n) = name {
@@ -522,12 +528,7 @@ async fn idle_hold(opts: &BenchOptions, live: &Live, deadline: Instant) -> TaskR
     let Some(mut s) = open(opts, live, &mut res).await else {
         return res;
     };
-    let r = timeout(opts.op_timeout, async {
-        s.write_all(&msg).await?;
-        s.flush().await?;
-        read_echo(&mut s, &mut buf, &mut greet, true).await
-    })
-    .await;
+    let r = timeout(opts.op_timeout, echo_once(&mut s, &msg, &mut buf, &mut greet, true)).await;
     match r {
         Ok(Ok(name)) => {
             if let Some(n) = name {

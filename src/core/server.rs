@@ -580,31 +580,24 @@ async fn handshake(
 /// Closes an established connection that will not be relayed (limits, no
 /// upstream): close_notify + FIN, then discard what the client still sends
 /// for a moment, so it sees a clean "closed before any reply" and not a reset.
-async fn refuse_established(mut tls: ClientTls) {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    const LINGER: Duration = Duration::from_secs(1);
-    let _ = timeout(LINGER, tls.close()).await;
-    let _ = timeout(LINGER, async {
-        let mut scratch = [0u8; 2048];
-        let mut total = 0usize;
-        while total < 64 * 1024 {
-            match tls.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
+async fn refuse_established(tls: ClientTls) {
+    close_and_drain(tls).await;
 }
 
 /// Half-closes and discards what the client still sends, briefly, so the
 /// alert already written reaches it instead of being lost to an RST (the
 /// kernel resets a connection closed with unread data).
-async fn linger_close(mut io: TcpConn) {
+async fn linger_close(io: TcpConn) {
+    close_and_drain(io).await;
+}
+
+/// Closes the write side (at most 1 s), then reads and discards up to
+/// 64 KiB for at most 1 s, then drops the stream.
+async fn close_and_drain<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin>(mut io: S) {
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
     const LINGER: Duration = Duration::from_secs(1);
     const MAX_DISCARD: usize = 64 * 1024;
-    let _ = io.close().await;
+    let _ = timeout(LINGER, io.close()).await;
     let _ = timeout(LINGER, async {
         let mut scratch = [0u8; 2048];
         let mut total = 0;

@@ -3,7 +3,8 @@
 //! echo. With `greet`, one line comes first:
 //! `<name> client=<addr> sni=- identity=-`.
 //!
-//! Each connection is one task; memory per connection is one 16 KiB buffer.
+//! Each connection is one task; memory per connection is one 16 KiB buffer;
+//! a connection idle for 10 minutes is closed.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::{Async, Executor, Timer};
+
+use super::runtime::timeout;
 use tracing::{debug, warn};
 
 /// How one echo server behaves.
@@ -61,6 +64,9 @@ where
     Ok(())
 }
 
+/// An echo connection with no bytes for this long is closed.
+const IDLE: Duration = Duration::from_secs(600);
+
 async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) -> std::io::Result<()> {
     let _ = stream.get_ref().set_nodelay(true);
     let mut w = &stream;
@@ -71,7 +77,10 @@ async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) ->
     let mut r = &stream;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = r.read(&mut buf).await?;
+        // Every wait is bounded: a silent peer is dropped after IDLE.
+        let n = timeout(IDLE, r.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle for 10 minutes"))??;
         if n == 0 {
             break;
         }
