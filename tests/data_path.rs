@@ -44,7 +44,7 @@ fn assert_refused(result: Result<impl std::fmt::Debug, ClientError>, alert: &str
 fn assert_no_upstream_contact(lab: &Lab) {
     assert_eq!(totals(lab, "echo").iter().sum::<u64>(), 0, "an upstream was picked");
     assert_eq!(
-        lab.server.counters.proxied.load(std::sync::atomic::Ordering::Relaxed),
+        lab.server.metrics.proxied.load(std::sync::atomic::Ordering::Relaxed),
         0,
         "a connection was proxied"
     );
@@ -344,7 +344,7 @@ fn refused_garbage_instead_of_client_hello() {
     assert!(!String::from_utf8_lossy(&got).contains("HTTP"), "{got:?}");
     wait_until("handshake failure counted", T, || {
         lab.server
-            .counters
+            .metrics
             .handshake_failures
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
@@ -549,7 +549,10 @@ fn upstream_down_is_skipped_by_connect_retry() {
     let g = lab.server.current();
     let dead_up = &g.app("echo").expect("app").balancer.upstreams()[0];
     assert_eq!(dead_up.name, dead);
-    assert!(dead_up.last_error().is_some(), "the dead upstream was never tried");
+    assert!(
+        dead_up.health.snapshot().last_error.is_some(),
+        "the dead upstream was never tried"
+    );
     assert_eq!(dead_up.active(), 0);
     wait_idle(&lab);
 }

@@ -1,31 +1,38 @@
-//! Least-connections balancing over an app's upstreams.
+//! Least-connections balancing over an app's upstreams, with health.
 //!
 //! Promises: a pick increments the chosen upstream's active count at once
 //! (under a short lock that is never held across an await), so concurrent
 //! picks spread exactly; ties are broken round-robin from a rotating start,
-//! never always the first; unhealthy upstreams are skipped; the returned
-//! [`UpstreamGuard`] gives the slot back on drop, on every exit path.
+//! never always the first; DOWN upstreams are skipped, except for one
+//! half-open trial at a time when the app is passive-only and the cooldown
+//! is over (see [`super::health`]); the returned [`UpstreamGuard`] gives the
+//! slot back on drop, on every exit path, and releases an unfinished trial.
 //!
-//! Health is a seam: [`Upstream::record_failure`] / [`Upstream::record_success`]
-//! are called by the data path (passive checks) and the state they keep is
-//! what the health module turns into ejection.
+//! Outcomes of real connections go through [`Balancer::connected`] and
+//! [`Balancer::failed`], which feed the health state and log each state
+//! change once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::config::UpstreamAddr;
+use super::health::{HealthPolicy, UpstreamHealth};
 
-/// One upstream server and its live counters.
+/// One upstream server and its live counters. Kept across reloads while the
+/// app and address stay the same.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     active: AtomicU32,
     total: AtomicU64,
-    healthy: AtomicBool,
-    consecutive_failures: AtomicU32,
-    last_error: Mutex<Option<String>>,
+    /// Bytes relayed client -> upstream, counted when a connection closes.
+    pub bytes_to_upstream: AtomicU64,
+    /// Bytes relayed upstream -> client, counted when a connection closes.
+    pub bytes_to_client: AtomicU64,
+    pub health: UpstreamHealth,
 }
 
 impl Upstream {
@@ -35,9 +42,9 @@ impl Upstream {
             addr: u.addr,
             active: AtomicU32::new(0),
             total: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
-            consecutive_failures: AtomicU32::new(0),
-            last_error: Mutex::new(None),
+            bytes_to_upstream: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            health: UpstreamHealth::default(),
         }
     }
     /// Connections currently proxied to it.
@@ -49,28 +56,11 @@ impl Upstream {
         self.total.load(Ordering::Relaxed)
     }
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_up()
     }
+    /// Forces the health state (tests); not logged as a transition.
     pub fn set_healthy(&self, up: bool) {
-        self.healthy.store(up, Ordering::Relaxed);
-    }
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
-    }
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
-    }
-    /// A connection attempt failed (refused, timed out, reset before any byte).
-    /// Returns the number of consecutive failures.
-    pub fn record_failure(&self, reason: &str) -> u32 {
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = Some(reason.to_string());
-        }
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-    }
-    /// A connection attempt succeeded.
-    pub fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.health.set_up(up);
     }
 }
 
@@ -78,76 +68,133 @@ impl Upstream {
 #[derive(Debug)]
 pub struct UpstreamGuard {
     upstream: Arc<Upstream>,
+    /// This connection is the half-open trial and its outcome is not known yet.
+    trial: bool,
 }
 
 impl UpstreamGuard {
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }
+    /// Whether this connection is a half-open trial still waiting for its outcome.
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
 }
 
 impl Drop for UpstreamGuard {
     fn drop(&mut self) {
         self.upstream.active.fetch_sub(1, Ordering::Relaxed);
+        if self.trial {
+            self.upstream.health.abandon_trial();
+        }
     }
 }
 
-/// The upstreams of one app.
+/// The upstreams of one app and how their health is judged.
 #[derive(Debug)]
 pub struct Balancer {
+    app: Arc<str>,
     upstreams: Vec<Arc<Upstream>>,
+    policy: HealthPolicy,
     next: AtomicUsize,
     pick_lock: Mutex<()>,
 }
 
 impl Balancer {
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Balancer {
+    pub fn new(app: &str, upstreams: Vec<Arc<Upstream>>, policy: HealthPolicy) -> Balancer {
         Balancer {
+            app: Arc::from(app),
             upstreams,
+            policy,
             next: AtomicUsize::new(0),
             pick_lock: Mutex::new(()),
         }
+    }
+
+    pub fn app(&self) -> &Arc<str> {
+        &self.app
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
     }
 
-    /// True when at least one upstream is healthy.
+    pub fn policy(&self) -> &HealthPolicy {
+        &self.policy
+    }
+
+    /// True when at least one upstream is UP.
     pub fn any_healthy(&self) -> bool {
         self.upstreams.iter().any(|u| u.is_healthy())
     }
 
-    /// The healthy upstream with the fewest active connections, skipping
-    /// those in `exclude` (indices already tried). `None` when none is left.
+    /// The UP upstream with the fewest active connections (or a DOWN one
+    /// whose half-open trial is due), skipping those in `exclude` (indices
+    /// already tried). `None` when none is left: refuse at once.
     pub fn pick(&self, exclude: &[usize]) -> Option<(usize, UpstreamGuard)> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
         }
+        let now = Instant::now();
         // Poisoning cannot leave state inconsistent here: the lock guards no data.
         let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, u32)> = None;
+        let mut best: Option<(usize, u32, bool)> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if exclude.contains(&i) {
                 continue;
             }
             let u = &self.upstreams[i];
-            if !u.is_healthy() {
+            let trial = if u.is_healthy() {
+                false
+            } else if u.health.trial_due(&self.policy, now) {
+                true
+            } else {
                 continue;
-            }
+            };
+            // A due half-open trial goes first, so a recovered upstream is
+            // probed at once even while others carry the load.
             let a = u.active();
-            if best.is_none_or(|(_, b)| a < b) {
-                best = Some((i, a));
+            if best.is_none_or(|(_, b, t)| (trial && !t) || (trial == t && a < b)) {
+                best = Some((i, a, trial));
             }
         }
-        let (i, _) = best?;
+        let (i, _, mut trial) = best?;
         let u = self.upstreams[i].clone();
+        // Under pick_lock no other pick can claim it first; a failed claim
+        // means the state changed in between (e.g. an active check brought
+        // it back): use it if it is UP now, else refuse.
+        if trial && !u.health.claim_trial(&self.policy, now) {
+            if !u.is_healthy() {
+                return None;
+            }
+            trial = false;
+        }
         u.active.fetch_add(1, Ordering::Relaxed);
         u.total.fetch_add(1, Ordering::Relaxed);
-        Some((i, UpstreamGuard { upstream: u }))
+        Some((i, UpstreamGuard { upstream: u, trial }))
+    }
+
+    /// The connection to the guard's upstream was established.
+    pub fn connected(&self, guard: &mut UpstreamGuard) {
+        let trial = std::mem::take(&mut guard.trial);
+        if let Some(t) = guard.upstream.health.passive_success(trial) {
+            t.log(&self.app, &guard.upstream.name);
+        }
+    }
+
+    /// A passive failure on the guard's upstream: connect refused or timed
+    /// out, or reset before any byte. Returns the consecutive failure count.
+    pub fn failed(&self, guard: &mut UpstreamGuard, reason: &str) -> u32 {
+        let trial = std::mem::take(&mut guard.trial);
+        let u = &guard.upstream;
+        if let Some(t) = u.health.passive_failure(&self.policy, reason, trial, Instant::now()) {
+            t.log(&self.app, &u.name);
+        }
+        u.health.consecutive_failures()
     }
 }
 
@@ -157,6 +204,7 @@ mod tests {
 
     fn bal(n: usize) -> Balancer {
         Balancer::new(
+            "app",
             (0..n)
                 .map(|i| {
                     Arc::new(Upstream::new(&UpstreamAddr {
@@ -165,6 +213,7 @@ mod tests {
                     }))
                 })
                 .collect(),
+            HealthPolicy::new(None),
         )
     }
 

@@ -34,9 +34,18 @@ pub struct LabPaths {
     pub listen: SocketAddr,
     /// Echo upstream addresses (already serving).
     pub upstreams: Vec<SocketAddr>,
+    /// The admin endpoint's address (already bound), when asked for.
+    pub admin: Option<SocketAddr>,
 }
 
 impl LabPaths {
+    /// `[admin]\nlisten = "..."` when the lab has an admin listener, else "".
+    pub fn admin_table(&self) -> String {
+        self.admin
+            .map(|a| format!("\n[admin]\nlisten = \"{a}\"\n"))
+            .unwrap_or_default()
+    }
+
     /// `"127.0.0.1:a", "127.0.0.1:b", ...` for a TOML array.
     pub fn upstream_list(&self) -> String {
         self.upstreams
@@ -56,7 +65,7 @@ ca = "{p}/ca.crt"
 cert = "{p}/server.crt"
 key = "{p}/server.key"
 crl = "{p}/crl.pem"
-
+{admin}
 [[app]]
 name = "echo"
 listen = "{listen}"
@@ -77,6 +86,7 @@ apps = ["echo"]
 "#,
             listen = self.listen,
             ups = self.upstream_list(),
+            admin = self.admin_table(),
         )
     }
 }
@@ -91,6 +101,8 @@ pub struct LabOptions {
     /// Runtime threads (0 = one per core).
     pub threads: usize,
     pub key_type: KeyType,
+    /// Bind an admin listener too (its address is in [`LabPaths::admin`]).
+    pub admin: bool,
 }
 
 impl Default for LabOptions {
@@ -100,6 +112,7 @@ impl Default for LabOptions {
             greet: true,
             threads: 0,
             key_type: KeyType::EcdsaP256,
+            admin: false,
         }
     }
 }
@@ -147,10 +160,20 @@ impl Lab {
             .context("reading upstream addresses")?;
         let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let listen = listener.local_addr().context("reading the listener address")?;
+        let admin_listener = if opts.admin {
+            Some(bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?)
+        } else {
+            None
+        };
+        let admin = match &admin_listener {
+            Some(l) => Some(l.local_addr().context("reading the admin address")?),
+            None => None,
+        };
         let paths = LabPaths {
             pki_dir: pki.dir().to_path_buf(),
             listen,
             upstreams,
+            admin,
         };
         let config_path = dir.path().join("tlb.toml");
         std::fs::write(&config_path, config(&paths)).context("writing the lab config")?;
@@ -181,7 +204,8 @@ impl Lab {
                         })
                         .detach();
                     }
-                    srv.run(&ex, vec![listener], async move {
+                    let listeners = std::iter::once(listener).chain(admin_listener).collect();
+                    srv.run(&ex, listeners, async move {
                         let _ = stop_rx.recv().await;
                     })
                     .await

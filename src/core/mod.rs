@@ -1,13 +1,16 @@
 //! The reusable library behind every `tlb` subcommand.
 
+pub mod admin;
 pub mod balancer;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod identity;
 pub mod lab;
 pub mod limiter;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod relay;

@@ -7,16 +7,22 @@
 //! already-bound listeners until a shutdown future resolves, then drains.
 //! Tests bind `127.0.0.1:0` themselves and need no sleeps.
 //!
+//! The same `run` also serves the admin endpoint (when one of the listeners
+//! is `[admin] listen`) and runs the active health checks of the current
+//! config generation, restarting them on reload.
+//!
 //! Promises: every network wait has a timeout (handshake, connect, idle);
 //! an unauthorized client gets a TLS alert and never reaches an upstream;
-//! a limited client is closed before any upstream is contacted; per-client
-//! and per-upstream slots are released on every exit path (drop guards).
+//! a limited client is closed before any upstream is contacted; when every
+//! upstream of the app is DOWN the client is refused at once; per-client
+//! and per-upstream slots are released on every exit path (drop guards);
+//! metrics are atomics only (see [`super::metrics`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -24,12 +30,15 @@ use anyhow::{Context, Result, bail};
 use futures_lite::FutureExt;
 use futures_rustls::LazyConfigAcceptor;
 use rustls::ServerConfig;
-use smol::{Async, Executor, Timer, channel};
+use smol::{Async, Executor, Task, Timer, channel};
 use tracing::{debug, info, warn};
 
 use super::balancer::{Balancer, Upstream, UpstreamGuard};
 use super::config::{App, Config, Timeouts};
+use super::health::{self, HealthPolicy};
 use super::limiter::{ClientSlot, Limiter};
+pub use super::metrics::Refusal;
+use super::metrics::{AppStats, HandshakeFailureKind, Metrics};
 use super::net::TcpConn;
 use super::relay::{RelayEnd, Side, Transferred, relay};
 use super::runtime::timeout;
@@ -42,6 +51,8 @@ pub struct AppRuntime {
     server_config: Arc<ServerConfig>,
     policy: Arc<AppPolicy>,
     pub proxy_protocol: bool,
+    /// Counters kept across reloads while the app keeps its name.
+    pub stats: Arc<AppStats>,
 }
 
 /// Apps reachable through one listener.
@@ -85,10 +96,18 @@ impl Generation {
                 .with_context(|| format!("internal: no TLS config for app {}", app.name))?;
             let rt = Arc::new(AppRuntime {
                 name: app.name.clone(),
-                balancer: Balancer::new(upstreams_for(app, previous)),
+                balancer: Balancer::new(
+                    &app.name,
+                    upstreams_for(app, previous),
+                    HealthPolicy::new(app.health.as_ref()),
+                ),
                 server_config,
                 policy,
                 proxy_protocol: app.proxy_protocol,
+                stats: previous
+                    .and_then(|p| p.app(&app.name))
+                    .map(|a| a.stats.clone())
+                    .unwrap_or_default(),
             });
             let entry = listeners.entry(app.listen).or_default();
             if app.server_names.is_empty() {
@@ -133,51 +152,21 @@ fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>>
         .collect()
 }
 
-/// Counters the server keeps regardless of the metrics exporter.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub accepted: AtomicU64,
-    pub handshake_failures: AtomicU64,
-    pub refused: AtomicU64,
-    pub proxied: AtomicU64,
-    pub active: AtomicU64,
-}
-
 /// A running (or ready to run) load balancer.
 pub struct Server {
     generation: RwLock<Arc<Generation>>,
-    pub counters: Counters,
-}
-
-/// Why a connection that passed the handshake was closed without relaying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Authorization re-check failed (resumed session after a reload).
-    Unauthorized,
-    MaxConnections,
-    RateLimited,
-    NoHealthyUpstream,
-    UpstreamConnectFailed,
-}
-
-impl Refusal {
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Unauthorized => "unauthorized",
-            Refusal::MaxConnections => "max_connections",
-            Refusal::RateLimited => "rate_limited",
-            Refusal::NoHealthyUpstream => "no_healthy_upstream",
-            Refusal::UpstreamConnectFailed => "upstream_connect_failed",
-        }
-    }
+    pub metrics: Metrics,
+    draining: AtomicBool,
+    started: Instant,
+    /// A reload tells the health-check supervisor to restart the checks.
+    reloaded_tx: channel::Sender<()>,
+    reloaded_rx: channel::Receiver<()>,
 }
 
 /// The handshake did not complete.
 #[derive(Debug)]
 pub struct HandshakeFailure {
-    /// Short label for metrics: `timeout`, `unauthorized`, `bad_certificate`,
-    /// `no_certificate`, `protocol`, `not_tls`, `unknown_sni`, `eof`, `io`.
-    pub kind: &'static str,
+    pub kind: HandshakeFailureKind,
     pub detail: String,
 }
 
@@ -185,10 +174,25 @@ impl Server {
     /// Loads certificates and builds the data-path state for `config`.
     pub fn new(config: Config) -> Result<Arc<Server>> {
         let generation = Generation::build(config, None)?;
+        let (reloaded_tx, reloaded_rx) = channel::bounded(1);
         Ok(Arc::new(Server {
             generation: RwLock::new(Arc::new(generation)),
-            counters: Counters::default(),
+            metrics: Metrics::default(),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            reloaded_tx,
+            reloaded_rx,
         }))
+    }
+
+    /// True once shutdown has begun (no new connections are accepted).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Time since the server was created.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The current configuration generation.
@@ -205,17 +209,25 @@ impl Server {
         }
         let new = Generation::build(config, Some(&old))?;
         *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        // Full means a restart is already pending: the supervisor reads the latest generation.
+        let _ = self.reloaded_tx.try_send(());
         Ok(())
     }
 
-    /// Binds every listener the config names (SO_REUSEADDR, backlog 1024).
+    /// Binds every listener the config names (SO_REUSEADDR, backlog 1024),
+    /// the admin endpoint's included.
     pub fn bind(config: &Config) -> Result<Vec<TcpListener>> {
-        config.listeners().into_iter().map(bind_listener).collect()
+        let mut addrs = config.listeners();
+        if let Some(a) = &config.admin {
+            addrs.push(a.listen);
+        }
+        addrs.into_iter().map(bind_listener).collect()
     }
 
     /// Serves `listeners` until `shutdown` resolves; then stops accepting,
     /// lets open connections finish for `timeouts.drain`, and returns.
-    /// Each listener's local address must be an app's `listen` address.
+    /// Each listener's local address must be an app's `listen` address or
+    /// `[admin] listen`. Active health checks run meanwhile.
     pub async fn run<S>(
         self: &Arc<Self>,
         ex: &Arc<Executor<'static>>,
@@ -232,13 +244,20 @@ impl Server {
         // Closing `hard_tx` cuts every connection still open after the drain.
         let (hard_tx, hard_rx) = channel::bounded::<()>(1);
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        let admin_addr = generation.config.admin.as_ref().map(|a| a.listen);
+        let mut admin = None;
         for l in listeners {
             let addr = l.local_addr().context("reading a listener's address")?;
-            if !generation.listeners.contains_key(&addr) {
-                bail!("listener {addr} is not the listen address of any [[app]]");
-            }
             l.set_nonblocking(true).context("setting a listener non-blocking")?;
             let l = Async::new(l).with_context(|| format!("registering listener {addr}"))?;
+            if Some(addr) == admin_addr {
+                info!("admin endpoint on http://{addr} (/metrics /healthz /status)");
+                admin = Some(ex.spawn(super::admin::serve(self.clone(), ex.clone(), l)));
+                continue;
+            }
+            if !generation.listeners.contains_key(&addr) {
+                bail!("listener {addr} is not the listen address of any [[app]] nor [admin] listen");
+            }
             info!("listening on {addr} (apps: {})", app_names_on(&generation, addr));
             let server = self.clone();
             let ex2 = ex.clone();
@@ -255,27 +274,57 @@ impl Server {
             }));
         }
         drop(conn_tx);
+        let checks = ex.spawn(self.clone().supervise_health_checks(ex.clone()));
         shutdown.await;
+        self.draining.store(true, Ordering::Relaxed);
         drop(stop_tx);
         for a in accepts {
             a.await;
         }
         let drain = self.current().config.timeouts.drain;
-        let open = self.counters.active.load(Ordering::Relaxed);
+        let open = self.metrics.active.load(Ordering::Relaxed);
         if open > 0 {
             info!("draining {open} open connection(s) for up to {drain:?}");
         }
         if timeout(drain, conn_rx.recv()).await.is_err() {
             warn!(
                 "drain period over: closing {} connection(s)",
-                self.counters.active.load(Ordering::Relaxed)
+                self.metrics.active.load(Ordering::Relaxed)
             );
             drop(hard_tx);
             // Connections notice the closed channel at once; wait for them.
             let _ = timeout(Duration::from_secs(5), conn_rx.recv()).await;
         }
+        drop(checks);
+        drop(admin);
         info!("stopped");
         Ok(())
+    }
+
+    /// Runs the active checks of the current generation; on each reload,
+    /// cancels them and starts the new generation's (upstream state is kept).
+    async fn supervise_health_checks(self: Arc<Self>, ex: Arc<Executor<'static>>) {
+        loop {
+            let generation = self.current();
+            let mut tasks: Vec<Task<()>> = Vec::new();
+            for app in &generation.apps {
+                let policy = app.balancer.policy();
+                if policy.active.is_none() {
+                    continue;
+                }
+                for u in app.balancer.upstreams() {
+                    tasks.push(ex.spawn(health::check_loop(
+                        app.balancer.app().clone(),
+                        u.clone(),
+                        policy.clone(),
+                    )));
+                }
+            }
+            if self.reloaded_rx.recv().await.is_err() {
+                return;
+            }
+            drop(tasks);
+        }
     }
 
     async fn accept_loop(
@@ -289,7 +338,7 @@ impl Server {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
-                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let server = self.clone();
                     let held = conn_tx.clone();
                     let hard = hard_rx.clone();
@@ -319,23 +368,23 @@ impl Server {
         let generation = self.current();
         let timeouts = generation.config.timeouts;
         let started = Instant::now();
-        let _active = ActiveGuard::new(&self.counters);
+        let _active = ActiveGuard::new(&self.metrics.active);
         let Some(apps) = generation.listeners.get(&local) else {
             return;
         };
         let hs = match timeout(timeouts.handshake, handshake(stream, apps, &generation.reject)).await {
             Ok(Ok(hs)) => hs,
             Ok(Err(Failed(f, io))) => {
-                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                info!(%peer, %local, reason = f.kind, "handshake failed: {}", f.detail);
+                self.metrics.handshake_failed(f.kind);
+                info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail);
                 if let Some(io) = io {
                     linger_close(io).await;
                 }
                 return;
             }
             Err(_) => {
-                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                info!(%peer, %local, reason = "timeout", "handshake failed: not completed within {:?}", timeouts.handshake);
+                self.metrics.handshake_failed(HandshakeFailureKind::Timeout);
+                info!(%peer, %local, reason = HandshakeFailureKind::Timeout.label(), "handshake failed: not completed within {:?}", timeouts.handshake);
                 return;
             }
         };
@@ -346,6 +395,9 @@ impl Server {
             sni,
         } = hs;
         let handshake_done = started.elapsed();
+        self.metrics.handshake_seconds.observe(handshake_done);
+        app.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        let _app_active = ActiveGuard::new(&app.stats.active);
         debug!(%peer, identity = %identity, app = %app.name, "handshake done in {handshake_done:?}");
 
         let mut log = AccessLog {
@@ -366,23 +418,23 @@ impl Server {
                     super::limiter::LimitRefusal::MaxConnections => Refusal::MaxConnections,
                     super::limiter::LimitRefusal::RateLimited => Refusal::RateLimited,
                 };
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused(refusal);
                 log.close(&format!("refused: {}", refusal.label()));
                 refuse_established(tls).await;
                 return;
             }
             None => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused(Refusal::Unauthorized);
                 log.close("refused: unauthorized");
                 refuse_established(tls).await;
                 return;
             }
         };
 
-        let (guard, upstream_stream) = match connect_upstream(&app.balancer, timeouts).await {
+        let (mut guard, upstream_stream) = match connect_upstream(&app.balancer, timeouts).await {
             Ok(x) => x,
             Err(r) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused(r);
                 log.close(&format!("refused: {}", r.label()));
                 refuse_established(tls).await;
                 return;
@@ -390,19 +442,36 @@ impl Server {
         };
         let upstream = guard.upstream().clone();
         log.upstream = &upstream.name;
-        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
+        self.metrics.proxied.fetch_add(1, Ordering::Relaxed);
         let mut up = upstream_stream;
         let end = relay(&mut tls, &mut up, timeouts.idle, &mut log.moved).await;
-        let reason = match end {
+        let reason = match &end {
             RelayEnd::Done => "done".to_string(),
             RelayEnd::Idle => "idle_timeout".to_string(),
-            RelayEnd::Error(Side::A, e) => format!("client_error: {}", tls::describe_tls_error(&e)),
+            RelayEnd::Error(Side::A, e) => format!("client_error: {}", tls::describe_tls_error(e)),
             RelayEnd::Error(Side::B, e) => format!("upstream_error: {e}"),
         };
+        // A reset before the upstream sent any byte is a passive failure
+        // (an upstream that accepts and dies), like a refused connect.
+        if let RelayEnd::Error(Side::B, e) = &end
+            && log.moved.b_to_a == 0
+            && matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            )
+        {
+            let n = app.balancer.failed(&mut guard, "reset before any byte");
+            warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream reset the connection before any byte");
+        }
+        upstream
+            .bytes_to_upstream
+            .fetch_add(log.moved.a_to_b, Ordering::Relaxed);
+        upstream.bytes_to_client.fetch_add(log.moved.b_to_a, Ordering::Relaxed);
         drop(up);
         drop(tls);
         drop(guard);
         drop(slot);
+        self.metrics.connection_seconds.observe(started.elapsed());
         log.close(&reason);
     }
 }
@@ -430,18 +499,19 @@ pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
     Ok(socket.into())
 }
 
-struct ActiveGuard<'a>(&'a Counters);
+/// Holds one unit of an "open now" gauge; gives it back on drop.
+struct ActiveGuard<'a>(&'a AtomicU64);
 
 impl<'a> ActiveGuard<'a> {
-    fn new(c: &'a Counters) -> Self {
-        c.active.fetch_add(1, Ordering::Relaxed);
+    fn new(c: &'a AtomicU64) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(c)
     }
 }
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -511,7 +581,7 @@ async fn handshake(
             .err()
             .map(|(_, io)| io);
         let f = HandshakeFailure {
-            kind: "unknown_sni",
+            kind: HandshakeFailureKind::UnknownSni,
             detail: format!(
                 "no app for server name {:?} on this listener",
                 sni.as_deref().unwrap_or("")
@@ -538,7 +608,7 @@ async fn handshake(
         Ok(s) => s,
         Err((_, io, Some(denial))) => {
             let f = HandshakeFailure {
-                kind: "unauthorized",
+                kind: HandshakeFailureKind::Unauthorized,
                 detail: denial.to_string(),
             };
             return Err(Failed(f, Some(io)));
@@ -553,7 +623,7 @@ async fn handshake(
         Some(Err(denial)) => {
             return Err(Failed(
                 HandshakeFailure {
-                    kind: "unauthorized",
+                    kind: HandshakeFailureKind::Unauthorized,
                     detail: format!("{denial} (resumed session)"),
                 },
                 None,
@@ -562,7 +632,7 @@ async fn handshake(
         None => {
             return Err(Failed(
                 HandshakeFailure {
-                    kind: "no_certificate",
+                    kind: HandshakeFailureKind::NoCertificate,
                     detail: "no client certificate on the session".into(),
                 },
                 None,
@@ -612,39 +682,39 @@ async fn close_and_drain<S: futures_lite::AsyncRead + futures_lite::AsyncWrite +
 }
 
 fn classify_io(e: io::Error) -> HandshakeFailure {
-    use rustls::{CertificateError as CE, Error as TE, PeerIncompatible as PI};
+    use HandshakeFailureKind as K;
+    use rustls::{CertificateError as CE, Error as TE};
     let detail = tls::describe_tls_error(&e);
     let kind = match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
-        Some(TE::NoCertificatesPresented) => "no_certificate",
-        Some(TE::InvalidCertificate(CE::ApplicationVerificationFailure)) => "unauthorized",
-        Some(TE::InvalidCertificate(_)) | Some(TE::InvalidCertRevocationList(_)) => "bad_certificate",
-        Some(TE::PeerIncompatible(PI::SupportedVersionsExtensionRequired))
-        | Some(TE::PeerIncompatible(PI::Tls12NotOffered))
-        | Some(TE::PeerIncompatible(PI::Tls12NotOfferedOrEnabled))
-        | Some(TE::PeerIncompatible(_)) => "protocol",
+        Some(TE::NoCertificatesPresented) => K::NoCertificate,
+        Some(TE::InvalidCertificate(CE::ApplicationVerificationFailure)) => K::Unauthorized,
+        Some(TE::InvalidCertificate(_)) | Some(TE::InvalidCertRevocationList(_)) => K::BadCertificate,
+        Some(TE::PeerIncompatible(_)) => K::Protocol,
         Some(TE::InvalidMessage(_))
         | Some(TE::InappropriateHandshakeMessage { .. })
-        | Some(TE::InappropriateMessage { .. }) => "not_tls",
-        Some(TE::AlertReceived(_)) => "client_alert",
-        Some(_) => "tls",
-        None if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
-        None => "io",
+        | Some(TE::InappropriateMessage { .. }) => K::NotTls,
+        Some(TE::AlertReceived(_)) => K::ClientAlert,
+        Some(_) => K::Other,
+        None if e.kind() == io::ErrorKind::UnexpectedEof => K::Eof,
+        None => K::Other,
     };
     HandshakeFailure { kind, detail }
 }
 
 /// Connects to the best healthy upstream; on failure tries the next best,
-/// at most 2 retries, all within `timeouts.connect`.
+/// at most 2 retries, all within `timeouts.connect`. Each failure counts
+/// toward the upstream's `fall`; when no upstream is UP the refusal is
+/// immediate.
 async fn connect_upstream(balancer: &Balancer, timeouts: Timeouts) -> Result<(UpstreamGuard, TcpConn), Refusal> {
     const MAX_ATTEMPTS: usize = 3;
     let deadline = Instant::now() + timeouts.connect;
-    let mut tried: Vec<usize> = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last = Refusal::NoHealthyUpstream;
-    while tried.len() < MAX_ATTEMPTS {
-        let Some((idx, guard)) = balancer.pick(&tried) else {
+    for attempt in 0..MAX_ATTEMPTS {
+        let Some((idx, mut guard)) = balancer.pick(&tried[..attempt]) else {
             return Err(last);
         };
-        tried.push(idx);
+        tried[attempt] = idx;
         let up = guard.upstream().clone();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -652,14 +722,14 @@ async fn connect_upstream(balancer: &Balancer, timeouts: Timeouts) -> Result<(Up
         }
         let reason = match timeout(left, TcpConn::connect(up.addr)).await {
             Ok(Ok(s)) => {
-                up.record_success();
+                balancer.connected(&mut guard);
                 return Ok((guard, s));
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => health::describe_io(&e),
             Err(_) => format!("connect timed out after {:?}", timeouts.connect),
         };
-        let n = up.record_failure(&reason);
-        warn!(upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");
+        let n = balancer.failed(&mut guard, &reason);
+        warn!(app = %balancer.app(), upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");
         last = Refusal::UpstreamConnectFailed;
     }
     Err(last)

@@ -42,7 +42,8 @@ pub fn base_config(p: &LabPaths, timeouts: &str) -> String {
     let d = p.pki_dir.display();
     format!(
         "[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\ncrl = \"{d}/crl.pem\"\n\n\
-         [timeouts]\ndrain = \"1s\"\n{timeouts}\n"
+         [timeouts]\ndrain = \"1s\"\n{timeouts}\n{}",
+        p.admin_table()
     )
 }
 
