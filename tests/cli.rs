@@ -248,3 +248,136 @@ fn end_to_end_with_pki_upstream_serve_and_client_processes() {
     let status = upstream.wait_for(Duration::from_secs(10));
     assert!(status.is_some(), "tlb upstream did not stop on SIGTERM");
 }
+
+#[test]
+fn serve_json_logs_each_health_change_once_and_serves_admin() {
+    let dir = init_dir();
+    let d = dir.path();
+    let pki = d.join("pki");
+    let config = d.join("health.toml");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let base = free_consecutive_ports(2);
+    let ups: Vec<String> = (0..2).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    fs::write(
+        &config,
+        format!(
+            r#"[tls]
+ca = "pki/ca.crt"
+cert = "pki/server.crt"
+key = "pki/server.key"
+
+[admin]
+listen = "{admin}"
+
+[timeouts]
+drain = "1s"
+
+[[app]]
+name = "echo"
+listen = "{listen}"
+upstreams = ["{u1}", "{u2}"]
+  [app.health]
+  interval = "100ms"
+  timeout = "80ms"
+  rise = 1
+  fall = 2
+  send = "ping\n"
+  expect = "ping"
+
+[[client]]
+name = "client1"
+apps = ["echo"]
+"#,
+            u1 = ups[0],
+            u2 = ups[1]
+        ),
+    )
+    .expect("writing the config");
+
+    let up_log = d.join("upstream.log");
+    let serve_log = d.join("serve.log");
+    let mut upstream = start(
+        "tlb upstream",
+        &["upstream", "--count", "2", "--listen", &ups[0], "--greet"],
+        d,
+        &up_log,
+    );
+    let mut serve = start(
+        "tlb serve",
+        &["--log-format", "json", "serve", "--config", path_str(&config)],
+        d,
+        &serve_log,
+    );
+    for u in &ups {
+        wait_listening(u, &mut upstream, &up_log);
+    }
+    wait_listening(&listen, &mut serve, &serve_log);
+    wait_listening(&admin.to_string(), &mut serve, &serve_log);
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+
+    let out = tlb(
+        &[
+            "client",
+            "--connect",
+            &listen,
+            "--pki",
+            path_str(&pki),
+            "--cert",
+            "client1",
+            "--timeout",
+            "10",
+            "hello",
+        ],
+        d,
+        CMD,
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+
+    // Both upstreams die: each goes DOWN once, however many checks fail after.
+    upstream.signal("KILL");
+    let _ = upstream.wait_for(Duration::from_secs(10));
+    let failed = |text: &str, u: &str| {
+        metric(
+            text,
+            "tlb_upstream_health_checks_total",
+            &format!("app=\"echo\",upstream=\"{u}\",result=\"failed\""),
+        )
+        .unwrap_or(0.0)
+    };
+    wait_until("many failed checks after the kill", Duration::from_secs(20), || {
+        let (_, m) = http_get(admin, "/metrics");
+        ups.iter().all(|u| failed(&m, u) >= 6.0)
+    });
+    serve.signal("TERM");
+    let status = serve.wait_for(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "tlb serve after SIGTERM: {status:?}"
+    );
+
+    let log = fs::read_to_string(&serve_log).unwrap_or_default();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    // The access log is JSON too, with its fields.
+    let access: Vec<_> = events.iter().filter(|e| e["target"] == "tlb::access").collect();
+    assert_eq!(access.len(), 1, "{log}");
+    assert_eq!(access[0]["identity"], "client1", "{log}");
+    assert_eq!(access[0]["reason"], "done", "{log}");
+    assert!(access[0]["bytes_in"].as_u64() == Some(6), "{log}");
+    for u in &ups {
+        let downs: Vec<_> = events
+            .iter()
+            .filter(|e| e["state"] == "down" && e["upstream"] == u.as_str())
+            .collect();
+        assert_eq!(downs.len(), 1, "{u} DOWN logged {} times:\n{log}", downs.len());
+        let msg = downs[0]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.starts_with(&format!("upstream {u} DOWN: 2 consecutive failures: ")),
+            "{msg}"
+        );
+    }
+}

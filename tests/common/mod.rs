@@ -315,3 +315,111 @@ pub fn tlb(args: &[&str], dir: &Path, limit: Duration) -> Bounded {
 pub fn sha256(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
+
+/// A test-owned echo upstream (greeting with `name`) on its own thread,
+/// that can be killed and restarted on the same address, like a process.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: Option<smol::channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    /// Serves on `addr` (port 0 for any), retrying the bind for up to `T`
+    /// (a just-closed port may take a moment to be free again).
+    pub fn start(addr: SocketAddr, name: &str) -> Echo {
+        let deadline = Instant::now() + T;
+        let listener = loop {
+            match tlb::core::server::bind_listener(addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("binding echo upstream {addr}: {e:#}"),
+            }
+        };
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = smol::channel::bounded::<()>(1);
+        let opts = tlb::core::upstream::EchoOptions {
+            name: name.to_string(),
+            greet: true,
+        };
+        let thread = std::thread::spawn(move || {
+            let ex = std::sync::Arc::new(smol::Executor::new());
+            let _ = smol::block_on(ex.run(tlb::core::upstream::serve_echo(&ex, listener, opts, async move {
+                let _ = rx.recv().await;
+            })));
+            // Dropping `ex` here drops every connection task: all its
+            // connections close, as when a process dies.
+        });
+        Echo {
+            addr,
+            name: name.to_string(),
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops accepting and closes every connection; returns when done.
+    pub fn kill(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(T)).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("sending the request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("reading the response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
+    (code, body.to_string())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered,
+/// e.g. `reason="rate_limited"`; "" for none) in an exposition.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `/status` parsed.
+pub fn status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = http_get(admin, "/status");
+    assert_eq!(code, 200, "/status: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+}
+
+/// The `/status` object of upstream `name` of app `app`.
+pub fn upstream_status(admin: SocketAddr, app: &str, name: &str) -> serde_json::Value {
+    let s = status(admin);
+    s["apps"]
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["name"] == app))
+        .and_then(|a| a["upstreams"].as_array())
+        .and_then(|u| u.iter().find(|u| u["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no upstream {name} of app {app} in /status: {s}"))
+}

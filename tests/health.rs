@@ -1,0 +1,278 @@
+//! Health checks and circuit breaking, through real sockets: upstreams are
+//! test-owned echo servers that are killed and restarted on the same port;
+//! states are read from `/status` over plain HTTP and from the library.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tlb::core::client::ClientError;
+use tlb::core::lab::Lab;
+
+/// `[app.health]` lines for an app table.
+fn health(interval: &str, timeout: &str, rise: u32, fall: u32, extra: &str) -> String {
+    format!(
+        "  [app.health]\n  interval = \"{interval}\"\n  timeout = \"{timeout}\"\n  rise = {rise}\n  fall = {fall}\n{extra}\n"
+    )
+}
+
+/// A lab (no lab upstreams, admin on) whose app `echo` balances over `upstreams`.
+fn lab_over(upstreams: &[SocketAddr], timeouts: &str, app_extra: &str) -> Lab {
+    let ups: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+    lab(
+        tlb::core::lab::LabOptions {
+            admin: true,
+            ..opts(0, true)
+        },
+        |p| {
+            let mut s = base_config(p, timeouts);
+            s.push_str(&app("echo", p.listen, &[], &ups));
+            s.push_str(app_extra);
+            for c in ["client1", "client2", "client3"] {
+                s.push_str(&client(
+                    c,
+                    &["echo"],
+                    "max_connections = 100\nconnection_rate = 1000\nburst = 1000",
+                ));
+            }
+            s
+        },
+    )
+}
+
+fn admin(lab: &Lab) -> SocketAddr {
+    lab.paths.admin.expect("the lab has an admin listener")
+}
+
+fn state(lab: &Lab, up: SocketAddr) -> String {
+    upstream_status(admin(lab), "echo", &up.to_string())["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Which upstreams (by greeting name) answer `n` fresh connections.
+fn greeters(lab: &Lab, n: usize) -> Vec<String> {
+    let opts = lab.client(Some("client1")).expect("client options");
+    (0..n)
+        .map(|i| {
+            let (who, rest) = smol::block_on(greeted_exchange(&opts, &format!("hello {i}\n")))
+                .unwrap_or_else(|e| panic!("connection {i} through the balancer: {e}"));
+            assert_eq!(rest, format!("hello {i}\n"));
+            who
+        })
+        .collect()
+}
+
+fn upstream<'a>(
+    g: &'a tlb::core::server::Generation,
+    addr: SocketAddr,
+) -> &'a std::sync::Arc<tlb::core::balancer::Upstream> {
+    g.app("echo")
+        .and_then(|a| a.balancer.upstreams().iter().find(|u| u.addr == addr))
+        .expect("upstream in the config")
+}
+
+#[test]
+fn killed_upstream_is_ejected_within_interval_times_fall_and_returns_after_rise() {
+    let u1 = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
+    let mut u2 = Echo::start("127.0.0.1:0".parse().unwrap(), "up2");
+    let u3 = Echo::start("127.0.0.1:0".parse().unwrap(), "up3");
+    let (interval, timeout, rise, fall) = (Duration::from_millis(200), Duration::from_millis(100), 2u32, 3u32);
+    let lab = lab_over(
+        &[u1.addr, u2.addr, u3.addr],
+        "",
+        &health("200ms", "100ms", rise, fall, ""),
+    );
+    let adm = admin(&lab);
+    assert_eq!(http_get(adm, "/healthz"), (200, "ok\n".to_string()));
+    wait_until("first checks done", T, || {
+        upstream_status(adm, "echo", &u2.addr.to_string())["last_check"]["ok"] == true
+    });
+    assert_eq!(state(&lab, u2.addr), "up");
+    let spread = greeters(&lab, 6);
+    assert!(
+        spread.iter().any(|g| g == "up2"),
+        "up2 served nothing while up: {spread:?}"
+    );
+
+    // Kill up2: ejected within interval × fall (+ timeout), measured.
+    let addr2 = u2.addr;
+    u2.kill();
+    let killed = Instant::now();
+    wait_until("up2 ejected", T, || state(&lab, addr2) == "down");
+    let took = killed.elapsed();
+    let bound = interval * fall + timeout;
+    eprintln!("up2 ejected {took:?} after the kill (bound {bound:?} + scheduling slack)");
+    assert!(
+        took <= bound + Duration::from_millis(400),
+        "ejection took {took:?}, bound {bound:?}"
+    );
+    let st = upstream_status(adm, "echo", &addr2.to_string());
+    assert_eq!(st["last_check"]["ok"], false, "{st}");
+    assert!(
+        st["last_error"].as_str().unwrap_or_default().contains("refused"),
+        "{st}"
+    );
+    assert!(st["last_change"].is_string(), "{st}");
+
+    // Ejected: no new connections, and no connection attempt either.
+    let g = lab.server.current();
+    let (total_before, passive_before) = {
+        let u = upstream(&g, addr2);
+        (u.total(), u.health.snapshot().passive_failures)
+    };
+    let spread = greeters(&lab, 12);
+    assert!(
+        spread.iter().all(|g| g != "up2"),
+        "an ejected upstream got a connection: {spread:?}"
+    );
+    assert!(
+        spread.iter().any(|g| g == "up1") && spread.iter().any(|g| g == "up3"),
+        "{spread:?}"
+    );
+    assert_eq!(upstream(&g, addr2).total(), total_before, "ejected upstream was picked");
+    assert_eq!(upstream(&g, addr2).health.snapshot().passive_failures, passive_before);
+
+    // Restart it on the same port: back after `rise` good checks.
+    let ok_before = upstream(&g, addr2).health.snapshot().checks_ok;
+    let _u2 = Echo::start(addr2, "up2");
+    let restarted = Instant::now();
+    wait_until("up2 back", T, || state(&lab, addr2) == "up");
+    let snap = upstream(&g, addr2).health.snapshot();
+    eprintln!("up2 back {:?} after the restart", restarted.elapsed());
+    assert!(
+        snap.checks_ok >= ok_before + u64::from(rise),
+        "came back after {} good checks, rise is {rise}",
+        snap.checks_ok - ok_before
+    );
+    wait_until("up2 serves again", T, || greeters(&lab, 3).iter().any(|g| g == "up2"));
+    let (_, metrics) = http_get(adm, "/metrics");
+    let labels = format!("app=\"echo\",upstream=\"{addr2}\"");
+    assert_eq!(metric(&metrics, "tlb_upstream_up", &labels), Some(1.0), "{metrics}");
+    assert!(
+        metric(
+            &metrics,
+            "tlb_upstream_health_checks_total",
+            &format!("{labels},result=\"failed\"")
+        ) >= Some(3.0)
+    );
+    drop((u1, u3));
+}
+
+#[test]
+fn failing_send_expect_ejects_although_tcp_connects() {
+    let good = Echo::start("127.0.0.1:0".parse().unwrap(), "good");
+    // Accepts TCP connections (the kernel completes them) but never answers.
+    let mute = TcpListener::bind("127.0.0.1:0").expect("binding a mute upstream");
+    let mute_addr = mute.local_addr().expect("addr");
+    let lab = lab_over(
+        &[good.addr, mute_addr],
+        "",
+        &health("150ms", "100ms", 2, 2, "  send = \"ping\\n\"\n  expect = \"ping\"\n"),
+    );
+    wait_until("the mute upstream ejected", T, || state(&lab, mute_addr) == "down");
+    let st = upstream_status(admin(&lab), "echo", &mute_addr.to_string());
+    assert!(
+        st["last_error"].as_str().unwrap_or_default().contains("expected reply"),
+        "{st}"
+    );
+    // The good one answers the expect through its greeting + echo: stays up.
+    assert_eq!(state(&lab, good.addr), "up");
+    let spread = greeters(&lab, 4);
+    assert!(spread.iter().all(|g| g == "good"), "{spread:?}");
+
+    // Contrast: a plain TCP check finds the same mute upstream healthy.
+    lab.reload(
+        &std::fs::read_to_string(&lab.config_path)
+            .expect("config")
+            .replace("  send = \"ping\\n\"\n  expect = \"ping\"\n", ""),
+    )
+    .expect("reload");
+    wait_until("the mute upstream back on TCP checks", T, || {
+        state(&lab, mute_addr) == "up"
+    });
+    drop(mute);
+}
+
+#[test]
+fn passive_only_refusals_open_the_circuit_and_a_half_open_trial_closes_it() {
+    let good = Echo::start("127.0.0.1:0".parse().unwrap(), "good");
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let lab = lab_over(&[good.addr, dead], "", "");
+    let g = lab.server.current();
+    assert_eq!(g.app("echo").expect("app").balancer.policy().mode(), "passive");
+
+    // Every client is served (the balancer retries the next upstream), while
+    // the dead one collects passive failures until the circuit opens.
+    wait_until("circuit open on the dead upstream", T, || {
+        let spread = greeters(&lab, 2);
+        assert!(spread.iter().all(|s| s == "good"), "{spread:?}");
+        state(&lab, dead) == "down"
+    });
+    let snap = upstream(&g, dead).health.snapshot();
+    assert_eq!(snap.passive_failures, 3, "opened after fall = 3 failures");
+    assert!(snap.retry_in.is_some(), "a half-open retry is scheduled");
+
+    // Open: no attempts on it until the cooldown is over.
+    let spread = greeters(&lab, 3);
+    assert!(spread.iter().all(|s| s == "good"));
+    let snap2 = upstream(&g, dead).health.snapshot();
+    if snap2.passive_failures > 3 {
+        // Only possible if the 1 s cooldown elapsed meanwhile (slow machine): a trial.
+        assert!(snap2.retry_in.is_some(), "{snap2:?}");
+    }
+
+    // The upstream comes back; after the cooldown one trial closes the circuit.
+    let _revived = Echo::start(dead, "revived");
+    wait_until("half-open trial closes the circuit", T, || {
+        let _ = greeters(&lab, 1);
+        state(&lab, dead) == "up"
+    });
+    wait_until("the revived upstream serves", T, || {
+        greeters(&lab, 2).iter().any(|g| g == "revived")
+    });
+}
+
+#[test]
+fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
+    // Mute upstreams: a connect would succeed and then hang, so a quick
+    // refusal proves nothing was tried.
+    let m1 = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let m2 = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addrs = [m1.local_addr().expect("addr"), m2.local_addr().expect("addr")];
+    let lab = lab_over(
+        &addrs,
+        "connect = \"5s\"",
+        &health("100ms", "50ms", 1, 1, "  send = \"ping\\n\"\n  expect = \"ping\"\n"),
+    );
+    for a in addrs {
+        wait_until("mute upstream ejected", T, || state(&lab, a) == "down");
+    }
+    let opts = lab.client(Some("client1")).expect("client options");
+    let before = lab
+        .server
+        .metrics
+        .refused_for(tlb::core::metrics::Refusal::NoHealthyUpstream);
+    let started = Instant::now();
+    let r = smol::block_on(tlb::core::client::exchange(&opts, b"hello\n", T));
+    let took = started.elapsed();
+    assert!(matches!(r, Err(ClientError::ClosedBeforeReply { .. })), "{r:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "refusal took {took:?} (connect timeout 5 s)"
+    );
+    assert_eq!(
+        lab.server
+            .metrics
+            .refused_for(tlb::core::metrics::Refusal::NoHealthyUpstream),
+        before + 1
+    );
+    let g = lab.server.current();
+    for a in addrs {
+        assert_eq!(upstream(&g, a).total(), 0, "a DOWN upstream was tried");
+    }
+    drop((m1, m2));
+}
