@@ -66,10 +66,10 @@ fn greeters(lab: &Lab, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn upstream<'a>(
-    g: &'a tlb::core::server::Generation,
+fn upstream(
+    g: &tlb::core::server::Generation,
     addr: SocketAddr,
-) -> &'a std::sync::Arc<tlb::core::balancer::Upstream> {
+) -> &std::sync::Arc<tlb::core::balancer::Upstream> {
     g.app("echo")
         .and_then(|a| a.balancer.upstreams().iter().find(|u| u.addr == addr))
         .expect("upstream in the config")
