@@ -258,3 +258,17 @@ fn status_shows_apps_upstreams_and_clients_and_healthz_tracks_draining() {
     drop(held);
     stopper.join().expect("shutdown");
 }
+
+#[test]
+fn histograms_end_with_a_plus_inf_bucket() {
+    let lab = admin_lab("", &client("client1", &["echo"], ""));
+    let m = scrape(&lab);
+    assert!(
+        m.contains("tlb_handshake_duration_seconds_bucket{le=\"+Inf\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tlb_connection_duration_seconds_bucket{le=\"+Inf\"} 0"),
+        "{m}"
+    );
+}

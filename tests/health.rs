@@ -66,10 +66,7 @@ fn greeters(lab: &Lab, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn upstream(
-    g: &tlb::core::server::Generation,
-    addr: SocketAddr,
-) -> &std::sync::Arc<tlb::core::balancer::Upstream> {
+fn upstream(g: &tlb::core::server::Generation, addr: SocketAddr) -> &std::sync::Arc<tlb::core::balancer::Upstream> {
     g.app("echo")
         .and_then(|a| a.balancer.upstreams().iter().find(|u| u.addr == addr))
         .expect("upstream in the config")

@@ -896,6 +896,15 @@ name = "echo"
 listen = "127.0.0.1:8443"
 server_names = []            # SNI names that select this app on a shared listener
 upstreams = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+# Without [app.health]: passive circuit breaker only (3 failed connects eject
+# an upstream; half-open retry after 1 s, doubling up to 60 s).
+#  [app.health]              # active checks
+#  interval = "5s"
+#  timeout  = "1s"
+#  rise = 2                  # consecutive good checks to return
+#  fall = 3                  # consecutive failures (checks or traffic) to eject
+#  send = "ping\n"           # optional: send/expect instead of a TCP connect
+#  expect = "ping"
 "#,
         ca = q(&format!("{p}/ca.crt")),
         cert = q(&format!("{p}/server.crt")),

@@ -346,7 +346,8 @@ impl UpstreamHealth {
         self.up.store(false, Ordering::Relaxed);
         g.rises = 0;
         g.failed_trials = 0;
-        g.retry_at = Some(now + cooldown(0));
+        // Half-open retries are for passive-only apps; active checks decide otherwise.
+        g.retry_at = policy.active.is_none().then(|| now + cooldown(0));
         g.changed_at = Some(SystemTime::now());
         Some(Transition::Down {
             failures: g.fails,

@@ -152,7 +152,7 @@ impl Histogram {
     fn encode(&self, enc: &mut DescriptorEncoder, name: &str, help: &str) -> std::fmt::Result {
         let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
-            let bound = self.bounds.get(i).copied().unwrap_or(f64::MAX);
+            let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
             buckets.push((bound, c.load(Ordering::Relaxed)));
         }
         let count = buckets.iter().map(|b| b.1).sum();
