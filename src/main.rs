@@ -14,11 +14,16 @@ fn main() -> ExitCode {
         eprintln!("tlb: error: {e:#}");
         return ExitCode::from(2);
     }
+    let json = cli.log_format == tlb::core::logging::LogFormat::Json;
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain joined by ": ".
-            eprintln!("tlb: error: {e:#}");
+            // One line: the context chain joined by ": " (a JSON object with --log-format json).
+            if json {
+                tracing::error!("tlb: error: {e:#}");
+            } else {
+                eprintln!("tlb: error: {e:#}");
+            }
             ExitCode::from(tlb::cmd::exit_code(&e))
         }
     }

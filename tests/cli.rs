@@ -108,6 +108,19 @@ fn serve_reports_a_missing_config_file() {
         assert!(line.contains("nope.toml"), "{line}");
         assert!(line.contains("tlb pki init"), "no hint to run `tlb pki init`: {line}");
     }
+    // With --log-format json the one line is a JSON object.
+    let out = tlb(
+        &["serve", "--log-format", "json", "--config", path_str(&missing)],
+        dir.path(),
+        CMD,
+    );
+    let line = assert_one_line_error(&out);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "ERROR", "{line}");
+    assert!(
+        v["message"].as_str().unwrap_or_default().contains("tlb pki init"),
+        "{line}"
+    );
     // Default path ./tlb.toml in an empty directory.
     let out = tlb(&["serve"], dir.path(), CMD);
     let line = assert_one_line_error(&out);
