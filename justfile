@@ -25,3 +25,8 @@ build:
 bench-vs-haproxy *ARGS:
     cargo build --release
     python3 scripts/bench_vs_haproxy.py {{ARGS}}
+
+# Two tlb builds side by side (A/B), e.g. before/after a hot-path change:
+# just bench-ab /tmp/tlb.before target/release/tlb
+bench-ab A B *ARGS:
+    python3 scripts/ab_tlb.py --a {{A}} --b {{B}} {{ARGS}}

@@ -61,6 +61,31 @@ def rss_kib(pid):
     return 0
 
 
+def write_tlb_config(work, port, ups, path=None):
+    """The balancer config both scripts use: limits out of the way, one app."""
+    with open(path or f"{work}/tlb.toml", "w") as f:
+        f.write(f'''[tls]
+ca = "{work}/pki/ca.crt"
+cert = "{work}/pki/server.crt"
+key = "{work}/pki/server.key"
+crl = "{work}/pki/crl.pem"
+[defaults]
+max_connections = 100000
+connection_rate = 1000000
+burst = 1000000
+[timeouts]
+idle = "10m"
+drain = "1s"
+[[app]]
+name = "echo"
+listen = "127.0.0.1:{port}"
+upstreams = [{", ".join(f'"{u}"' for u in ups)}]
+[[client]]
+name = "client1"
+apps = ["echo"]
+''')
+
+
 def ensure_haproxy():
     if shutil.which("haproxy"):
         return
@@ -70,9 +95,9 @@ def ensure_haproxy():
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
-def bench(work, port, mode, conns, duration, extra=(), plain=False):
+def bench(work, port, mode, conns, duration, extra=(), plain=False, loader=None):
     out = os.path.join(work, f"bench-{mode}-{port}-{time.time_ns()}.json")
-    cmd = ["taskset", "-c", "1", TLB, "bench", "--target", f"127.0.0.1:{port}",
+    cmd = ["taskset", "-c", "1", loader or TLB, "bench", "--target", f"127.0.0.1:{port}",
            "--mode", mode, "--connections", str(conns), "--duration", f"{duration}s",
            "--threads", "1", "--json", out]
     if plain:
@@ -177,27 +202,7 @@ def main():
             wait_port(up + i)
         ups = [f"127.0.0.1:{up + i}" for i in range(3)]
         tlb_port, hap_port = free_port(), free_port()
-        with open(f"{work}/tlb.toml", "w") as f:
-            f.write(f'''[tls]
-ca = "{work}/pki/ca.crt"
-cert = "{work}/pki/server.crt"
-key = "{work}/pki/server.key"
-crl = "{work}/pki/crl.pem"
-[defaults]
-max_connections = 100000
-connection_rate = 1000000
-burst = 1000000
-[timeouts]
-idle = "10m"
-drain = "1s"
-[[app]]
-name = "echo"
-listen = "127.0.0.1:{tlb_port}"
-upstreams = [{", ".join(f'"{u}"' for u in ups)}]
-[[client]]
-name = "client1"
-apps = ["echo"]
-''')
+        write_tlb_config(work, tlb_port, ups)
         with open(f"{work}/haproxy.pem", "w") as f:
             f.write(open(f"{work}/pki/server.crt").read() + open(f"{work}/pki/server.key").read())
         with open(f"{work}/haproxy.cfg", "w") as f:

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Two tlb builds side by side (A/B), one core each, alternated rounds.
+
+For changes whose cost must be shown to be small (e.g. metrics on the hot
+path): the same method as bench_vs_haproxy.py (balancer pinned to CPU 0 with
+one thread, loader and upstreams on CPU 1, fresh processes per round), with
+both balancers being tlb binaries. The loader is always the newer binary
+(B), so only the balancer differs.
+
+Figures per build (median of rounds) and B/A ratios:
+  cpu_ms_per_conn   balancer CPU / new mTLS connections (handshake + 64 B echo)
+  cpu_us_per_req    balancer CPU / request, 64 B ping-pong on 64 connections
+  cpu_s_per_gib     balancer CPU / GiB echoed (one connection, 64 KiB writes)
+
+Usage: scripts/ab_tlb.py --a OLD_TLB_BINARY --b NEW_TLB_BINARY [--rounds 5] [--duration 6]
+"""
+import argparse, os, shutil, statistics, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_vs_haproxy import bench, cpu_seconds, free_port, wait_port, write_tlb_config, log, _free  # noqa: E402
+
+
+def measure(binary, loader, port, work, duration):
+    p = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "--config", f"{work}/tlb.toml", "--threads", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        r = {}
+        c0 = cpu_seconds(p.pid)
+        b = bench(work, port, "handshake", 16, duration, loader=loader)
+        r["cpu_ms_per_conn"] = (cpu_seconds(p.pid) - c0) * 1000 / max(b["handshakes"], 1)
+        c0 = cpu_seconds(p.pid)
+        b = bench(work, port, "rr", 64, duration, loader=loader)
+        r["cpu_us_per_req"] = (cpu_seconds(p.pid) - c0) * 1e6 / max(b["requests"], 1)
+        c0 = cpu_seconds(p.pid)
+        b = bench(work, port, "stream", 1, duration, ["--size", "65536"], loader=loader)
+        r["cpu_s_per_gib"] = (cpu_seconds(p.pid) - c0) / max(b["bytes_echoed"] / 2**30, 1e-9)
+        return r
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, help="baseline tlb binary")
+    ap.add_argument("--b", required=True, help="candidate tlb binary (also the loader)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=6)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="tlb-ab-")
+    ups_proc = None
+    try:
+        subprocess.run([args.b, "pki", "init", "--dir", f"{work}/pki", "--config", f"{work}/unused.toml",
+                        "--clients", "client1"], check=True, stdout=subprocess.DEVNULL)
+        up = free_port()
+        while any(not _free(up + i) for i in range(3)):
+            up = free_port()
+        ups_proc = subprocess.Popen(["taskset", "-c", "1", args.b, "upstream", "--listen", f"127.0.0.1:{up}",
+                                     "--count", "3", "--greet", "--threads", "1"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for i in range(3):
+            wait_port(up + i)
+        port = free_port()
+        write_tlb_config(work, port, [f"127.0.0.1:{up + i}" for i in range(3)])
+        res = {"A": [], "B": []}
+        for rnd in range(args.rounds):
+            order = [("A", args.a), ("B", args.b)]
+            if rnd % 2:
+                order.reverse()
+            for name, binary in order:
+                r = measure(binary, args.b, port, work, args.duration)
+                log(f"round {rnd + 1} {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items()))
+                res[name].append(r)
+        print(f"| figure (median of {args.rounds}) | A | B | B/A |\n|---|---|---|---|")
+        for k in res["A"][0]:
+            a = statistics.median(r[k] for r in res["A"])
+            b = statistics.median(r[k] for r in res["B"])
+            print(f"| {k} | {a:.4f} | {b:.4f} | {b / a:.3f} |")
+    finally:
+        if ups_proc:
+            ups_proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
