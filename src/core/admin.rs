@@ -236,7 +236,7 @@ pub fn status(server: &Server) -> Status {
                             at: rfc3339(c.at),
                             ok: c.ok,
                             detail: c.detail,
-                            took_ms: c.took.as_secs_f64() * 1e3,
+                            took_ms: (c.took.as_secs_f64() * 1e6).round() / 1e3,
                         }),
                         last_change: h.last_change.map(rfc3339),
                         retry_in_ms: h.retry_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
