@@ -20,7 +20,14 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the context chain joined by ": " (a JSON object with --log-format json).
             if json {
-                tracing::error!("tlb: error: {e:#}");
+                // Written directly (not through the logger, which RUST_LOG may filter).
+                let line = serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                    "level": "ERROR",
+                    "message": format!("tlb: error: {e:#}"),
+                    "target": "tlb",
+                });
+                eprintln!("{line}");
             } else {
                 eprintln!("tlb: error: {e:#}");
             }

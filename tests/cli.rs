@@ -291,8 +291,8 @@ name = "echo"
 listen = "{listen}"
 upstreams = ["{u1}", "{u2}"]
   [app.health]
-  interval = "100ms"
-  timeout = "80ms"
+  interval = "250ms"
+  timeout = "200ms"
   rise = 1
   fall = 2
   send = "ping\n"
@@ -316,15 +316,16 @@ apps = ["echo"]
         d,
         &up_log,
     );
+    // Upstreams first, so the first checks find them.
+    for u in &ups {
+        wait_listening(u, &mut upstream, &up_log);
+    }
     let mut serve = start(
         "tlb serve",
         &["--log-format", "json", "serve", "--config", path_str(&config)],
         d,
         &serve_log,
     );
-    for u in &ups {
-        wait_listening(u, &mut upstream, &up_log);
-    }
     wait_listening(&listen, &mut serve, &serve_log);
     wait_listening(&admin.to_string(), &mut serve, &serve_log);
     assert_eq!(http_get(admin, "/healthz").0, 200);
@@ -381,13 +382,20 @@ apps = ["echo"]
     assert_eq!(access[0]["identity"], "client1", "{log}");
     assert_eq!(access[0]["reason"], "done", "{log}");
     assert!(access[0]["bytes_in"].as_u64() == Some(6), "{log}");
+    // Each change logged once: DOWN and UP alternate (never two DOWNs in a
+    // row, however many checks failed), and the last one is the DOWN of the kill.
     for u in &ups {
-        let downs: Vec<_> = events
+        let changes: Vec<&serde_json::Value> = events
             .iter()
-            .filter(|e| e["state"] == "down" && e["upstream"] == u.as_str())
+            .filter(|e| e["upstream"] == u.as_str() && (e["state"] == "down" || e["state"] == "up"))
             .collect();
-        assert_eq!(downs.len(), 1, "{u} DOWN logged {} times:\n{log}", downs.len());
-        let msg = downs[0]["message"].as_str().unwrap_or_default();
+        let states: Vec<&str> = changes.iter().map(|e| e["state"].as_str().unwrap_or("")).collect();
+        assert_eq!(states.last(), Some(&"down"), "{u}: {states:?}\n{log}");
+        assert!(
+            states.windows(2).all(|w| w[0] != w[1]),
+            "{u}: a change logged twice: {states:?}\n{log}"
+        );
+        let msg = changes.last().and_then(|e| e["message"].as_str()).unwrap_or_default();
         assert!(
             msg.starts_with(&format!("upstream {u} DOWN: 2 consecutive failures: ")),
             "{msg}"

@@ -486,6 +486,18 @@ fn bad_admin_listen_address() {
 }
 
 #[test]
+fn admin_listen_must_not_be_an_app_listener() {
+    let text = minimal("").replace("[tls]", "[admin]\nlisten = \"127.0.0.1:8443\"\n\n[tls]");
+    let e = parse_err(&text);
+    assert_err(
+        &e,
+        line_of(&text, "listen = \"127.0.0.1:8443\"", 0),
+        "admin.listen",
+        "its own port",
+    );
+}
+
+#[test]
 fn bad_upstream_address() {
     let text = minimal("").replace("[\"127.0.0.1:9001\"]", "[\"127.0.0.1:9001\",\n  \"127.0.0.1\"]");
     let e = parse_err(&text);

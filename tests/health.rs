@@ -103,11 +103,16 @@ fn killed_upstream_is_ejected_within_interval_times_fall_and_returns_after_rise(
     let took = killed.elapsed();
     let bound = interval * fall + timeout;
     eprintln!("up2 ejected {took:?} after the kill (bound {bound:?} + scheduling slack)");
+    // Wall time on a loaded machine gets a generous margin; the count below is exact.
     assert!(
-        took <= bound + Duration::from_millis(400),
+        took <= bound + Duration::from_secs(1),
         "ejection took {took:?}, bound {bound:?}"
     );
     let st = upstream_status(adm, "echo", &addr2.to_string());
+    assert_eq!(
+        st["consecutive_failures"], fall,
+        "ejected after exactly `fall` failed checks: {st}"
+    );
     assert_eq!(st["last_check"]["ok"], false, "{st}");
     assert!(
         st["last_error"].as_str().unwrap_or_default().contains("refused"),
@@ -168,7 +173,7 @@ fn failing_send_expect_ejects_although_tcp_connects() {
     let lab = lab_over(
         &[good.addr, mute_addr],
         "",
-        &health("150ms", "100ms", 2, 2, "  send = \"ping\\n\"\n  expect = \"ping\"\n"),
+        &health("600ms", "500ms", 2, 2, "  send = \"ping\\n\"\n  expect = \"ping\"\n"),
     );
     wait_until("the mute upstream ejected", T, || state(&lab, mute_addr) == "down");
     let st = upstream_status(admin(&lab), "echo", &mute_addr.to_string());
@@ -210,14 +215,15 @@ fn passive_only_refusals_open_the_circuit_and_a_half_open_trial_closes_it() {
         state(&lab, dead) == "down"
     });
     let snap = upstream(&g, dead).health.snapshot();
-    assert_eq!(snap.passive_failures, 3, "opened after fall = 3 failures");
+    // 3 opened it; a 4th only if the 1 s cooldown passed meanwhile (a trial).
+    assert!((3..=4).contains(&snap.passive_failures), "{snap:?}");
     assert!(snap.retry_in.is_some(), "a half-open retry is scheduled");
 
     // Open: no attempts on it until the cooldown is over.
     let spread = greeters(&lab, 3);
     assert!(spread.iter().all(|s| s == "good"));
     let snap2 = upstream(&g, dead).health.snapshot();
-    if snap2.passive_failures > 3 {
+    if snap2.passive_failures > snap.passive_failures {
         // Only possible if the 1 s cooldown elapsed meanwhile (slow machine): a trial.
         assert!(snap2.retry_in.is_some(), "{snap2:?}");
     }
@@ -272,4 +278,96 @@ fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
         assert_eq!(upstream(&g, a).total(), 0, "a DOWN upstream was tried");
     }
     drop((m1, m2));
+}
+
+/// An upstream that accepts and resets at once (like a proxy whose backend
+/// is gone); stops when dropped.
+struct Resetter {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Resetter {
+    fn start() -> Resetter {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for s in l.incoming() {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    // After the balancer's connect completed (so this is not a
+                    // connect failure), before any byte.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let sock = socket2::Socket::from(s);
+                    let _ = sock.set_linger(Some(Duration::ZERO)); // close = RST
+                }
+            }
+        });
+        Resetter {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Resetter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, T); // wakes the accept
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn passive_resets_before_any_byte_open_the_circuit_although_tcp_accepts() {
+    let good = Echo::start("127.0.0.1:0".parse().unwrap(), "good");
+    let bad = Resetter::start();
+    let lab = lab_over(&[good.addr, bad.addr], "", "");
+    let opts = lab.client(Some("client1")).expect("client options");
+    // Clients sent to the resetter see a broken connection; keep going
+    // until the circuit opens (3 resets), bounded.
+    wait_until("circuit open on the resetting upstream", T, || {
+        let _ = smol::block_on(tlb::core::client::exchange(&opts, b"hello\n", T));
+        state(&lab, bad.addr) == "down"
+    });
+    let st = upstream_status(admin(&lab), "echo", &bad.addr.to_string());
+    assert_eq!(st["last_error"], "reset before any byte", "{st}");
+    // Accepted TCP connections were counted as established, yet it is DOWN.
+    assert!(st["connections"].as_u64() >= Some(3), "{st}");
+    let spread = greeters(&lab, 4);
+    assert!(spread.iter().all(|g| g == "good"), "{spread:?}");
+}
+
+#[test]
+fn traffic_does_not_mask_a_failing_send_expect_check() {
+    // The echo answers real traffic fine but never says "pong".
+    let up = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
+    let lab = lab_over(
+        &[up.addr],
+        "",
+        &health("300ms", "250ms", 1, 3, "  send = \"ping\\n\"\n  expect = \"pong\"\n"),
+    );
+    let opts = lab.client(Some("client1")).expect("client options");
+    let mut served = 0;
+    // Connections all along (several per check interval), each answered.
+    wait_until("ejected despite successful traffic", T, || {
+        if smol::block_on(greeted_exchange(&opts, "hi\n")).is_ok() {
+            served += 1;
+        }
+        state(&lab, up.addr) == "down"
+    });
+    assert!(served >= 3, "only {served} connections were served before the ejection");
+    let st = upstream_status(admin(&lab), "echo", &up.addr.to_string());
+    assert!(
+        st["last_error"].as_str().unwrap_or_default().contains("expected reply"),
+        "{st}"
+    );
 }

@@ -29,7 +29,7 @@ use super::server::Server;
 
 /// Admin connections open at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the admin endpoint on `listener` until the returned future is dropped.
@@ -47,7 +47,15 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
         };
         if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::AcqRel);
-            debug!(%peer, "admin: too many connections; closed");
+            debug!(%peer, "admin: too many connections; answered 503");
+            // A probe gets an answer rather than a silent close (bounded: 100 ms).
+            let mut s = stream;
+            let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            let _ = timeout(
+                Duration::from_millis(100),
+                futures_lite::AsyncWriteExt::write_all(&mut s, busy),
+            )
+            .await;
             continue;
         }
         let slot = Slot(open.clone());
@@ -172,6 +180,8 @@ pub struct UpstreamStatus {
     pub last_check: Option<CheckStatus>,
     /// When the state last changed (RFC 3339), if it ever did.
     pub last_change: Option<String>,
+    /// While down: consecutive good checks so far (it returns at `rise`).
+    pub consecutive_successes: u32,
     /// Passive only, while down: milliseconds until the next half-open trial.
     pub retry_in_ms: Option<u64>,
     pub bytes_to_upstream: u64,
@@ -224,6 +234,7 @@ pub fn status(server: &Server) -> Status {
                 .iter()
                 .map(|u| {
                     let h = u.health.snapshot();
+                    let passive = a.balancer.policy().active.is_none();
                     UpstreamStatus {
                         name: u.name.clone(),
                         address: u.addr.to_string(),
@@ -239,7 +250,11 @@ pub fn status(server: &Server) -> Status {
                             took_ms: (c.took.as_secs_f64() * 1e6).round() / 1e3,
                         }),
                         last_change: h.last_change.map(rfc3339),
-                        retry_in_ms: h.retry_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        consecutive_successes: h.consecutive_successes,
+                        retry_in_ms: h
+                            .retry_in
+                            .filter(|_| passive)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                         bytes_to_upstream: load(&u.bytes_to_upstream),
                         bytes_to_client: load(&u.bytes_to_client),
                     }

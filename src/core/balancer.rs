@@ -8,9 +8,10 @@
 //! is over (see [`super::health`]); the returned [`UpstreamGuard`] gives the
 //! slot back on drop, on every exit path, and releases an unfinished trial.
 //!
-//! Outcomes of real connections go through [`Balancer::connected`] and
-//! [`Balancer::failed`], which feed the health state and log each state
-//! change once.
+//! Outcomes of real connections go through [`Balancer::connected`] (TCP
+//! established: counted), [`Balancer::answered`] (the upstream sent its
+//! first byte: a passive success) and [`Balancer::failed`] (a passive
+//! failure), which feed the health state and log each state change once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -51,7 +52,7 @@ impl Upstream {
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
     }
-    /// Connections ever proxied to it.
+    /// Connections ever established to it (by the data path).
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
@@ -141,47 +142,53 @@ impl Balancer {
         // Poisoning cannot leave state inconsistent here: the lock guards no data.
         let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, u32, bool)> = None;
+        let mut best: Option<(usize, u32)> = None;
+        let mut due_trial: Option<usize> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if exclude.contains(&i) {
                 continue;
             }
             let u = &self.upstreams[i];
-            let trial = if u.is_healthy() {
-                false
-            } else if u.health.trial_due(&self.policy, now) {
-                true
-            } else {
-                continue;
-            };
-            // A due half-open trial goes first, so a recovered upstream is
-            // probed at once even while others carry the load.
-            let a = u.active();
-            if best.is_none_or(|(_, b, t)| (trial && !t) || (trial == t && a < b)) {
-                best = Some((i, a, trial));
+            if u.is_healthy() {
+                let a = u.active();
+                if best.is_none_or(|(_, b)| a < b) {
+                    best = Some((i, a));
+                }
+            } else if due_trial.is_none() && u.health.trial_due(&self.policy, now) {
+                due_trial = Some(i);
             }
         }
-        let (i, _, mut trial) = best?;
-        let u = self.upstreams[i].clone();
-        // Under pick_lock no other pick can claim it first; a failed claim
-        // means the state changed in between (e.g. an active check brought
-        // it back): use it if it is UP now, else refuse.
-        if trial && !u.health.claim_trial(&self.policy, now) {
-            if !u.is_healthy() {
-                return None;
+        // A due half-open trial goes first, so a recovered upstream is probed
+        // at once even while others carry the load. The claim can still fail
+        // (another generation's balancer, sharing the upstream across a
+        // reload, took it): then the best UP upstream, if any.
+        if let Some(i) = due_trial {
+            let u = &self.upstreams[i];
+            if u.health.claim_trial(&self.policy, now) {
+                return Some((i, self.take(i, true)));
             }
-            trial = false;
         }
-        u.active.fetch_add(1, Ordering::Relaxed);
-        u.total.fetch_add(1, Ordering::Relaxed);
-        Some((i, UpstreamGuard { upstream: u, trial }))
+        let (i, _) = best?;
+        Some((i, self.take(i, false)))
     }
 
-    /// The connection to the guard's upstream was established.
-    pub fn connected(&self, guard: &mut UpstreamGuard) {
+    fn take(&self, i: usize, trial: bool) -> UpstreamGuard {
+        let u = self.upstreams[i].clone();
+        u.active.fetch_add(1, Ordering::Relaxed);
+        UpstreamGuard { upstream: u, trial }
+    }
+
+    /// The TCP connection to the guard's upstream was established.
+    pub fn connected(&self, guard: &UpstreamGuard) {
+        guard.upstream.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream sent its first byte on this connection: a passive
+    /// success (and, for a half-open trial, the circuit closes).
+    pub fn answered(&self, guard: &mut UpstreamGuard) {
         let trial = std::mem::take(&mut guard.trial);
-        if let Some(t) = guard.upstream.health.passive_success(trial) {
+        if let Some(t) = guard.upstream.health.passive_success(&self.policy, trial) {
             t.log(&self.app, &guard.upstream.name);
         }
     }

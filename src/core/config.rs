@@ -475,6 +475,7 @@ impl RawConfig {
             min_version,
         };
 
+        let admin_span = self.admin.as_ref().map(|a| a.listen.span());
         let admin = match self.admin {
             None => None,
             Some(a) => Some(AdminSettings {
@@ -767,6 +768,19 @@ impl RawConfig {
                 limits,
                 spki_sha256,
             });
+        }
+
+        if let (Some(a), Some(span)) = (&admin, admin_span)
+            && let Some(app) = apps.iter().find(|app| app.listen == a.listen)
+        {
+            return Err(ctx.err(
+                span,
+                "admin.listen",
+                format!(
+                    "{} is also the listen address of app {:?}; give the admin endpoint its own port",
+                    a.listen, app.name
+                ),
+            ));
         }
 
         Ok(Config {

@@ -4,8 +4,16 @@
 //!
 //! Promises:
 //! - An upstream starts UP. `fall` consecutive failures (active checks and
-//!   passive connect failures alike) take it DOWN; with active checks,
-//!   `rise` consecutive successful checks bring it back.
+//!   passive failures alike) take it DOWN; with active checks, `rise`
+//!   consecutive successful checks bring it back, and only a successful
+//!   check resets the failure count (real traffic cannot mask a failing
+//!   send/expect check). Passive-only, a successful connection resets it.
+//! - A passive success is a connection on which the upstream sent a byte
+//!   (an accept alone proves little: a proxy with a dead backend accepts);
+//!   a passive failure is a refused or timed-out connect, or a reset before
+//!   the upstream sent any byte. Errors that are the balancer's own
+//!   (out of file descriptors, ports or memory) never count against an
+//!   upstream.
 //! - Without `[app.health]` (passive only, `fall` = 3), a DOWN upstream is
 //!   retried half-open after a cooldown of 1 s that doubles after each
 //!   failed trial (at most 60 s); one trial connection at a time; a
@@ -237,9 +245,11 @@ impl UpstreamHealth {
     }
 
     /// A real connection reached the upstream. `trial`: it was the half-open trial.
-    pub fn passive_success(&self, trial: bool) -> Option<Transition> {
-        if !trial && self.fails.load(Ordering::Relaxed) == 0 {
-            return None; // the hot path: nothing to reset
+    pub fn passive_success(&self, policy: &HealthPolicy, trial: bool) -> Option<Transition> {
+        // The hot path: with active checks only checks reset the count; passive
+        // only, there is nothing to reset on a clean upstream.
+        if !trial && (policy.active.is_some() || self.fails.load(Ordering::Relaxed) == 0) {
+            return None;
         }
         let mut g = self.lock();
         if trial {
@@ -287,7 +297,7 @@ impl UpstreamHealth {
     pub fn check_result(
         &self,
         policy: &HealthPolicy,
-        result: Result<(), String>,
+        result: Result<(), CheckFailure>,
         took: Duration,
         now: Instant,
     ) -> Option<Transition> {
@@ -303,10 +313,16 @@ impl UpstreamHealth {
             ok,
             detail: match &result {
                 Ok(()) => "ok".into(),
-                Err(e) => e.clone(),
+                Err(e) => e.detail.clone(),
             },
             took,
         });
+        let result = match result {
+            // The balancer's own trouble says nothing about the upstream.
+            Err(e) if e.local => return None,
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.detail),
+        };
         match result {
             Ok(()) if self.is_up() => {
                 g.fails = 0;
@@ -331,6 +347,8 @@ impl UpstreamHealth {
                     self.count_failure(&mut g, policy, &e, now)
                 } else {
                     g.rises = 0;
+                    g.fails = g.fails.saturating_add(1);
+                    self.fails.store(g.fails, Ordering::Relaxed);
                     None
                 }
             }
@@ -372,6 +390,38 @@ pub fn cooldown(failed_trials: u32) -> Duration {
     COOLDOWN_BASE.saturating_mul(factor).min(COOLDOWN_MAX)
 }
 
+/// A failed active check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFailure {
+    pub detail: String,
+    /// The balancer's own resources failed (see [`is_local_error`]): not counted.
+    pub local: bool,
+}
+
+impl CheckFailure {
+    fn upstream(detail: String) -> CheckFailure {
+        CheckFailure { detail, local: false }
+    }
+    fn io(what: &str, e: &std::io::Error) -> CheckFailure {
+        CheckFailure {
+            detail: format!("{what}{}", describe_io(e)),
+            local: is_local_error(e),
+        }
+    }
+}
+
+/// Errors that are the balancer's own, not the upstream's: out of file
+/// descriptors (EMFILE, ENFILE), buffers (ENOBUFS), memory, or local ports
+/// (EADDRNOTAVAIL). They never count as an upstream failure.
+pub fn is_local_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    if matches!(e.kind(), K::AddrNotAvailable | K::OutOfMemory) {
+        return true;
+    }
+    // EMFILE and ENFILE are 24 and 23 on every Unix; ENOBUFS is 105 on Linux.
+    matches!(e.raw_os_error(), Some(23 | 24)) || (cfg!(target_os = "linux") && e.raw_os_error() == Some(105))
+}
+
 /// Short, stable wording for a connect or I/O error (logs, `/status`).
 pub fn describe_io(e: &std::io::Error) -> String {
     use std::io::ErrorKind as K;
@@ -380,20 +430,20 @@ pub fn describe_io(e: &std::io::Error) -> String {
         K::ConnectionReset => "connection reset".into(),
         K::TimedOut => "timed out".into(),
         K::UnexpectedEof => "closed by the upstream".into(),
-        K::AddrNotAvailable => "address not available".into(),
+        K::AddrNotAvailable => "no local address or port available (balancer side)".into(),
         _ => e.to_string(),
     }
 }
 
 /// One active check: connect; with `send`, write it; with `expect`, read
 /// until those bytes appear. Bounded by `settings.timeout`.
-pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), String> {
+pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), CheckFailure> {
     let run = async {
-        let mut conn = TcpConn::connect(addr).await.map_err(|e| describe_io(&e))?;
+        let mut conn = TcpConn::connect(addr).await.map_err(|e| CheckFailure::io("", &e))?;
         if !settings.send.is_empty() {
             conn.write_all(&settings.send)
                 .await
-                .map_err(|e| format!("sending the check payload: {}", describe_io(&e)))?;
+                .map_err(|e| CheckFailure::io("sending the check payload: ", &e))?;
         }
         if !settings.expect.is_empty() {
             let mut seen = Vec::with_capacity(256);
@@ -403,22 +453,22 @@ pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), St
                     break;
                 }
                 if seen.len() >= MAX_CHECK_READ {
-                    return Err(format!(
+                    return Err(CheckFailure::upstream(format!(
                         "expected {:?}, got {} bytes without it",
                         String::from_utf8_lossy(&settings.expect),
                         seen.len()
-                    ));
+                    )));
                 }
                 let n = conn
                     .read(&mut buf)
                     .await
-                    .map_err(|e| format!("reading the check reply: {}", describe_io(&e)))?;
+                    .map_err(|e| CheckFailure::io("reading the check reply: ", &e))?;
                 if n == 0 {
-                    return Err(format!(
+                    return Err(CheckFailure::upstream(format!(
                         "expected {:?}, got {:?} before the upstream closed",
                         String::from_utf8_lossy(&settings.expect),
                         String::from_utf8_lossy(&seen[..seen.len().min(64)])
-                    ));
+                    )));
                 }
                 seen.extend_from_slice(&buf[..n]);
             }
@@ -428,7 +478,7 @@ pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), St
     };
     match timeout(settings.timeout, run).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
+        Err(_) => Err(CheckFailure::upstream(format!(
             "no {} within {}",
             if settings.expect.is_empty() {
                 "connection"
@@ -436,7 +486,7 @@ pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), St
                 "expected reply"
             },
             humantime::format_duration(settings.timeout)
-        )),
+        ))),
     }
 }
 
@@ -459,7 +509,10 @@ pub async fn check_loop(app: Arc<str>, upstream: Arc<Upstream>, policy: HealthPo
         {
             t.log(&app, &upstream.name);
         }
-        Timer::at(began + settings.interval).await;
+        match began.checked_add(settings.interval) {
+            Some(next) => Timer::at(next).await,
+            None => return, // an interval beyond the clock's range: one check only
+        };
     }
 }
 
@@ -484,16 +537,16 @@ mod tests {
         let h = UpstreamHealth::default();
         let now = Instant::now();
         let d = Duration::ZERO;
-        assert_eq!(h.check_result(&p, Err("x".into()), d, now), None);
+        assert_eq!(h.check_result(&p, fail("x"), d, now), None);
         assert_eq!(h.passive_failure(&p, "connection refused", false, now), None);
-        let t = h.check_result(&p, Err("timed out".into()), d, now);
+        let t = h.check_result(&p, fail("timed out"), d, now);
         assert!(matches!(t, Some(Transition::Down { failures: 3, .. })), "{t:?}");
         assert!(!h.is_up());
         // Further failures while down are not new transitions.
-        assert_eq!(h.check_result(&p, Err("x".into()), d, now), None);
+        assert_eq!(h.check_result(&p, fail("x"), d, now), None);
         assert_eq!(h.check_result(&p, Ok(()), d, now), None);
         // A failure in between resets the rise count.
-        assert_eq!(h.check_result(&p, Err("x".into()), d, now), None);
+        assert_eq!(h.check_result(&p, fail("x"), d, now), None);
         assert_eq!(h.check_result(&p, Ok(()), d, now), None);
         assert!(matches!(
             h.check_result(&p, Ok(()), d, now),
@@ -503,16 +556,52 @@ mod tests {
         assert_eq!(h.consecutive_failures(), 0);
     }
 
+    fn fail(detail: &str) -> Result<(), CheckFailure> {
+        Err(CheckFailure::upstream(detail.into()))
+    }
+
     #[test]
-    fn success_resets_consecutive_failures() {
-        let p = active(1, 3);
+    fn passive_only_success_resets_consecutive_failures() {
+        let p = HealthPolicy::new(None);
         let h = UpstreamHealth::default();
         let now = Instant::now();
         h.passive_failure(&p, "a", false, now);
         h.passive_failure(&p, "b", false, now);
-        assert_eq!(h.passive_success(false), None);
+        assert_eq!(h.passive_success(&p, false), None);
         assert_eq!(h.consecutive_failures(), 0);
         h.passive_failure(&p, "c", false, now);
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn with_active_checks_traffic_does_not_mask_failing_checks() {
+        let p = active(1, 3);
+        let h = UpstreamHealth::default();
+        let now = Instant::now();
+        let d = Duration::ZERO;
+        h.check_result(&p, fail("expected reply"), d, now);
+        assert_eq!(h.passive_success(&p, false), None);
+        h.check_result(&p, fail("expected reply"), d, now);
+        assert_eq!(h.passive_success(&p, false), None);
+        assert!(matches!(
+            h.check_result(&p, fail("expected reply"), d, now),
+            Some(Transition::Down { failures: 3, .. })
+        ));
+        // A good check does reset.
+        h.check_result(&p, Ok(()), d, now);
+        assert!(h.is_up());
+        assert_eq!(h.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn local_errors_never_count() {
+        let p = active(1, 1);
+        let h = UpstreamHealth::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(is_local_error(&emfile));
+        assert!(!is_local_error(&std::io::ErrorKind::ConnectionRefused.into()));
+        let r = Err(CheckFailure::io("", &emfile));
+        assert_eq!(h.check_result(&p, r, Duration::ZERO, Instant::now()), None);
         assert!(h.is_up());
     }
 
@@ -537,7 +626,7 @@ mod tests {
         assert!(h.claim_trial(&p, t2));
         h.abandon_trial();
         assert!(h.claim_trial(&p, t2));
-        assert!(matches!(h.passive_success(true), Some(Transition::Up { .. })));
+        assert!(matches!(h.passive_success(&p, true), Some(Transition::Up { .. })));
         assert!(h.is_up());
     }
 

@@ -117,7 +117,8 @@ pub struct Histogram {
     bounds: &'static [f64],
     /// One count per bound, plus the +Inf bucket.
     counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+    /// Microseconds: a u64 holds 584,000 years of summed durations.
+    sum_micros: AtomicU64,
 }
 
 /// Handshake durations: 0.5 ms to 5 s.
@@ -132,7 +133,7 @@ impl Histogram {
         Histogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
         }
     }
 
@@ -140,8 +141,8 @@ impl Histogram {
         let secs = d.as_secs_f64();
         let i = self.bounds.iter().position(|&b| secs <= b).unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Observations so far.
@@ -156,7 +157,7 @@ impl Histogram {
             buckets.push((bound, c.load(Ordering::Relaxed)));
         }
         let count = buckets.iter().map(|b| b.1).sum();
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         enc.encode_descriptor(name, help, None, MetricType::Histogram)?
             .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
     }
@@ -317,7 +318,7 @@ impl Collector for ServerCollector {
         family(
             e,
             "refused",
-            "Connections refused after the handshake, by reason (no upstream contacted)",
+            "Connections closed after the handshake without being relayed, by reason",
             MetricType::Counter,
             Refusal::ALL.map(|r| ([("reason", r.label())], m.refused_for(r))),
         )?;
@@ -358,7 +359,7 @@ impl Collector for ServerCollector {
         family(
             e,
             "upstream_connections",
-            "Connections sent to each upstream",
+            "Connections established to each upstream",
             MetricType::Counter,
             ups().map(|(a, u)| ([("app", a), ("upstream", u.name.as_str())], u.total())),
         )?;

@@ -207,6 +207,9 @@ impl Server {
         if old.config.listeners() != config.listeners() {
             bail!("listener addresses changed; adding or removing listeners needs a restart in this version");
         }
+        if old.config.admin != config.admin {
+            bail!("[admin] changed; adding, moving or removing the admin endpoint needs a restart in this version");
+        }
         let new = Generation::build(config, Some(&old))?;
         *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         // Full means a restart is already pending: the supervisor reads the latest generation.
@@ -443,8 +446,13 @@ impl Server {
         let upstream = guard.upstream().clone();
         log.upstream = &upstream.name;
         self.metrics.proxied.fetch_add(1, Ordering::Relaxed);
-        let mut up = upstream_stream;
+        let mut up = Answered {
+            conn: upstream_stream,
+            pending: Some((&app.balancer, &mut guard)),
+        };
         let end = relay(&mut tls, &mut up, timeouts.idle, &mut log.moved).await;
+        // Closes the upstream connection and ends its borrow of the guard.
+        drop(up);
         let reason = match &end {
             RelayEnd::Done => "done".to_string(),
             RelayEnd::Idle => "idle_timeout".to_string(),
@@ -457,7 +465,7 @@ impl Server {
             && log.moved.b_to_a == 0
             && matches!(
                 e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
             )
         {
             let n = app.balancer.failed(&mut guard, "reset before any byte");
@@ -467,7 +475,6 @@ impl Server {
             .bytes_to_upstream
             .fetch_add(log.moved.a_to_b, Ordering::Relaxed);
         upstream.bytes_to_client.fetch_add(log.moved.b_to_a, Ordering::Relaxed);
-        drop(up);
         drop(tls);
         drop(guard);
         drop(slot);
@@ -497,6 +504,53 @@ pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
     })?;
     socket.listen(1024).with_context(|| format!("listening on {addr}"))?;
     Ok(socket.into())
+}
+
+/// The upstream side of a relay: the first byte the upstream sends is
+/// reported once as a passive success ([`Balancer::answered`]); an accept
+/// alone proves little (a proxy in front of a dead backend accepts too).
+struct Answered<'a> {
+    conn: TcpConn,
+    pending: Option<(&'a Balancer, &'a mut UpstreamGuard)>,
+}
+
+impl futures_lite::AsyncRead for Answered<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.conn).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r
+            && *n > 0
+            && let Some((balancer, guard)) = self.pending.take()
+        {
+            balancer.answered(guard);
+        }
+        r
+    }
+}
+
+impl futures_lite::AsyncWrite for Answered<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.conn).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.conn).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.conn).poll_close(cx)
+    }
 }
 
 /// Holds one unit of an "open now" gauge; gives it back on drop.
@@ -707,7 +761,10 @@ fn classify_io(e: io::Error) -> HandshakeFailure {
 /// immediate.
 async fn connect_upstream(balancer: &Balancer, timeouts: Timeouts) -> Result<(UpstreamGuard, TcpConn), Refusal> {
     const MAX_ATTEMPTS: usize = 3;
-    let deadline = Instant::now() + timeouts.connect;
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(timeouts.connect)
+        .unwrap_or(now + Duration::from_secs(86400 * 365));
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last = Refusal::NoHealthyUpstream;
     for attempt in 0..MAX_ATTEMPTS {
@@ -720,13 +777,26 @@ async fn connect_upstream(balancer: &Balancer, timeouts: Timeouts) -> Result<(Up
         if left.is_zero() {
             return Err(Refusal::UpstreamConnectFailed);
         }
-        let reason = match timeout(left, TcpConn::connect(up.addr)).await {
+        // A half-open trial gets a third of the budget: a blackholed upstream
+        // must not eat the time the retries on UP upstreams need.
+        let budget = if guard.is_trial() {
+            left.min(timeouts.connect / 3)
+        } else {
+            left
+        };
+        let reason = match timeout(budget, TcpConn::connect(up.addr)).await {
             Ok(Ok(s)) => {
-                balancer.connected(&mut guard);
+                balancer.connected(&guard);
                 return Ok((guard, s));
             }
+            Ok(Err(e)) if health::is_local_error(&e) => {
+                // Our own resources ran out: not the upstream's failure, and
+                // another upstream would fail the same way.
+                warn!(app = %balancer.app(), upstream = %up.name, "upstream connect failed on the balancer's side: {}", health::describe_io(&e));
+                return Err(Refusal::UpstreamConnectFailed);
+            }
             Ok(Err(e)) => health::describe_io(&e),
-            Err(_) => format!("connect timed out after {:?}", timeouts.connect),
+            Err(_) => format!("connect timed out after {budget:?}"),
         };
         let n = balancer.failed(&mut guard, &reason);
         warn!(app = %balancer.app(), upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");

@@ -37,12 +37,18 @@ pub fn lab(opts: LabOptions, config: impl FnOnce(&LabPaths) -> String) -> Lab {
 }
 
 /// `[tls]` for the lab PKI, and `[timeouts]` with a short drain (so a lab
-/// stops quickly) plus `timeouts` (more `key = value` lines).
+/// stops quickly, unless `timeouts` sets its own) plus `timeouts` (more
+/// `key = value` lines), and `[admin]` when the lab has one.
 pub fn base_config(p: &LabPaths, timeouts: &str) -> String {
     let d = p.pki_dir.display();
+    let drain = if timeouts.contains("drain") {
+        ""
+    } else {
+        "drain = \"1s\"\n"
+    };
     format!(
         "[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\ncrl = \"{d}/crl.pem\"\n\n\
-         [timeouts]\ndrain = \"1s\"\n{timeouts}\n{}",
+         [timeouts]\n{drain}{timeouts}\n{}",
         p.admin_table()
     )
 }
