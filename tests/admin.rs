@@ -12,8 +12,6 @@ use common::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use tlb::core::client::{ClientError, connect, exchange};
 use tlb::core::lab::{Lab, LabOptions};
-use tlb::core::pki::{KeyType, Pki};
-use tlb::core::tls::{ClientTlsFiles, client_config};
 
 fn admin_lab(timeouts: &str, clients: &str) -> Lab {
     lab(
@@ -90,27 +88,7 @@ fn metrics_count_every_refusal_reason() {
     assert_eq!(sent, 6.0, "bytes to upstreams (\"hello\\n\")\n{m1}");
 
     // bad certificate: signed by another CA.
-    let foreign_dir = tempfile::tempdir().expect("tempdir");
-    let foreign = Pki::new(foreign_dir.path().join("pki"));
-    foreign
-        .init(&tlb::core::pki::InitOptions {
-            clients: vec!["client1".into()],
-            server_names: vec![],
-            key_type: KeyType::EcdsaP256,
-            days: 30,
-            force: false,
-        })
-        .expect("foreign PKI");
-    let (cert, key) = foreign.client("client1");
-    let mut bad = lab.client(None).expect("options");
-    bad.tls = client_config(&ClientTlsFiles {
-        ca: &lab.pki.ca_cert(),
-        cert: Some(&cert),
-        key: Some(&key),
-        allow_tls12: false,
-        resumption: false,
-    })
-    .expect("client config");
+    let (bad, _foreign) = foreign_client(&lab);
     assert!(matches!(
         smol::block_on(exchange(&bad, b"x\n", T)),
         Err(ClientError::TlsRefused { .. })

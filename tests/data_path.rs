@@ -22,8 +22,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use time::{Duration as TimeDuration, OffsetDateTime};
 use tlb::core::client::{ClientError, ClientOptions, connect, exchange};
 use tlb::core::lab::Lab;
-use tlb::core::pki::{KeyType, Pki, Role, Validity};
-use tlb::core::tls::{ClientTlsFiles, client_config, load_certs, load_key, load_roots, provider};
+use tlb::core::pki::{KeyType, Role, Validity};
+use tlb::core::tls::{load_certs, load_key, load_roots, provider};
 
 use common::*;
 
@@ -189,29 +189,7 @@ fn concurrent_held_connections_spread_evenly_and_release() {
 #[test]
 fn refused_client_certificate_from_a_foreign_ca() {
     let lab = standard_lab(3);
-    let foreign_dir = tempfile::tempdir().expect("tempdir");
-    let foreign = Pki::new(foreign_dir.path().join("pki"));
-    foreign
-        .init(&tlb::core::pki::InitOptions {
-            clients: vec!["client1".into()],
-            server_names: vec![],
-            key_type: KeyType::EcdsaP256,
-            days: 30,
-            force: false,
-        })
-        .expect("foreign PKI");
-    // Same CN as an authorized client, but signed by another CA.
-    let (cert, key) = foreign.client("client1");
-    let tls = client_config(&ClientTlsFiles {
-        ca: &lab.pki.ca_cert(),
-        cert: Some(&cert),
-        key: Some(&key),
-        allow_tls12: false,
-        resumption: false,
-    })
-    .expect("client config");
-    let mut opts = lab.client(None).expect("client options");
-    opts.tls = tls;
+    let (opts, _foreign) = foreign_client(&lab);
     let result = smol::block_on(exchange(&opts, b"hello\n", T));
     match &result {
         Err(ClientError::TlsRefused { detail, hint, .. }) => {

@@ -429,3 +429,31 @@ pub fn upstream_status(admin: SocketAddr, app: &str, name: &str) -> serde_json::
         .cloned()
         .unwrap_or_else(|| panic!("no upstream {name} of app {app} in /status: {s}"))
 }
+
+/// Client options for `lab` whose certificate has an authorized CN
+/// (`client1`) but is signed by another CA; the directory holding that
+/// foreign PKI lives as long as the returned guard.
+pub fn foreign_client(lab: &Lab) -> (ClientOptions, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = tlb::core::pki::Pki::new(dir.path().join("pki"));
+    foreign
+        .init(&tlb::core::pki::InitOptions {
+            clients: vec!["client1".into()],
+            server_names: vec![],
+            key_type: tlb::core::pki::KeyType::EcdsaP256,
+            days: 30,
+            force: false,
+        })
+        .expect("foreign PKI");
+    let (cert, key) = foreign.client("client1");
+    let mut opts = lab.client(None).expect("client options");
+    opts.tls = tlb::core::tls::client_config(&tlb::core::tls::ClientTlsFiles {
+        ca: &lab.pki.ca_cert(),
+        cert: Some(&cert),
+        key: Some(&key),
+        allow_tls12: false,
+        resumption: false,
+    })
+    .expect("client config");
+    (opts, dir)
+}
