@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -601,7 +602,8 @@ impl AccessLog<'_> {
 type ClientTls = futures_rustls::server::TlsStream<TcpConn>;
 
 struct Handshaken {
-    tls: ClientTls,
+    /// Boxed so moves of it stay pointer-sized in the connection task.
+    tls: Box<ClientTls>,
     app: Arc<AppRuntime>,
     identity: String,
     sni: Option<String>,
@@ -617,7 +619,18 @@ impl From<HandshakeFailure> for Failed {
     }
 }
 
-async fn handshake(
+/// The handshake, on the heap: its state (acceptor, buffers, verifier
+/// calls) is only needed until it completes, and inline it would size every
+/// connection task, idle ones included.
+fn handshake<'a>(
+    stream: Async<TcpStream>,
+    apps: &'a ListenerApps,
+    reject: &'a Arc<ServerConfig>,
+) -> Pin<Box<dyn Future<Output = Result<Handshaken, Failed>> + Send + 'a>> {
+    Box::pin(handshake_inline(stream, apps, reject))
+}
+
+async fn handshake_inline(
     stream: Async<TcpStream>,
     apps: &ListenerApps,
     reject: &Arc<ServerConfig>,
@@ -694,7 +707,7 @@ async fn handshake(
         }
     };
     Ok(Handshaken {
-        tls,
+        tls: Box::new(tls),
         app,
         identity,
         sni,
@@ -704,15 +717,17 @@ async fn handshake(
 /// Closes an established connection that will not be relayed (limits, no
 /// upstream): close_notify + FIN, then discard what the client still sends
 /// for a moment, so it sees a clean "closed before any reply" and not a reset.
-async fn refuse_established(tls: ClientTls) {
-    close_and_drain(tls).await;
+fn refuse_established(tls: Box<ClientTls>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Boxed: a rare path whose state (TLS session + drain buffer) would
+    // otherwise be part of every connection task, idle ones included.
+    Box::pin(close_and_drain(tls))
 }
 
 /// Half-closes and discards what the client still sends, briefly, so the
 /// alert already written reaches it instead of being lost to an RST (the
 /// kernel resets a connection closed with unread data).
-async fn linger_close(io: TcpConn) {
-    close_and_drain(io).await;
+fn linger_close(io: TcpConn) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(close_and_drain(io))
 }
 
 /// Closes the write side (at most 1 s), then reads and discards up to
