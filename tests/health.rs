@@ -356,6 +356,13 @@ fn traffic_does_not_mask_a_failing_send_expect_check() {
         &health("300ms", "250ms", 1, 3, "  send = \"ping\\n\"\n  expect = \"pong\"\n"),
     );
     let opts = lab.client(Some("client1")).expect("client options");
+    // A connection established before the ejection must be left alone.
+    let mut held = smol::block_on(async {
+        let (_, mut tls) = tlb::core::client::connect(&opts).await.expect("connect");
+        let line = read_line(&mut tls).await.expect("greeting");
+        assert_eq!(greeter(&line), "up1");
+        tls
+    });
     let mut served = 0;
     // Connections all along (several per check interval), each answered.
     wait_until("ejected despite successful traffic", T, || {
@@ -370,4 +377,20 @@ fn traffic_does_not_mask_a_failing_send_expect_check() {
         st["last_error"].as_str().unwrap_or_default().contains("expected reply"),
         "{st}"
     );
+    // Ejected: new clients are refused at once (its only upstream is DOWN)...
+    let r = smol::block_on(tlb::core::client::exchange(&opts, b"new\n", T));
+    assert!(matches!(r, Err(ClientError::ClosedBeforeReply { .. })), "{r:?}");
+    // ...while the established connection keeps working.
+    smol::block_on(async {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        held.write_all(b"still here\n")
+            .await
+            .expect("write on the held connection");
+        held.flush().await.expect("flush");
+        let mut buf = [0u8; 11];
+        within("echo on the held connection", T, held.read_exact(&mut buf))
+            .await
+            .expect("read on the held connection");
+        assert_eq!(&buf, b"still here\n");
+    });
 }
