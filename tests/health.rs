@@ -394,3 +394,36 @@ fn traffic_does_not_mask_a_failing_send_expect_check() {
         assert_eq!(&buf, b"still here\n");
     });
 }
+
+#[test]
+fn reload_without_health_table_stops_the_checks_and_keeps_the_state() {
+    let up = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
+    let lab = lab_over(&[up.addr], "", &health("100ms", "80ms", 1, 2, ""));
+    let g = lab.server.current();
+    let checks = |g: &tlb::core::server::Generation| {
+        let s = upstream(g, up.addr).health.snapshot();
+        s.checks_ok + s.checks_failed
+    };
+    wait_until("checks running", T, || checks(&g) >= 3);
+    let text = std::fs::read_to_string(&lab.config_path).expect("config");
+    let cut = text.find("  [app.health]").expect("health table in the config");
+    let end = text[cut..].find("\n\n").map_or(text.len(), |i| cut + i);
+    lab.reload(&format!("{}{}", &text[..cut], &text[end..]))
+        .expect("reload");
+    let g2 = lab.server.current();
+    assert_eq!(g2.app("echo").expect("app").balancer.policy().mode(), "passive");
+    // The upstream state is the same object across the reload.
+    assert!(std::sync::Arc::ptr_eq(upstream(&g, up.addr), upstream(&g2, up.addr)));
+    // Absence of checks can only be observed over time: 10 intervals.
+    let after_reload = checks(&g2);
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        checks(&g2) <= after_reload + 1, // one check may have been in flight at the reload
+        "checks still running after the reload: {after_reload} -> {}",
+        checks(&g2)
+    );
+    assert!(greeters(&lab, 2).iter().all(|g| g == "up1"));
+}
