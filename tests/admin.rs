@@ -133,12 +133,7 @@ fn metrics_count_every_refusal_reason() {
         Err(ClientError::ClosedBeforeReply { .. })
     ));
     wait_until("all refusals counted", T, || {
-        lab.server
-            .metrics
-            .handshake_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 4
-            && lab.server.metrics.refused.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        lab.server.metrics.handshake_failures() >= 4 && lab.server.metrics.refused() >= 2
     });
     let m2 = scrape(&lab);
     moved(&m1, &m2, "tlb_handshake_failures_total", &hs("bad_certificate"), 1.0);

@@ -321,11 +321,7 @@ fn refused_garbage_instead_of_client_hello() {
     assert!(got.is_empty() || got[0] == 0x15, "not a TLS alert: {got:?}");
     assert!(!String::from_utf8_lossy(&got).contains("HTTP"), "{got:?}");
     wait_until("handshake failure counted", T, || {
-        lab.server
-            .metrics
-            .handshake_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
+        lab.server.metrics.handshake_failures() >= 1
     });
     assert_no_upstream_contact(&lab);
 }

@@ -3,14 +3,14 @@
 //!
 //! Promises: it reads the same atomics and snapshots as the data path and
 //! takes no lock the data path waits on for more than a few instructions;
-//! every admin connection is bounded (headers within 5 s, whole connection
+//! every admin connection is bounded (headers within 2 s, whole connection
 //! within 60 s, at most 64 at once); it never shows keys or certificates.
 //! `/healthz` is 200 while serving and 503 once draining.
 
 use std::convert::Infallible;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
@@ -19,6 +19,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use smol::lock::Semaphore;
 use smol::{Async, Executor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 use tracing::{debug, warn};
@@ -27,7 +28,7 @@ use super::metrics;
 use super::runtime::timeout;
 use super::server::Server;
 
-/// Admin connections open at once; more are closed at accept.
+/// Admin connections open at once; more get a 503 and are closed.
 const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,7 +36,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Serves the admin endpoint on `listener` until the returned future is dropped.
 pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: Async<TcpListener>) {
     let registry = Arc::new(metrics::registry(&server));
-    let open = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -45,8 +46,7 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = slots.try_acquire_arc() else {
             debug!(%peer, "admin: too many connections; answered 503");
             // A probe gets an answer rather than a silent close (bounded: 100 ms).
             let mut s = stream;
@@ -57,12 +57,11 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
             )
             .await;
             continue;
-        }
-        let slot = Slot(open.clone());
+        };
         let server = server.clone();
         let registry = registry.clone();
         ex.spawn(async move {
-            let _slot = slot;
+            let _slot = slot; // released when the connection ends, however it ends
             let svc = hyper::service::service_fn(move |req| {
                 let resp = respond(&server, &registry, &req);
                 async move { Ok::<_, Infallible>(resp) }
@@ -78,14 +77,6 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
             }
         })
         .detach();
-    }
-}
-
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -287,8 +278,8 @@ pub fn status(server: &Server) -> Status {
             active: load(&m.active),
             accepted: load(&m.accepted),
             proxied: load(&m.proxied),
-            handshake_failures: load(&m.handshake_failures),
-            refused: load(&m.refused),
+            handshake_failures: m.handshake_failures(),
+            refused: m.refused(),
         },
         apps,
         clients,

@@ -14,7 +14,7 @@
 //! failure), which feed the health state and log each state change once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -60,7 +60,8 @@ impl Upstream {
         self.health.is_up()
     }
     /// Forces the health state (tests); not logged as a transition.
-    pub fn set_healthy(&self, up: bool) {
+    #[cfg(test)]
+    fn set_healthy(&self, up: bool) {
         self.health.set_up(up);
     }
 }
@@ -98,8 +99,9 @@ pub struct Balancer {
     app: Arc<str>,
     upstreams: Vec<Arc<Upstream>>,
     policy: HealthPolicy,
-    next: AtomicUsize,
-    pick_lock: Mutex<()>,
+    /// Rotating start of the tie-break scan; the lock also serializes picks
+    /// so concurrent ones see each other's active counts.
+    next: Mutex<usize>,
 }
 
 impl Balancer {
@@ -108,8 +110,7 @@ impl Balancer {
             app: Arc::from(app),
             upstreams,
             policy,
-            next: AtomicUsize::new(0),
-            pick_lock: Mutex::new(()),
+            next: Mutex::new(0),
         }
     }
 
@@ -125,11 +126,6 @@ impl Balancer {
         &self.policy
     }
 
-    /// True when at least one upstream is UP.
-    pub fn any_healthy(&self) -> bool {
-        self.upstreams.iter().any(|u| u.is_healthy())
-    }
-
     /// The UP upstream with the fewest active connections (or a DOWN one
     /// whose half-open trial is due), skipping those in `exclude` (indices
     /// already tried). `None` when none is left: refuse at once.
@@ -139,11 +135,11 @@ impl Balancer {
             return None;
         }
         let now = Instant::now();
-        // Poisoning cannot leave state inconsistent here: the lock guards no data.
-        let _g = self.pick_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        // Poisoning cannot leave state inconsistent: a counter only.
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let start = *next % n;
+        *next = next.wrapping_add(1);
         let mut best: Option<(usize, u32)> = None;
-        let mut due_trial: Option<usize> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if exclude.contains(&i) {
@@ -155,17 +151,9 @@ impl Balancer {
                 if best.is_none_or(|(_, b)| a < b) {
                     best = Some((i, a));
                 }
-            } else if due_trial.is_none() && u.health.trial_due(&self.policy, now) {
-                due_trial = Some(i);
-            }
-        }
-        // A due half-open trial goes first, so a recovered upstream is probed
-        // at once even while others carry the load. The claim can still fail
-        // (another generation's balancer, sharing the upstream across a
-        // reload, took it): then the best UP upstream, if any.
-        if let Some(i) = due_trial {
-            let u = &self.upstreams[i];
-            if u.health.claim_trial(&self.policy, now) {
+            } else if u.health.claim_trial(&self.policy, now) {
+                // A due half-open trial goes first, so a recovered upstream
+                // is probed at once even while others carry the load.
                 return Some((i, self.take(i, true)));
             }
         }

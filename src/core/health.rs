@@ -20,9 +20,10 @@
 //!   successful trial closes the circuit.
 //! - Each state change is reported exactly once (a [`Transition`] returned
 //!   to the one caller that made it), so it is logged once.
-//! - The hot path costs one relaxed atomic load per pick and per successful
-//!   connect; the state lock is taken only on failures, checks and trials,
-//!   for a few assignments, never across an await.
+//! - The hot path costs relaxed atomic loads per pick and per answered
+//!   connection; the state lock is taken only on failures, checks, and (for
+//!   a passive-only app with a DOWN upstream) to see whether its half-open
+//!   trial is due: a few assignments, never across an await.
 //! - A check is bounded by its `timeout` and never blocks the data path.
 
 use std::net::SocketAddr;
@@ -116,9 +117,10 @@ pub struct CheckRecord {
     pub took: Duration,
 }
 
+/// State changed only under the lock (the failure count too, though it
+/// lives in an atomic so the hot path can read it without the lock).
 #[derive(Debug, Default)]
 struct Inner {
-    fails: u32,
     rises: u32,
     /// Failed half-open trials since the ejection (passive only).
     failed_trials: u32,
@@ -133,7 +135,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct UpstreamHealth {
     up: AtomicBool,
-    /// Mirror of `Inner::fails`, so a success on a clean upstream takes no lock.
+    /// Consecutive failures. Written only under `inner`'s lock; read
+    /// without it (a success on a clean upstream takes no lock).
     fails: AtomicU32,
     checks_ok: AtomicU64,
     checks_failed: AtomicU64,
@@ -185,11 +188,10 @@ impl UpstreamHealth {
     pub fn set_up(&self, up: bool) {
         let mut g = self.lock();
         self.up.store(up, Ordering::Relaxed);
-        g.fails = 0;
+        self.fails.store(0, Ordering::Relaxed);
         g.rises = 0;
         g.failed_trials = 0;
         g.retry_at = (!up).then(|| Instant::now() + cooldown(0));
-        self.fails.store(0, Ordering::Relaxed);
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -201,7 +203,7 @@ impl UpstreamHealth {
         let now = Instant::now();
         HealthSnapshot {
             up: self.is_up(),
-            consecutive_failures: g.fails,
+            consecutive_failures: self.consecutive_failures(),
             consecutive_successes: g.rises,
             last_error: g.last_error.clone(),
             last_check: g.last_check.clone(),
@@ -217,31 +219,53 @@ impl UpstreamHealth {
         }
     }
 
+    /// Checks made so far, by result, and passive failures (cheap reads for scrapes).
+    pub fn checks_ok(&self) -> u64 {
+        self.checks_ok.load(Ordering::Relaxed)
+    }
+    pub fn checks_failed(&self) -> u64 {
+        self.checks_failed.load(Ordering::Relaxed)
+    }
+    pub fn passive_failures(&self) -> u64 {
+        self.passive_failures.load(Ordering::Relaxed)
+    }
+
     /// Passive only: whether a half-open trial may start now (without claiming it).
     pub fn trial_due(&self, policy: &HealthPolicy, now: Instant) -> bool {
-        if policy.active.is_some() || self.is_up() {
-            return false;
-        }
-        let g = self.lock();
-        !g.probing && g.retry_at.is_none_or(|t| now >= t)
+        self.trial_allowed(policy) && Self::due(&self.lock(), now)
     }
 
     /// Claims the half-open trial; false if it is not due or already taken.
     pub fn claim_trial(&self, policy: &HealthPolicy, now: Instant) -> bool {
-        if policy.active.is_some() || self.is_up() {
+        if !self.trial_allowed(policy) {
             return false;
         }
         let mut g = self.lock();
-        if g.probing || g.retry_at.is_some_and(|t| now < t) {
+        if !Self::due(&g, now) {
             return false;
         }
         g.probing = true;
         true
     }
 
-    /// A claimed trial ended without an outcome (e.g. the client left).
+    /// Trials are for passive-only apps, and only while DOWN (no lock taken).
+    fn trial_allowed(&self, policy: &HealthPolicy) -> bool {
+        policy.active.is_none() && !self.is_up()
+    }
+
+    fn due(g: &Inner, now: Instant) -> bool {
+        !g.probing && g.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// A claimed trial ended without a verdict (e.g. neither side sent a
+    /// byte): the next one waits the base cooldown, so an upstream that
+    /// never answers is not handed every new client.
     pub fn abandon_trial(&self) {
-        self.lock().probing = false;
+        let mut g = self.lock();
+        g.probing = false;
+        if !self.is_up() {
+            g.retry_at = Some(Instant::now() + COOLDOWN_BASE);
+        }
     }
 
     /// A real connection reached the upstream. `trial`: it was the half-open trial.
@@ -262,7 +286,6 @@ impl UpstreamHealth {
             }
         }
         if self.is_up() {
-            g.fails = 0;
             self.fails.store(0, Ordering::Relaxed);
         }
         None
@@ -325,7 +348,6 @@ impl UpstreamHealth {
         };
         match result {
             Ok(()) if self.is_up() => {
-                g.fails = 0;
                 self.fails.store(0, Ordering::Relaxed);
                 None
             }
@@ -347,8 +369,8 @@ impl UpstreamHealth {
                     self.count_failure(&mut g, policy, &e, now)
                 } else {
                     g.rises = 0;
-                    g.fails = g.fails.saturating_add(1);
-                    self.fails.store(g.fails, Ordering::Relaxed);
+                    self.fails
+                        .store(self.consecutive_failures().saturating_add(1), Ordering::Relaxed);
                     None
                 }
             }
@@ -356,9 +378,9 @@ impl UpstreamHealth {
     }
 
     fn count_failure(&self, g: &mut Inner, policy: &HealthPolicy, reason: &str, now: Instant) -> Option<Transition> {
-        g.fails = g.fails.saturating_add(1);
-        self.fails.store(g.fails, Ordering::Relaxed);
-        if g.fails < policy.fall {
+        let fails = self.consecutive_failures().saturating_add(1);
+        self.fails.store(fails, Ordering::Relaxed);
+        if fails < policy.fall {
             return None;
         }
         self.up.store(false, Ordering::Relaxed);
@@ -368,19 +390,18 @@ impl UpstreamHealth {
         g.retry_at = policy.active.is_none().then(|| now + cooldown(0));
         g.changed_at = Some(SystemTime::now());
         Some(Transition::Down {
-            failures: g.fails,
+            failures: fails,
             reason: reason.to_string(),
         })
     }
 
     fn mark_up(&self, g: &mut Inner) {
         self.up.store(true, Ordering::Relaxed);
-        g.fails = 0;
+        self.fails.store(0, Ordering::Relaxed);
         g.rises = 0;
         g.failed_trials = 0;
         g.retry_at = None;
         g.changed_at = Some(SystemTime::now());
-        self.fails.store(0, Ordering::Relaxed);
     }
 }
 

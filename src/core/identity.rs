@@ -8,15 +8,29 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The first subject Common Name of `der`, if the certificate parses and has one.
 pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    parsed(der, cn_of)?
 }
 
 /// SHA-256 of the certificate's SubjectPublicKeyInfo (as in HPKP / Envoy's
 /// `verify_certificate_spki`, but hex rather than base64).
 pub fn spki_sha256(der: &[u8]) -> Option<[u8; 32]> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    parsed(der, spki_of)?
+}
+
+/// Runs `f` on `der` parsed once (`None` if it does not parse), so callers
+/// needing both the CN and the SPKI digest parse the certificate once.
+pub fn parsed<T>(der: &[u8], f: impl FnOnce(&X509Certificate<'_>) -> T) -> Option<T> {
+    X509Certificate::from_der(der).ok().map(|(_, cert)| f(&cert))
+}
+
+/// The first subject CN of a parsed certificate.
+pub fn cn_of(cert: &X509Certificate<'_>) -> Option<String> {
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// SHA-256 of a parsed certificate's SubjectPublicKeyInfo.
+pub fn spki_of(cert: &X509Certificate<'_>) -> Option<[u8; 32]> {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
     digest.as_ref().try_into().ok()
 }

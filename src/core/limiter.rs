@@ -12,24 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::config::{Client, Limits};
-
-/// Why a connection was refused by the limiter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitRefusal {
-    /// `max_connections` concurrent connections already open.
-    MaxConnections,
-    /// The token bucket is empty (`connection_rate` / `burst`).
-    RateLimited,
-}
-
-impl LimitRefusal {
-    pub fn label(self) -> &'static str {
-        match self {
-            LimitRefusal::MaxConnections => "max_connections",
-            LimitRefusal::RateLimited => "rate_limited",
-        }
-    }
-}
+use super::metrics::Refusal;
 
 #[derive(Debug)]
 struct Bucket {
@@ -88,14 +71,15 @@ impl ClientState {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Takes a concurrency slot and a token, or says why not.
-    pub fn try_acquire(self: &Arc<Self>) -> Result<ClientSlot, LimitRefusal> {
+    /// Takes a concurrency slot and a token, or says why not
+    /// ([`Refusal::MaxConnections`] or [`Refusal::RateLimited`]).
+    pub fn try_acquire(self: &Arc<Self>) -> Result<ClientSlot, Refusal> {
         let max = self.max.load(Ordering::Relaxed);
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.active.fetch_sub(1, Ordering::AcqRel);
             self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(LimitRefusal::MaxConnections);
+            return Err(Refusal::MaxConnections);
         }
         let slot = ClientSlot { client: self.clone() };
         let granted = {
@@ -113,7 +97,7 @@ impl ClientState {
         };
         if !granted {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(LimitRefusal::RateLimited); // `slot` drops: concurrency slot released
+            return Err(Refusal::RateLimited); // `slot` drops: concurrency slot released
         }
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(slot)
@@ -124,12 +108,6 @@ impl ClientState {
 #[derive(Debug)]
 pub struct ClientSlot {
     client: Arc<ClientState>,
-}
-
-impl ClientSlot {
-    pub fn client(&self) -> &Arc<ClientState> {
-        &self.client
-    }
 }
 
 impl Drop for ClientSlot {
@@ -191,7 +169,7 @@ mod tests {
         let s = state(2, 1000.0, 100);
         let a = s.try_acquire().expect("first");
         let _b = s.try_acquire().expect("second");
-        assert_eq!(s.try_acquire().unwrap_err(), LimitRefusal::MaxConnections);
+        assert_eq!(s.try_acquire().unwrap_err(), Refusal::MaxConnections);
         drop(a);
         assert!(s.try_acquire().is_ok());
     }
@@ -202,7 +180,7 @@ mod tests {
         for _ in 0..3 {
             drop(s.try_acquire().expect("within burst"));
         }
-        assert_eq!(s.try_acquire().unwrap_err(), LimitRefusal::RateLimited);
+        assert_eq!(s.try_acquire().unwrap_err(), Refusal::RateLimited);
         assert_eq!(s.active(), 0);
         assert_eq!(s.refused(), 1);
     }

@@ -81,7 +81,10 @@ impl HandshakeFailureKind {
 /// `reason` label of `tlb_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Authorization re-check failed on a resumed session.
+    /// The identity has no `[[client]]` state. Cannot happen with a
+    /// consistent generation (the verifier admits only configured clients;
+    /// a resumed session failing its re-check is a handshake failure,
+    /// `unauthorized`); kept so the data path refuses rather than panics.
     Unauthorized,
     MaxConnections,
     RateLimited,
@@ -99,6 +102,17 @@ impl Refusal {
         Self::NoHealthyUpstream,
         Self::UpstreamConnectFailed,
     ];
+
+    /// The access log's `reason` for this refusal.
+    pub fn access_reason(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "refused: unauthorized",
+            Refusal::MaxConnections => "refused: max_connections",
+            Refusal::RateLimited => "refused: rate_limited",
+            Refusal::NoHealthyUpstream => "refused: no_healthy_upstream",
+            Refusal::UpstreamConnectFailed => "refused: upstream_connect_failed",
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -172,10 +186,6 @@ pub struct Metrics {
     pub active: AtomicU64,
     /// Connections relayed to an upstream.
     pub proxied: AtomicU64,
-    /// Handshakes that did not complete, all reasons.
-    pub handshake_failures: AtomicU64,
-    /// Connections refused after the handshake, all reasons.
-    pub refused: AtomicU64,
     handshake_failures_by: [AtomicU64; HandshakeFailureKind::ALL.len()],
     refused_by: [AtomicU64; Refusal::ALL.len()],
     /// Accept to handshake done, successful handshakes.
@@ -190,8 +200,6 @@ impl Default for Metrics {
             accepted: AtomicU64::new(0),
             active: AtomicU64::new(0),
             proxied: AtomicU64::new(0),
-            handshake_failures: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
             handshake_failures_by: Default::default(),
             refused_by: Default::default(),
             handshake_seconds: Histogram::new(HANDSHAKE_BUCKETS),
@@ -201,14 +209,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn handshake_failed(&self, kind: HandshakeFailureKind) {
-        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    pub fn count_handshake_failure(&self, kind: HandshakeFailureKind) {
         self.handshake_failures_by[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn refused(&self, r: Refusal) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+    pub fn count_refusal(&self, r: Refusal) {
         self.refused_by[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handshakes that did not complete, all reasons.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures_by
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Connections refused after the handshake, all reasons.
+    pub fn refused(&self) -> u64 {
+        self.refused_by.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     pub fn handshake_failures_for(&self, kind: HandshakeFailureKind) -> u64 {
@@ -389,21 +408,20 @@ impl Collector for ServerCollector {
                 )
             }),
         )?;
-        let snaps: Vec<_> = ups().map(|(a, u)| (a, u, u.health.snapshot())).collect();
         family(
             e,
             "upstream_health_checks",
             "Active health checks by result",
             MetricType::Counter,
-            snaps.iter().flat_map(|(a, u, s)| {
+            ups().flat_map(|(a, u)| {
                 [
                     (
-                        [("app", *a), ("upstream", u.name.as_str()), ("result", "ok")],
-                        s.checks_ok,
+                        [("app", a), ("upstream", u.name.as_str()), ("result", "ok")],
+                        u.health.checks_ok(),
                     ),
                     (
-                        [("app", *a), ("upstream", u.name.as_str()), ("result", "failed")],
-                        s.checks_failed,
+                        [("app", a), ("upstream", u.name.as_str()), ("result", "failed")],
+                        u.health.checks_failed(),
                     ),
                 ]
             }),
@@ -413,9 +431,7 @@ impl Collector for ServerCollector {
             "upstream_passive_failures",
             "Failed connection attempts from real traffic (refused, timed out, reset before any byte)",
             MetricType::Counter,
-            snaps
-                .iter()
-                .map(|(a, u, s)| ([("app", *a), ("upstream", u.name.as_str())], s.passive_failures)),
+            ups().map(|(a, u)| ([("app", a), ("upstream", u.name.as_str())], u.health.passive_failures())),
         )?;
         family(
             e,

@@ -33,14 +33,6 @@ impl TcpConn {
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpConn> {
         Ok(TcpConn::new(Async::<TcpStream>::connect(addr).await?))
     }
-
-    pub fn get_ref(&self) -> &TcpStream {
-        self.inner.get_ref()
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
-    }
 }
 
 impl AsyncRead for TcpConn {

@@ -18,6 +18,7 @@
 //! and per-upstream slots are released on every exit path (drop guards);
 //! metrics are atomics only (see [`super::metrics`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -38,8 +39,7 @@ use super::balancer::{Balancer, Upstream, UpstreamGuard};
 use super::config::{App, Config, Timeouts};
 use super::health::{self, HealthPolicy};
 use super::limiter::{ClientSlot, Limiter};
-pub use super::metrics::Refusal;
-use super::metrics::{AppStats, HandshakeFailureKind, Metrics};
+use super::metrics::{AppStats, HandshakeFailureKind, Metrics, Refusal};
 use super::net::TcpConn;
 use super::relay::{RelayEnd, Side, Transferred, relay};
 use super::runtime::timeout;
@@ -51,7 +51,6 @@ pub struct AppRuntime {
     pub balancer: Balancer,
     server_config: Arc<ServerConfig>,
     policy: Arc<AppPolicy>,
-    pub proxy_protocol: bool,
     /// Counters kept across reloads while the app keeps its name.
     pub stats: Arc<AppStats>,
 }
@@ -64,14 +63,10 @@ struct ListenerApps {
 }
 
 impl ListenerApps {
+    /// `sni` as rustls hands it over: lower-cased, without a trailing dot
+    /// (config names are normalized the same way at load).
     fn select(&self, sni: Option<&str>) -> Option<&Arc<AppRuntime>> {
-        if let Some(name) = sni {
-            let lower = name.to_ascii_lowercase();
-            if let Some(app) = self.by_sni.get(lower.trim_end_matches('.')) {
-                return Some(app);
-            }
-        }
-        self.default.as_ref()
+        sni.and_then(|name| self.by_sni.get(name)).or(self.default.as_ref())
     }
 }
 
@@ -90,6 +85,20 @@ impl Generation {
         let mut apps = Vec::with_capacity(config.apps.len());
         let mut listeners: HashMap<SocketAddr, ListenerApps> = HashMap::new();
         for app in &config.apps {
+            // Parsed (SPEC §2) but not built yet: refuse rather than silently
+            // send plaintext, or no PROXY header, to upstreams expecting them.
+            if app.upstream_tls.is_some() {
+                bail!(
+                    "app {:?}: [app.upstream_tls] is not supported by this version of tlb (upstreams are reached over plain TCP); remove the table",
+                    app.name
+                );
+            }
+            if app.proxy_protocol {
+                bail!(
+                    "app {:?}: proxy_protocol = true is not supported by this version of tlb; remove it or set it to false",
+                    app.name
+                );
+            }
             let (server_config, policy) = tls
                 .apps
                 .get(&app.name)
@@ -104,7 +113,6 @@ impl Generation {
                 ),
                 server_config,
                 policy,
-                proxy_protocol: app.proxy_protocol,
                 stats: previous
                     .and_then(|p| p.app(&app.name))
                     .map(|a| a.stats.clone())
@@ -379,15 +387,15 @@ impl Server {
         let hs = match timeout(timeouts.handshake, handshake(stream, apps, &generation.reject)).await {
             Ok(Ok(hs)) => hs,
             Ok(Err(Failed(f, io))) => {
-                self.metrics.handshake_failed(f.kind);
+                self.metrics.count_handshake_failure(f.kind);
                 info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail);
                 if let Some(io) = io {
-                    linger_close(io).await;
+                    close_and_drain_boxed(io).await;
                 }
                 return;
             }
             Err(_) => {
-                self.metrics.handshake_failed(HandshakeFailureKind::Timeout);
+                self.metrics.count_handshake_failure(HandshakeFailureKind::Timeout);
                 info!(%peer, %local, reason = HandshakeFailureKind::Timeout.label(), "handshake failed: not completed within {:?}", timeouts.handshake);
                 return;
             }
@@ -414,23 +422,19 @@ impl Server {
             moved: Transferred::default(),
         };
 
-        // Limits: before any upstream is contacted.
-        let slot: ClientSlot = match generation.limiter.get(&identity).map(|c| c.try_acquire()) {
-            Some(Ok(slot)) => slot,
-            Some(Err(r)) => {
-                let refusal = match r {
-                    super::limiter::LimitRefusal::MaxConnections => Refusal::MaxConnections,
-                    super::limiter::LimitRefusal::RateLimited => Refusal::RateLimited,
-                };
-                self.metrics.refused(refusal);
-                log.close(&format!("refused: {}", refusal.label()));
-                refuse_established(tls).await;
-                return;
-            }
-            None => {
-                self.metrics.refused(Refusal::Unauthorized);
-                log.close("refused: unauthorized");
-                refuse_established(tls).await;
+        // Limits: before any upstream is contacted. (An identity the
+        // verifier admitted always has limiter state: both come from the
+        // same generation's [[client]] list; refuse if it ever had not.)
+        let admitted = match generation.limiter.get(&identity) {
+            Some(c) => c.try_acquire(),
+            None => Err(Refusal::Unauthorized),
+        };
+        let slot: ClientSlot = match admitted {
+            Ok(slot) => slot,
+            Err(r) => {
+                self.metrics.count_refusal(r);
+                log.close(r.access_reason());
+                close_and_drain_boxed(tls).await;
                 return;
             }
         };
@@ -438,9 +442,10 @@ impl Server {
         let (mut guard, upstream_stream) = match connect_upstream(&app.balancer, timeouts).await {
             Ok(x) => x,
             Err(r) => {
-                self.metrics.refused(r);
-                log.close(&format!("refused: {}", r.label()));
-                refuse_established(tls).await;
+                drop(slot); // not held while the refusal lingers
+                self.metrics.count_refusal(r);
+                log.close(r.access_reason());
+                close_and_drain_boxed(tls).await;
                 return;
             }
         };
@@ -454,23 +459,32 @@ impl Server {
         let end = relay(&mut tls, &mut up, timeouts.idle, &mut log.moved).await;
         // Closes the upstream connection and ends its borrow of the guard.
         drop(up);
-        let reason = match &end {
-            RelayEnd::Done => "done".to_string(),
-            RelayEnd::Idle => "idle_timeout".to_string(),
-            RelayEnd::Error(Side::A, e) => format!("client_error: {}", tls::describe_tls_error(e)),
-            RelayEnd::Error(Side::B, e) => format!("upstream_error: {e}"),
+        let reason: Cow<'static, str> = match &end {
+            RelayEnd::Done => "done".into(),
+            RelayEnd::Idle => "idle_timeout".into(),
+            RelayEnd::Error(Side::A, e) => format!("client_error: {}", tls::describe_tls_error(e)).into(),
+            RelayEnd::Error(Side::B, e) => format!("upstream_error: {e}").into(),
         };
-        // A reset before the upstream sent any byte is a passive failure
-        // (an upstream that accepts and dies), like a refused connect.
-        if let RelayEnd::Error(Side::B, e) = &end
-            && log.moved.b_to_a == 0
-            && matches!(
+        if log.moved.b_to_a == 0 {
+            // The upstream never answered. A reset is a passive failure (an
+            // upstream that accepts and dies), like a refused connect; so is
+            // a half-open trial the upstream closed although the client had
+            // spoken (a proxy in front of a dead backend). Otherwise the
+            // guard's drop leaves a trial without a verdict.
+            let reset = matches!(&end, RelayEnd::Error(Side::B, e) if matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
-            )
-        {
-            let n = app.balancer.failed(&mut guard, "reset before any byte");
-            warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream reset the connection before any byte");
+            ));
+            let silent_trial = guard.is_trial() && log.moved.a_to_b > 0 && matches!(end, RelayEnd::Done);
+            if reset || silent_trial {
+                let what = if reset {
+                    "reset before any byte"
+                } else {
+                    "closed before any byte"
+                };
+                let n = app.balancer.failed(&mut guard, what);
+                warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream {what}");
+            }
         }
         upstream
             .bytes_to_upstream
@@ -582,7 +596,8 @@ struct AccessLog<'a> {
 }
 
 impl AccessLog<'_> {
-    fn close(&self, reason: &str) {
+    fn close(&self, reason: impl AsRef<str>) {
+        let reason = reason.as_ref();
         info!(
             target: "tlb::access",
             peer = %self.peer,
@@ -638,7 +653,7 @@ async fn handshake_inline(
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TcpConn::new(stream))
         .await
         .map_err(classify_io)?;
-    let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());
+    let sni = start.client_hello().server_name().map(str::to_owned);
     let Some(app) = apps.select(sni.as_deref()).cloned() else {
         // Complete the refusal with an alert (access_denied) rather than a bare close.
         let io = start
@@ -682,16 +697,31 @@ async fn handshake_inline(
         }
         Err((e, io, None)) => return Err(Failed(classify_io(e), Some(io))),
     };
-    // Authorization again: a resumed session skips certificate verification,
-    // and the policy may have changed since the session was created.
-    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-    let identity = match cert.map(|c| app.policy.authorize(c)) {
+    // The identity. A full handshake was authorized by the verifier; a
+    // resumed one skipped verification, so it is authorized again (defence
+    // in depth: tickets and session caches belong to one generation's
+    // config, whose policy admitted the original handshake).
+    let session = tls.get_ref().1;
+    let cert = session.peer_certificates().and_then(|c| c.first());
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let checked = cert.map(|c| {
+        if resumed {
+            app.policy.authorize(c)
+        } else {
+            super::identity::common_name(c).ok_or_else(|| app.policy.no_identity())
+        }
+    });
+    let identity = match checked {
         Some(Ok(id)) => id,
         Some(Err(denial)) => {
             return Err(Failed(
                 HandshakeFailure {
                     kind: HandshakeFailureKind::Unauthorized,
-                    detail: format!("{denial} (resumed session)"),
+                    detail: if resumed {
+                        format!("{denial} (resumed session)")
+                    } else {
+                        denial.to_string()
+                    },
                 },
                 None,
             ));
@@ -714,19 +744,16 @@ async fn handshake_inline(
     })
 }
 
-/// Closes an established connection that will not be relayed (limits, no
-/// upstream): close_notify + FIN, then discard what the client still sends
-/// for a moment, so it sees a clean "closed before any reply" and not a reset.
-fn refuse_established(tls: Box<ClientTls>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    // Boxed: a rare path whose state (TLS session + drain buffer) would
-    // otherwise be part of every connection task, idle ones included.
-    Box::pin(close_and_drain(tls))
-}
-
-/// Half-closes and discards what the client still sends, briefly, so the
-/// alert already written reaches it instead of being lost to an RST (the
-/// kernel resets a connection closed with unread data).
-fn linger_close(io: TcpConn) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+/// Closes a connection that will not be relayed: after a failed handshake
+/// (the alert is already written) or a refusal after it (close_notify +
+/// FIN), then discards what the client still sends for a moment, so it sees
+/// the alert or a clean "closed before any reply" instead of a reset (the
+/// kernel resets a connection closed with unread data). Boxed: a rare path
+/// whose state would otherwise size every connection task, idle ones too.
+fn close_and_drain_boxed<S>(io: S) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
     Box::pin(close_and_drain(io))
 }
 

@@ -1,6 +1,7 @@
 //! TLS set-up: loading PEM material, the per-app server configs that decide
-//! authorization inside the handshake, and client configs for `tlb client`,
-//! `tlb bench` and TLS towards upstreams.
+//! authorization inside the handshake, and client configs for `tlb client`
+//! and `tlb bench`. (TLS towards upstreams is not built yet; a config asking
+//! for it is refused when the server is built.)
 //!
 //! Promises:
 //! - One crypto provider (aws-lc-rs), TLS 1.3 only unless `min_version = "1.2"`
@@ -60,10 +61,9 @@ fn server_provider() -> Arc<CryptoProvider> {
 
 fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
     static V13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-    static V12: [&rustls::SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
     match min {
         TlsVersion::V1_3 => &V13,
-        TlsVersion::V1_2 => &V12,
+        TlsVersion::V1_2 => rustls::ALL_VERSIONS, // TLS 1.3, then 1.2
     }
 }
 
@@ -217,20 +217,26 @@ impl AppPolicy {
             app: self.app.clone(),
             reason,
         };
-        let Some(cn) = identity::common_name(end_entity) else {
-            return Err(deny(None, DenialReason::NoIdentity));
-        };
-        match self.allowed.get(&cn) {
-            Some(None) => Ok(cn),
-            Some(Some(pin)) => {
-                if identity::spki_sha256(end_entity).as_ref() == Some(pin) {
-                    Ok(cn)
-                } else {
-                    Err(deny(Some(cn), DenialReason::PinMismatch))
-                }
-            }
-            None if self.known.contains(&cn) => Err(deny(Some(cn), DenialReason::AppNotAllowed)),
-            None => Err(deny(Some(cn), DenialReason::UnknownClient)),
+        // One parse for the CN and, when pinned, the SPKI digest.
+        let verdict = identity::parsed(end_entity, |cert| {
+            let cn = identity::cn_of(cert)?;
+            Some(match self.allowed.get(&cn) {
+                Some(None) => Ok(cn),
+                Some(Some(pin)) if identity::spki_of(cert).as_ref() == Some(pin) => Ok(cn),
+                Some(Some(_)) => Err(deny(Some(cn), DenialReason::PinMismatch)),
+                None if self.known.contains(&cn) => Err(deny(Some(cn), DenialReason::AppNotAllowed)),
+                None => Err(deny(Some(cn), DenialReason::UnknownClient)),
+            })
+        });
+        verdict.flatten().unwrap_or_else(|| Err(self.no_identity()))
+    }
+
+    /// The denial for a certificate without a usable subject CN.
+    pub fn no_identity(&self) -> Denial {
+        Denial {
+            identity: None,
+            app: self.app.clone(),
+            reason: DenialReason::NoIdentity,
         }
     }
 }
@@ -319,6 +325,7 @@ impl ServerTls {
         let provider = server_provider();
         let tls = &config.tls;
         let key = load_certified_key(&tls.cert, &tls.key, &provider)?;
+        let cert: Arc<dyn ResolvesServerCert> = Arc::new(rustls::sign::SingleCertAndKey::from(key));
         let base_verifier = client_verifier(tls, &provider)?;
         let mut apps = HashMap::new();
         for app in &config.apps {
@@ -331,7 +338,7 @@ impl ServerTls {
                 .with_protocol_versions(versions(tls.min_version))
                 .context("configuring TLS versions")?
                 .with_client_cert_verifier(verifier)
-                .with_cert_resolver(Arc::new(SingleCert(key.clone())));
+                .with_cert_resolver(cert.clone());
             sc.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
             sc.ignore_client_order = true;
             // TLS 1.3 resumption with stateless tickets (encrypted under a
@@ -353,16 +360,6 @@ impl ServerTls {
             apps,
             reject: Arc::new(reject),
         })
-    }
-}
-
-/// Always the same chain and key.
-#[derive(Debug)]
-struct SingleCert(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for SingleCert {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
     }
 }
 

@@ -67,26 +67,31 @@ where
 /// An echo connection with no bytes for this long is closed.
 const IDLE: Duration = Duration::from_secs(600);
 
+/// `io` within [`IDLE`]: every wait is bounded, a peer that neither sends
+/// nor reads is dropped.
+async fn bounded<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    timeout(IDLE, io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "stalled for 10 minutes"))?
+}
+
 async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) -> std::io::Result<()> {
     let _ = stream.get_ref().set_nodelay(true);
     let mut w = &stream;
     if opts.greet {
         let line = format!("{} client={peer} sni=- identity=-\n", opts.name);
-        w.write_all(line.as_bytes()).await?;
+        bounded(w.write_all(line.as_bytes())).await?;
     }
     let mut r = &stream;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        // Every wait is bounded: a silent peer is dropped after IDLE.
-        let n = timeout(IDLE, r.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle for 10 minutes"))??;
+        let n = bounded(r.read(&mut buf)).await?;
         if n == 0 {
             break;
         }
-        w.write_all(&buf[..n]).await?;
+        bounded(w.write_all(&buf[..n])).await?;
     }
-    w.flush().await?;
+    bounded(w.flush()).await?;
     stream.get_ref().shutdown(std::net::Shutdown::Write)?;
     Ok(())
 }
