@@ -17,7 +17,8 @@ Usage: scripts/ab_tlb.py --a OLD_TLB_BINARY --b NEW_TLB_BINARY [--rounds 5] [--d
 import argparse, os, shutil, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vs_haproxy import bench, cpu_seconds, free_port, wait_port, write_tlb_config, log, _free  # noqa: E402
+from bench_vs_haproxy import (  # noqa: E402
+    bench, cpu_during, free_port, log, start_upstreams, stop, wait_port, write_tlb_config)
 
 
 def measure(binary, loader, port, work, duration):
@@ -26,22 +27,16 @@ def measure(binary, loader, port, work, duration):
     try:
         wait_port(port)
         r = {}
-        c0 = cpu_seconds(p.pid)
-        b = bench(work, port, "handshake", 16, duration, loader=loader)
-        r["cpu_ms_per_conn"] = (cpu_seconds(p.pid) - c0) * 1000 / max(b["handshakes"], 1)
-        c0 = cpu_seconds(p.pid)
-        b = bench(work, port, "rr", 64, duration, loader=loader)
-        r["cpu_us_per_req"] = (cpu_seconds(p.pid) - c0) * 1e6 / max(b["requests"], 1)
-        c0 = cpu_seconds(p.pid)
-        b = bench(work, port, "stream", 1, duration, ["--size", "65536"], loader=loader)
-        r["cpu_s_per_gib"] = (cpu_seconds(p.pid) - c0) / max(b["bytes_echoed"] / 2**30, 1e-9)
+        cpu, b = cpu_during(p.pid, lambda: bench(work, port, "handshake", 16, duration, loader=loader))
+        r["cpu_ms_per_conn"] = cpu * 1000 / max(b["handshakes"], 1)
+        cpu, b = cpu_during(p.pid, lambda: bench(work, port, "rr", 64, duration, loader=loader))
+        r["cpu_us_per_req"] = cpu * 1e6 / max(b["requests"], 1)
+        cpu, b = cpu_during(
+            p.pid, lambda: bench(work, port, "stream", 1, duration, ["--size", "65536"], loader=loader))
+        r["cpu_s_per_gib"] = cpu / max(b["bytes_echoed"] / 2**30, 1e-9)
         return r
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop(p)
 
 
 def main():
@@ -56,16 +51,9 @@ def main():
     try:
         subprocess.run([args.b, "pki", "init", "--dir", f"{work}/pki", "--config", f"{work}/unused.toml",
                         "--clients", "client1"], check=True, stdout=subprocess.DEVNULL)
-        up = free_port()
-        while any(not _free(up + i) for i in range(3)):
-            up = free_port()
-        ups_proc = subprocess.Popen(["taskset", "-c", "1", args.b, "upstream", "--listen", f"127.0.0.1:{up}",
-                                     "--count", "3", "--greet", "--threads", "1"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for i in range(3):
-            wait_port(up + i)
+        ups_proc, ups = start_upstreams(args.b, work)
         port = free_port()
-        write_tlb_config(work, port, [f"127.0.0.1:{up + i}" for i in range(3)])
+        write_tlb_config(work, port, ups)
         res = {"A": [], "B": []}
         for rnd in range(args.rounds):
             order = [("A", args.a), ("B", args.b)]

@@ -10,7 +10,7 @@ pinned to CPU 1. Rounds alternate tlb and HAProxy under identical loads.
 Figures (all independent of how fast the loader is):
   cpu_ms_per_conn   balancer CPU time / new mTLS connections (handshake + one 64 B echo)
   cpu_s_per_gib     balancer CPU time / GiB echoed (one connection, stream mode)
-  rss_kib_per_idle  RSS delta / idle proxied connections held (3,000)
+  rss_kib_per_idle  RSS delta / idle proxied connections held (--idle, 3,000)
   added_p50_us, added_p99_us
                     64 B ping-pong latency on one established connection,
                     minus the same run straight to an upstream (plain TCP)
@@ -105,9 +105,40 @@ def bench(work, port, mode, conns, duration, extra=(), plain=False, loader=None)
     else:
         cmd += ["--cert", "client1", "--pki", os.path.join(work, "pki")]
     cmd += list(extra)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Bounded: a hung loader must not hang the whole comparison.
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=duration + 60)
     with open(out) as f:
         return json.load(f)
+
+
+def stop(proc):
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cpu_during(pid, run):
+    """CPU seconds `pid` spent while `run()` ran, and what `run()` returned."""
+    c0 = cpu_seconds(pid)
+    out = run()
+    return cpu_seconds(pid) - c0, out
+
+
+def start_upstreams(binary, work):
+    """Three `tlb upstream --greet` on consecutive free ports, pinned to CPU 1."""
+    up = free_port()
+    while any(not port_free(up + i) for i in range(3)):
+        up = free_port()
+    proc = subprocess.Popen(["taskset", "-c", "1", binary, "upstream", "--listen", f"127.0.0.1:{up}",
+                             "--count", "3", "--greet", "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for i in range(3):
+        wait_port(up + i)
+    return proc, [f"127.0.0.1:{up + i}" for i in range(3)]
 
 
 def measure(name, start, port, work, args, direct):
@@ -122,27 +153,25 @@ def measure(name, start, port, work, args, direct):
         bench(work, port, "rr", 1, 1)  # warm-up: one connection's worth of state
         base = rss_kib(pid)
         n = args.idle
+        ramp = n / 1000  # opened at 1,000/s
         p = subprocess.Popen(["taskset", "-c", "1", TLB, "bench", "--target", f"127.0.0.1:{port}",
                               "--cert", "client1", "--pki", os.path.join(work, "pki"), "--mode", "idle",
-                              "--connections", str(n), "--rate", "1000", "--duration", "12s", "--threads", "1"],
+                              "--connections", str(n), "--rate", "1000", "--duration", f"{ramp + 9:.0f}s",
+                              "--threads", "1"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(10)  # opened at 1,000/s: all held after ~3 s (+ handshake time); sample while held
+        time.sleep(ramp + 7)  # all held after the ramp (+ handshake time); sample while held
         held = rss_kib(pid)
-        p.wait()
+        p.wait(timeout=60)
         r["rss_kib_per_idle"] = (held - base) / n
         # 2. CPU per new connection.
-        c0 = cpu_seconds(pid)
-        b = bench(work, port, "handshake", 16, args.duration)
-        c1 = cpu_seconds(pid)
+        cpu, b = cpu_during(pid, lambda: bench(work, port, "handshake", 16, args.duration))
         r["conns"] = b["handshakes"]
-        r["cpu_ms_per_conn"] = (c1 - c0) * 1000 / max(b["handshakes"], 1)
+        r["cpu_ms_per_conn"] = cpu * 1000 / max(b["handshakes"], 1)
         # 3. CPU per GiB echoed.
-        c0 = cpu_seconds(pid)
-        b = bench(work, port, "stream", 1, args.duration, ["--size", "65536"])
-        c1 = cpu_seconds(pid)
+        cpu, b = cpu_during(pid, lambda: bench(work, port, "stream", 1, args.duration, ["--size", "65536"]))
         gib = b["bytes_echoed"] / 2**30
         r["gib_echoed"] = gib
-        r["cpu_s_per_gib"] = (c1 - c0) / max(gib, 1e-9)
+        r["cpu_s_per_gib"] = cpu / max(gib, 1e-9)
         # 4. Added latency on an established connection.
         b = bench(work, port, "rr", 1, args.duration)
         r["rr_p50_us"] = b["request_latency"]["p50_us"]
@@ -158,11 +187,7 @@ def measure(name, start, port, work, args, direct):
         log(f"  {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
         return r
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main():
@@ -192,15 +217,9 @@ def main():
     try:
         subprocess.run([TLB, "pki", "init", "--dir", f"{work}/pki", "--config", f"{work}/unused.toml",
                         "--clients", "client1"], check=True, stdout=subprocess.DEVNULL)
-        up = free_port()
-        while any(not _free(up + i) for i in range(3)):
-            up = free_port()
-        procs.append(subprocess.Popen(["taskset", "-c", "1", TLB, "upstream", "--listen", f"127.0.0.1:{up}",
-                                       "--count", "3", "--greet", "--threads", "1"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for i in range(3):
-            wait_port(up + i)
-        ups = [f"127.0.0.1:{up + i}" for i in range(3)]
+        ups_proc, ups = start_upstreams(TLB, work)
+        procs.append(ups_proc)
+        up = int(ups[0].rsplit(":", 1)[1])
         tlb_port, hap_port = free_port(), free_port()
         write_tlb_config(work, tlb_port, ups)
         with open(f"{work}/haproxy.pem", "w") as f:
@@ -265,7 +284,7 @@ backend be
         cleanup()
 
 
-def _free(port):
+def port_free(port):
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))

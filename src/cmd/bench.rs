@@ -13,7 +13,7 @@ use crate::core::bench::{BenchOptions, Live, Mode, render, run as run_bench};
 use crate::core::client::ClientOptions;
 use crate::core::lab::{Lab, LabOptions};
 use crate::core::runtime::default_threads;
-use crate::core::tls::{ClientTlsFiles, client_config};
+use crate::core::tls::ClientTlsFiles;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -159,22 +159,14 @@ fn target_client(args: &Args, target: &str) -> Result<ClientOptions> {
     let Some((cert, key)) = files.cert_key else {
         bail!("--target needs a client certificate: --cert NAME (with --pki DIR) or --cert-file F --key-file F");
     };
-    let (cert, key) = (Some(cert), Some(key));
-    let tls = client_config(&ClientTlsFiles {
+    let tls_files = ClientTlsFiles {
         ca: &ca,
-        cert: cert.as_deref(),
-        key: key.as_deref(),
+        cert: Some(&cert),
+        key: Some(&key),
         allow_tls12: false,
         resumption: args.resume,
-    })
-    .with_context(|| format!("loading client TLS files (CA {})", ca.display()))?;
-    Ok(ClientOptions {
-        connect: target.to_string(),
-        server_name: ServerName::try_from(args.server_name.clone())
-            .map_err(|_| anyhow!("--server-name {:?} is not a valid DNS name or IP", args.server_name))?,
-        tls,
-        connect_timeout: Duration::from_secs(10),
-    })
+    };
+    ClientOptions::new(target, &args.server_name, &tls_files, Duration::from_secs(10))
 }
 
 /// Options for `--plain`: only the address is used.

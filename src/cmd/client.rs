@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_lite::{AsyncRead, AsyncWrite};
-use rustls::pki_types::ServerName;
 
 use crate::core::client::{ClientOptions, connect, exchange, refused_or_io};
 use crate::core::relay::{RelayEnd, Side, Transferred, relay};
-use crate::core::tls::{ClientTlsFiles, client_config};
+use crate::core::tls::ClientTlsFiles;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,26 +38,19 @@ pub fn run(args: Args) -> Result<()> {
     let files = args.certs.resolve()?;
     let ca = files.ca;
     let (cert, key) = files.cert_key.map(|(c, k)| (Some(c), Some(k))).unwrap_or((None, None));
-    let tls = client_config(&ClientTlsFiles {
+    let tls_files = ClientTlsFiles {
         ca: &ca,
         cert: cert.as_deref(),
         key: key.as_deref(),
         allow_tls12: args.tls12,
         resumption: true,
-    })
-    .with_context(|| format!("loading client TLS files (CA {})", ca.display()))?;
-    let server_name = ServerName::try_from(args.server_name.clone()).map_err(|_| {
-        anyhow::anyhow!(
-            "--server-name {:?} is not a valid DNS name or IP address",
-            args.server_name
-        )
-    })?;
-    let opts = ClientOptions {
-        connect: args.connect.clone(),
-        server_name,
-        tls,
-        connect_timeout: Duration::from_secs(args.timeout),
     };
+    let opts = ClientOptions::new(
+        &args.connect,
+        &args.server_name,
+        &tls_files,
+        Duration::from_secs(args.timeout),
+    )?;
     if args.message.is_empty() {
         return smol::block_on(interactive(&opts));
     }

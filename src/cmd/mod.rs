@@ -126,10 +126,10 @@ pub struct ClientCertFiles {
 impl ClientCertArgs {
     /// Turns the flags into files; a `--cert NAME` whose file is missing is an error.
     pub fn resolve(&self) -> anyhow::Result<ClientCertFiles> {
+        let pki = crate::core::pki::Pki::new(&self.pki);
         let cert_key = match (&self.cert, &self.cert_file, &self.key_file) {
             (Some(name), None, None) => {
-                let d = self.pki.join("clients");
-                let (c, k) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
+                let (c, k) = pki.client(name);
                 if !c.exists() {
                     anyhow::bail!(
                         "no certificate for client {name:?} at {} (see `tlb pki show --dir {}`, or pass --pki)",
@@ -142,7 +142,7 @@ impl ClientCertArgs {
             (None, Some(c), Some(k)) => Some((c.clone(), k.clone())),
             _ => None,
         };
-        let ca = self.ca.clone().unwrap_or_else(|| self.pki.join("ca.crt"));
+        let ca = self.ca.clone().unwrap_or_else(|| pki.ca_cert());
         Ok(ClientCertFiles { cert_key, ca })
     }
 }

@@ -3,13 +3,16 @@
 //! Modes: `handshake` (new connection per exchange: connect, full handshake,
 //! one echo of `size` bytes, close), `rr` (persistent connections, ping-pong
 //! of `size` bytes; closed loop, or open loop at `--rate` with latency taken
-//! from the intended send time, so coordinated omission is not hidden), and
-//! `stream` (bulk bytes both ways through the echo).
+//! from the intended send time, which keeps running across reconnects, so
+//! coordinated omission is not hidden), `stream` (bulk bytes both ways
+//! through the echo) and `idle` (open, one echo, hold until the end).
 //!
-//! Promises: one task per connection, each with its own histograms (merged
-//! at the end: no shared lock per request); live counters are atomics; no
-//! allocation per request; every network wait has a timeout; the run stops
-//! by itself after `duration`.
+//! Promises: the target is resolved once; one task per connection, each
+//! with its own histograms (merged at the end: no shared lock per request);
+//! live counters are atomics; the loader's own code allocates nothing per
+//! request (rustls's buffered API still allocates per TLS record); every
+//! network wait has a timeout, and the run stops by itself after `duration`
+//! (plus at most one operation's timeout for the operations in flight).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -24,7 +27,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use smol::Timer;
 
-use super::client::{ClientError, ClientOptions, ClientStream, connect};
+use std::net::SocketAddr;
+
+use super::client::{ClientError, ClientOptions, ClientStream, connect_tcp, connect_to, refused_or_io, resolve};
 use super::net::TcpConn;
 use super::runtime::{Runtime, timeout};
 
@@ -52,7 +57,8 @@ pub struct BenchOptions {
     pub connections: usize,
     pub duration: Duration,
     pub size: usize,
-    /// Open loop: total requests per second across all connections (rr).
+    /// Open loop: total requests per second across all connections (rr);
+    /// new connections per second (idle).
     pub rate: Option<f64>,
     pub threads: usize,
     /// Per-operation timeout.
@@ -62,7 +68,7 @@ pub struct BenchOptions {
 }
 
 /// A loader connection: mTLS, or plain TCP with `--plain`.
-pub enum Conn {
+enum Conn {
     Tls(Box<ClientStream>),
     Plain(TcpConn),
 }
@@ -187,6 +193,21 @@ impl TaskResult {
         live.errors.fetch_add(1, Ordering::Relaxed);
         *self.errors.entry(kind).or_insert(0) += 1;
     }
+
+    /// One echo done: `bytes` echoed, latency from `t0` (when timed), and
+    /// the upstream that greeted, if one did.
+    fn echoed(&mut self, live: &Live, t0: Option<Instant>, bytes: usize, upstream: Option<String>) {
+        if let Some(t0) = t0 {
+            let _ = self.request.record(us(t0.elapsed()));
+        }
+        if let Some(n) = upstream {
+            *self.upstreams.entry(n).or_insert(0) += 1;
+        }
+        self.requests += 1;
+        self.bytes += bytes as u64;
+        live.requests.fetch_add(1, Ordering::Relaxed);
+        live.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 fn us(d: Duration) -> u64 {
@@ -194,7 +215,7 @@ fn us(d: Duration) -> u64 {
 }
 
 /// Short label for an error, for the "errors by kind" table.
-pub fn error_kind(e: &ClientError) -> String {
+fn error_kind(e: &ClientError) -> String {
     match e {
         ClientError::Resolve(..) => "resolve".into(),
         ClientError::Connect { source, .. } => format!("connect: {}", source.kind()),
@@ -205,11 +226,16 @@ pub fn error_kind(e: &ClientError) -> String {
     }
 }
 
-fn io_kind(e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        return "closed mid-exchange".into();
+/// The one classifier for an I/O error on an established connection, in
+/// every mode: an EOF is "closed before reply" when nothing was echoed yet
+/// on it, else "closed mid-exchange"; a TLS alert (a refusal arrives on the
+/// first read with TLS 1.3) is "tls refused: alert ...".
+fn io_kind(addr: SocketAddr, e: io::Error, before_reply: bool) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof if before_reply => "closed before reply".into(),
+        io::ErrorKind::UnexpectedEof => "closed mid-exchange".into(),
+        _ => error_kind(&refused_or_io(addr, e)),
     }
-    format!("io: {}", super::tls::describe_tls_error(e))
 }
 
 /// Runs the benchmark; `on_tick` is called about 10 times a second with the
@@ -219,6 +245,7 @@ pub fn run(
     live: Arc<Live>,
     mut on_tick: impl FnMut(&Live, Duration),
 ) -> anyhow::Result<BenchReport> {
+    let addr = resolve(&opts.client.connect)?;
     let rt = Runtime::new(opts.threads)?;
     let started = Instant::now();
     let deadline = started + opts.duration;
@@ -233,15 +260,18 @@ pub fn run(
         let offset = per_conn_interval.map(|iv| iv.mul_f64(i as f64 / opts.connections.max(1) as f64));
         tasks.push(rt.executor().spawn(async move {
             match o.mode {
-                Mode::Handshake => handshake_loop(&o, &l, deadline).await,
-                Mode::Rr => rr_loop(&o, &l, deadline, per_conn_interval, offset).await,
-                Mode::Stream => stream_loop(&o, &l, deadline).await,
+                Mode::Handshake => handshake_loop(&o, addr, &l, deadline).await,
+                Mode::Rr => rr_loop(&o, addr, &l, deadline, per_conn_interval, offset).await,
+                Mode::Stream => stream_loop(&o, addr, &l, deadline).await,
                 Mode::Idle => {
                     // With --rate, connections open at that many per second.
                     if let Some(r) = o.rate {
                         Timer::after(Duration::from_secs_f64(i as f64 / r.max(0.001))).await;
                     }
-                    idle_hold(&o, &l, deadline).await
+                    if Instant::now() >= deadline {
+                        return TaskResult::new(); // its turn came after the run
+                    }
+                    idle_hold(&o, addr, &l, deadline).await
                 }
             }
         }));
@@ -281,7 +311,8 @@ pub fn run(
         requests += r.requests;
         bytes += r.bytes;
     }
-    let d = opts.duration.as_secs_f64().max(1e-9);
+    // Rates over the measured window, the same one `duration_s` reports.
+    let d = elapsed.max(1e-9);
     Ok(BenchReport {
         target: opts.client.connect.clone(),
         mode: opts.mode,
@@ -311,20 +342,12 @@ fn payload(size: usize) -> Vec<u8> {
 }
 
 /// Connects, timing the handshake.
-async fn open(opts: &BenchOptions, live: &Live, res: &mut TaskResult) -> Option<Conn> {
+async fn open(opts: &BenchOptions, addr: SocketAddr, live: &Live, res: &mut TaskResult) -> Option<Conn> {
     let t0 = Instant::now();
     let conn = if opts.plain {
-        let addr = opts.client_addr();
-        match timeout(opts.client.connect_timeout, TcpConn::connect(addr)).await {
-            Ok(Ok(c)) => Ok(Conn::Plain(c)),
-            Ok(Err(source)) => Err(ClientError::Connect { addr, source }),
-            Err(_) => Err(ClientError::Timeout {
-                what: "TCP connect",
-                after: opts.client.connect_timeout,
-            }),
-        }
+        connect_tcp(addr, opts.client.connect_timeout).await.map(Conn::Plain)
     } else {
-        connect(&opts.client).await.map(|(_, s)| Conn::Tls(Box::new(s)))
+        connect_to(addr, &opts.client).await.map(|s| Conn::Tls(Box::new(s)))
     };
     match conn {
         Ok(s) => {
@@ -340,8 +363,6 @@ async fn open(opts: &BenchOptions, live: &Live, res: &mut TaskResult) -> Option<
     }
 }
 
-/// Reads exactly `want.len()` echoed bytes, first consuming a greeting line
-/// (`<name> client=...`) if the upstream sends one; returns the upstream name.
 /// Sends `msg` and reads its echo (see [`read_echo`]).
 async fn echo_once(
     s: &mut Conn,
@@ -355,6 +376,9 @@ async fn echo_once(
     read_echo(s, buf, greet, first).await
 }
 
+/// Reads exactly `buf.len()` echoed bytes, first (when `first`) consuming a
+/// greeting line (`<name> client=...`) if the upstream sends one; returns
+/// the upstream name.
 async fn read_echo(s: &mut Conn, buf: &mut [u8], greet: &mut Vec<u8>, first: bool) -> io::Result<Option<String>> {
     let mut got = 0;
     let mut name = None;
@@ -383,13 +407,13 @@ async fn read_echo(s: &mut Conn, buf: &mut [u8], greet: &mut Vec<u8>, first: boo
     Ok(name)
 }
 
-async fn handshake_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> TaskResult {
+async fn handshake_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant) -> TaskResult {
     let mut res = TaskResult::new();
     let msg = payload(opts.size);
     let mut buf = vec![0u8; msg.len()];
     let mut greet = Vec::with_capacity(128);
     while Instant::now() < deadline {
-        let Some(mut s) = open(opts, live, &mut res).await else {
+        let Some(mut s) = open(opts, addr, live, &mut res).await else {
             // Do not spin on a dead target.
             Timer::after(Duration::from_millis(10)).await;
             continue;
@@ -402,24 +426,8 @@ async fn handshake_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> 
         })
         .await;
         match r {
-            Ok(Ok(name)) => {
-                let _ = res.request.record(us(t0.elapsed()));
-                res.requests += 1;
-                res.bytes += msg.len() as u64;
-                live.requests.fetch_add(1, Ordering::Relaxed);
-                if let Some(n) = name {
-                    *res.upstreams.entry(n).or_insert(0) += 1;
-                }
-            }
-            Ok(Err(e)) => {
-                let kind = match super::client::refused_or_io(opts.client_addr(), e) {
-                    ClientError::Io { detail, .. } if detail.contains("close_notify") || detail.contains("eof") => {
-                        "closed before reply".to_string()
-                    }
-                    other => error_kind(&other),
-                };
-                res.error(live, kind)
-            }
+            Ok(Ok(name)) => res.echoed(live, Some(t0), msg.len(), name),
+            Ok(Err(e)) => res.error(live, io_kind(addr, e, true)),
             Err(_) => res.error(live, "timeout: echo".into()),
         }
     }
@@ -428,6 +436,7 @@ async fn handshake_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> 
 
 async fn rr_loop(
     opts: &BenchOptions,
+    addr: SocketAddr,
     live: &Live,
     deadline: Instant,
     interval: Option<Duration>,
@@ -437,13 +446,15 @@ async fn rr_loop(
     let msg = payload(opts.size);
     let mut buf = vec![0u8; msg.len()];
     let mut greet = Vec::with_capacity(128);
+    // The open-loop schedule runs across reconnects: requests that could not
+    // be sent during a stall count their latency from when they were due.
+    let mut next_send = Instant::now() + offset.unwrap_or_default();
     'conn: while Instant::now() < deadline {
-        let Some(mut s) = open(opts, live, &mut res).await else {
+        let Some(mut s) = open(opts, addr, live, &mut res).await else {
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
         let mut first = true;
-        let mut next_send = Instant::now() + offset.unwrap_or_default();
         while Instant::now() < deadline {
             // Open loop: wait for the scheduled time; latency counts from it.
             let t0 = match interval {
@@ -461,22 +472,11 @@ async fn rr_loop(
             let r = timeout(opts.op_timeout, echo_once(&mut s, &msg, &mut buf, &mut greet, first)).await;
             match r {
                 Ok(Ok(name)) => {
-                    if let Some(n) = name {
-                        *res.upstreams.entry(n).or_insert(0) += 1;
-                    }
                     first = false;
-                    let _ = res.request.record(us(t0.elapsed()));
-                    res.requests += 1;
-                    res.bytes += msg.len() as u64;
-                    live.requests.fetch_add(1, Ordering::Relaxed);
+                    res.echoed(live, Some(t0), msg.len(), name);
                 }
                 Ok(Err(e)) => {
-                    let kind = if first {
-                        "closed before reply".to_string()
-                    } else {
-                        io_kind(&e)
-                    };
-                    res.error(live, kind);
+                    res.error(live, io_kind(addr, e, first));
                     continue 'conn;
                 }
                 Err(_) => {
@@ -490,9 +490,9 @@ async fn rr_loop(
     res
 }
 
-async fn stream_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> TaskResult {
+async fn stream_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant) -> TaskResult {
     let mut res = TaskResult::new();
-    let Some(mut s) = open(opts, live, &mut res).await else {
+    let Some(mut s) = open(opts, addr, live, &mut res).await else {
         return res;
     };
     let chunk = payload(opts.size.max(16 * 1024));
@@ -512,37 +512,32 @@ async fn stream_loop(opts: &BenchOptions, live: &Live, deadline: Instant) -> Tas
     })
     .await;
     if let Some(Err(e)) = r {
-        res.error(live, io_kind(&e));
+        res.error(live, io_kind(addr, e, pump.received == 0));
     }
     res.bytes = pump.received;
-    res.requests = 0;
     let _ = timeout(Duration::from_secs(1), s.close()).await;
     res
 }
 
-async fn idle_hold(opts: &BenchOptions, live: &Live, deadline: Instant) -> TaskResult {
+async fn idle_hold(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant) -> TaskResult {
     let mut res = TaskResult::new();
     let msg = payload(opts.size);
     let mut buf = vec![0u8; msg.len()];
     let mut greet = Vec::with_capacity(128);
-    let Some(mut s) = open(opts, live, &mut res).await else {
+    let Some(mut s) = open(opts, addr, live, &mut res).await else {
         return res;
     };
     let r = timeout(opts.op_timeout, echo_once(&mut s, &msg, &mut buf, &mut greet, true)).await;
     match r {
         Ok(Ok(name)) => {
-            if let Some(n) = name {
-                *res.upstreams.entry(n).or_insert(0) += 1;
-            }
-            res.requests += 1;
-            live.requests.fetch_add(1, Ordering::Relaxed);
+            res.echoed(live, None, msg.len(), name);
             drop(buf);
             drop(greet);
             // Hold the connection, idle, until the end of the run.
             Timer::at(deadline).await;
             let _ = timeout(Duration::from_secs(1), s.close()).await;
         }
-        Ok(Err(e)) => res.error(live, io_kind(&e)),
+        Ok(Err(e)) => res.error(live, io_kind(addr, e, true)),
         Err(_) => res.error(live, "timeout: echo".into()),
     }
     res
@@ -566,7 +561,8 @@ impl Pump<'_> {
         const IN_FLIGHT: u64 = 1 << 20;
         loop {
             let mut progressed = false;
-            if self.sent - self.received < IN_FLIGHT {
+            // `received` includes a greeting line, so it may exceed `sent`.
+            if self.sent.saturating_sub(self.received) < IN_FLIGHT {
                 match Pin::new(&mut *s).poll_write(cx, &self.out[self.out_pos..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
@@ -594,18 +590,6 @@ impl Pump<'_> {
                 return Poll::Pending;
             }
         }
-    }
-}
-
-impl BenchOptions {
-    fn client_addr(&self) -> std::net::SocketAddr {
-        use std::net::ToSocketAddrs;
-        self.client
-            .connect
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 }
 

@@ -16,7 +16,7 @@ use rustls::pki_types::ServerName;
 
 use super::net::TcpConn;
 use super::runtime::timeout;
-use super::tls::describe_tls_error;
+use super::tls::{ClientTlsFiles, client_config, describe_tls_error};
 
 /// The TLS client stream type.
 pub type ClientStream = futures_rustls::client::TlsStream<TcpConn>;
@@ -56,7 +56,31 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
 }
 
-fn resolve(target: &str) -> Result<SocketAddr, ClientError> {
+impl ClientOptions {
+    /// Options from TLS files: the one place that turns a CA, an optional
+    /// certificate + key and a server name into client options.
+    pub fn new(
+        connect: &str,
+        server_name: &str,
+        files: &ClientTlsFiles<'_>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<ClientOptions> {
+        use anyhow::Context;
+        let tls =
+            client_config(files).with_context(|| format!("loading client TLS files (CA {})", files.ca.display()))?;
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| anyhow::anyhow!("--server-name {server_name:?} is not a valid DNS name or IP address"))?;
+        Ok(ClientOptions {
+            connect: connect.to_string(),
+            server_name,
+            tls,
+            connect_timeout,
+        })
+    }
+}
+
+/// The first address `target` (HOST:PORT) resolves to.
+pub fn resolve(target: &str) -> Result<SocketAddr, ClientError> {
     target
         .to_socket_addrs()
         .map_err(|e| ClientError::Resolve(target.to_string(), e.to_string()))?
@@ -67,22 +91,31 @@ fn resolve(target: &str) -> Result<SocketAddr, ClientError> {
 /// Connects and completes the client side of the handshake.
 pub async fn connect(opts: &ClientOptions) -> Result<(SocketAddr, ClientStream), ClientError> {
     let addr = resolve(&opts.connect)?;
-    let tcp = timeout(opts.connect_timeout, TcpConn::connect(addr))
+    Ok((addr, connect_to(addr, opts).await?))
+}
+
+/// A TCP connection to `addr` within `limit`.
+pub async fn connect_tcp(addr: SocketAddr, limit: Duration) -> Result<TcpConn, ClientError> {
+    timeout(limit, TcpConn::connect(addr))
         .await
         .map_err(|_| ClientError::Timeout {
             what: "TCP connect",
-            after: opts.connect_timeout,
+            after: limit,
         })?
-        .map_err(|source| ClientError::Connect { addr, source })?;
+        .map_err(|source| ClientError::Connect { addr, source })
+}
+
+/// Like [`connect`] to an already resolved address (`opts.connect` unused).
+pub async fn connect_to(addr: SocketAddr, opts: &ClientOptions) -> Result<ClientStream, ClientError> {
+    let tcp = connect_tcp(addr, opts.connect_timeout).await?;
     let connector = futures_rustls::TlsConnector::from(opts.tls.clone());
-    let tls = timeout(opts.connect_timeout, connector.connect(opts.server_name.clone(), tcp))
+    timeout(opts.connect_timeout, connector.connect(opts.server_name.clone(), tcp))
         .await
         .map_err(|_| ClientError::Timeout {
             what: "TLS handshake",
             after: opts.connect_timeout,
         })?
-        .map_err(|e| refused_or_io(addr, e))?;
-    Ok((addr, tls))
+        .map_err(|e| refused_or_io(addr, e))
 }
 
 /// Maps an error seen during or right after the handshake.

@@ -8,13 +8,12 @@
 //! config is written), and everything stopped and removed on drop.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use rustls::pki_types::ServerName;
 use smol::channel;
 
 use super::client::ClientOptions;
@@ -22,7 +21,7 @@ use super::config::Config;
 use super::pki::{InitOptions, KeyType, Pki};
 use super::runtime::Runtime;
 use super::server::{Server, bind_listener};
-use super::tls::{ClientTlsFiles, client_config};
+use super::tls::ClientTlsFiles;
 use super::upstream::{EchoOptions, serve_echo};
 
 /// What the lab's config may refer to.
@@ -129,11 +128,6 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A lab with the default config (clients 1-3 on `echo`, client4 not).
-    pub fn start(opts: LabOptions) -> Result<Lab> {
-        Lab::start_with(opts, |p| p.default_config(""))
-    }
-
     /// A lab whose config text is produced by `config` from the bound
     /// addresses and PKI paths.
     pub fn start_with(opts: LabOptions, config: impl FnOnce(&LabPaths) -> String) -> Result<Lab> {
@@ -237,30 +231,25 @@ impl Lab {
     /// Like [`Lab::client`] with an explicit server name and resumption setting.
     pub fn client_with(&self, client: Option<&str>, server_name: &str, resumption: bool) -> Result<ClientOptions> {
         let files = client.map(|c| self.pki.client(c));
-        let tls = client_config(&ClientTlsFiles {
+        let tls_files = ClientTlsFiles {
             ca: &self.pki.ca_cert(),
             cert: files.as_ref().map(|f| f.0.as_path()),
             key: files.as_ref().map(|f| f.1.as_path()),
             allow_tls12: false,
             resumption,
-        })?;
-        Ok(ClientOptions {
-            connect: self.addr().to_string(),
-            server_name: ServerName::try_from(server_name.to_string()).map_err(|_| anyhow!("bad server name"))?,
-            tls,
-            connect_timeout: Duration::from_secs(5),
-        })
+        };
+        ClientOptions::new(
+            &self.addr().to_string(),
+            server_name,
+            &tls_files,
+            Duration::from_secs(5),
+        )
     }
 
     /// Rewrites the config file with `text` and reloads the server from it.
     pub fn reload(&self, text: &str) -> Result<()> {
         std::fs::write(&self.config_path, text).context("writing the lab config")?;
         self.server.reload(Config::load(&self.config_path)?)
-    }
-
-    /// The temporary directory everything lives in.
-    pub fn dir(&self) -> &Path {
-        self._dir.path()
     }
 
     /// Stops the system (drain included) and returns the server's result.
