@@ -72,8 +72,8 @@ async fn interactive(opts: &ClientOptions) -> Result<()> {
     };
     let mut moved = Transferred::default();
     // No idle limit for an interactive session (a day is "none" here).
-    match relay(&mut local, &mut tls, Duration::from_secs(86_400), &mut moved).await {
-        RelayEnd::Done | RelayEnd::Idle => Ok(()),
+    match relay(&mut local, &mut tls, Duration::from_secs(86_400), None, &mut moved).await {
+        RelayEnd::Done | RelayEnd::Idle | RelayEnd::Deadline => Ok(()),
         RelayEnd::Error(Side::B, e) => {
             if moved.b_to_a == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof {
                 return Err(crate::core::client::ClientError::ClosedBeforeReply { addr }.into());

@@ -161,6 +161,15 @@ impl Balancer {
         Some((i, self.take(i, false)))
     }
 
+    /// UP upstreams not in `exclude` (candidates for a retry).
+    pub fn healthy_excluding(&self, exclude: &[usize]) -> usize {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| !exclude.contains(i) && u.is_healthy())
+            .count()
+    }
+
     fn take(&self, i: usize, trial: bool) -> UpstreamGuard {
         let u = self.upstreams[i].clone();
         u.active.fetch_add(1, Ordering::Relaxed);

@@ -59,6 +59,38 @@ pub struct TlsSettings {
     pub key: PathBuf,
     pub crl: Option<PathBuf>,
     pub min_version: TlsVersion,
+    /// How long a TLS session may be resumed after the full handshake that
+    /// created it (zero: no resumption). Never beyond what the gate admits:
+    /// every resumption is decided again (validity now, CRL, policy).
+    pub session_lifetime: Duration,
+    /// A reload leaves open connections of identities it no longer admits
+    /// alone (and an open connection is not closed at certificate expiry).
+    pub keep_deauthorized: bool,
+}
+
+/// Default `[tls] session_lifetime`.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// `[limits]`: caps applied at accept, before any TLS work (flood resistance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalLimits {
+    /// Concurrent client connections, all listeners together; `None`: derived
+    /// from the open-file limit when the server starts.
+    pub max_connections: Option<u32>,
+    /// TLS handshakes in progress, all listeners together.
+    pub max_handshakes: u32,
+    /// TLS handshakes in progress from one source IP address.
+    pub max_handshakes_per_ip: u32,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        GlobalLimits {
+            max_connections: None,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 64,
+        }
+    }
 }
 
 /// `[admin]`: the plain-HTTP admin endpoint.
@@ -99,6 +131,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// On SIGTERM/SIGINT: how long established connections may finish.
     pub drain: Duration,
+    /// Optional: any connection older than this is closed.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -108,6 +142,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             idle: Duration::from_secs(600),
             drain: Duration::from_secs(30),
+            max_lifetime: None,
         }
     }
 }
@@ -170,6 +205,7 @@ pub struct Config {
     pub path: PathBuf,
     pub tls: TlsSettings,
     pub admin: Option<AdminSettings>,
+    pub limits: GlobalLimits,
     pub defaults: Limits,
     pub timeouts: Timeouts,
     pub apps: Vec<App>,
@@ -246,6 +282,8 @@ struct RawConfig {
     tls: RawTls,
     admin: Option<RawAdmin>,
     #[serde(default)]
+    limits: RawGlobalLimits,
+    #[serde(default)]
     defaults: Option<Spanned<RawLimits>>,
     #[serde(default)]
     timeouts: RawTimeouts,
@@ -263,6 +301,17 @@ struct RawTls {
     key: PathBuf,
     crl: Option<PathBuf>,
     min_version: Option<Spanned<String>>,
+    session_lifetime: Option<Spanned<HumanDurationOrZero>>,
+    #[serde(default)]
+    keep_deauthorized: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobalLimits {
+    max_connections: Option<Spanned<i64>>,
+    max_handshakes: Option<Spanned<i64>>,
+    max_handshakes_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +335,7 @@ struct RawTimeouts {
     connect: Option<HumanDuration>,
     idle: Option<HumanDuration>,
     drain: Option<HumanDuration>,
+    max_lifetime: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -340,18 +390,42 @@ struct RawClient {
 /// A human duration (`500ms`, `5s`, `10m`), greater than zero.
 struct HumanDuration(Duration);
 
+/// A human duration that may be zero (`"0s"` turns a feature off).
+struct HumanDurationOrZero(Duration);
+
+/// Longest duration accepted anywhere in the config: 100 years, so that
+/// adding it to "now" can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn parse_human<E: serde::de::Error>(s: &str) -> Result<Duration, E> {
+    let dur = humantime::parse_duration(s.trim()).map_err(|e| {
+        E::custom(format!(
+            "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"10m\""
+        ))
+    })?;
+    if dur > MAX_DURATION {
+        return Err(E::custom(format!(
+            "duration {s:?} is too long; the maximum is 100 years"
+        )));
+    }
+    Ok(dur)
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let dur = humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"10m\""
-            ))
-        })?;
+        let dur = parse_human(&s)?;
         if dur.is_zero() {
             return Err(serde::de::Error::custom("duration must be greater than zero"));
         }
         Ok(HumanDuration(dur))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDurationOrZero {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_human(&s).map(HumanDurationOrZero)
     }
 }
 
@@ -473,6 +547,30 @@ impl RawConfig {
             key: ctx.resolve(self.tls.key),
             crl: self.tls.crl.map(|p| ctx.resolve(p)),
             min_version,
+            session_lifetime: self
+                .tls
+                .session_lifetime
+                .as_ref()
+                .map_or(DEFAULT_SESSION_LIFETIME, |d| d.get_ref().0),
+            keep_deauthorized: self.tls.keep_deauthorized,
+        };
+        let gl = GlobalLimits::default();
+        let l = &self.limits;
+        let limits = GlobalLimits {
+            max_connections: l
+                .max_connections
+                .as_ref()
+                .map(|v| ctx.positive(v, "limits.max_connections".into()))
+                .transpose()?,
+            max_handshakes: l.max_handshakes.as_ref().map_or(Ok(gl.max_handshakes), |v| {
+                ctx.positive(v, "limits.max_handshakes".into())
+            })?,
+            max_handshakes_per_ip: l
+                .max_handshakes_per_ip
+                .as_ref()
+                .map_or(Ok(gl.max_handshakes_per_ip), |v| {
+                    ctx.positive(v, "limits.max_handshakes_per_ip".into())
+                })?,
         };
 
         let admin_span = self.admin.as_ref().map(|a| a.listen.span());
@@ -509,6 +607,7 @@ impl RawConfig {
             connect: self.timeouts.connect.map_or(td.connect, |d| d.0),
             idle: self.timeouts.idle.map_or(td.idle, |d| d.0),
             drain: self.timeouts.drain.map_or(td.drain, |d| d.0),
+            max_lifetime: self.timeouts.max_lifetime.map(|d| d.0),
         };
 
         if self.apps.is_empty() {
@@ -715,6 +814,13 @@ impl RawConfig {
                     "client name (the certificate CN) must not be empty",
                 ));
             }
+            if name.chars().any(char::is_control) {
+                return Err(ctx.err(
+                    raw.name.span(),
+                    k("name"),
+                    "client name must not contain control characters (newlines, escapes)",
+                ));
+            }
             if !seen.insert(name.clone()) {
                 return Err(ctx.err(
                     raw.name.span(),
@@ -787,6 +893,7 @@ impl RawConfig {
             path: ctx.path.to_path_buf(),
             tls,
             admin,
+            limits,
             defaults,
             timeouts,
             apps,

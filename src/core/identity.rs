@@ -34,3 +34,9 @@ pub fn spki_of(cert: &X509Certificate<'_>) -> Option<[u8; 32]> {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
     digest.as_ref().try_into().ok()
 }
+
+/// The end of a parsed certificate's validity period.
+pub fn not_after_of(cert: &X509Certificate<'_>) -> Option<std::time::SystemTime> {
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}

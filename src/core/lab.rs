@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow};
 use smol::channel;
 
 use super::client::ClientOptions;
+use super::clock::Clock;
 use super::config::Config;
 use super::pki::{InitOptions, KeyType, Pki};
 use super::runtime::Runtime;
@@ -102,6 +103,9 @@ pub struct LabOptions {
     pub key_type: KeyType,
     /// Bind an admin listener too (its address is in [`LabPaths::admin`]).
     pub admin: bool,
+    /// The balancer's wall clock (certificate validity, ticket age); tests
+    /// pass a [`ManualClock`](super::clock::ManualClock) to move it.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for LabOptions {
@@ -112,6 +116,7 @@ impl Default for LabOptions {
             threads: 0,
             key_type: KeyType::EcdsaP256,
             admin: false,
+            clock: super::clock::system(),
         }
     }
 }
@@ -172,7 +177,7 @@ impl Lab {
         let config_path = dir.path().join("tlb.toml");
         std::fs::write(&config_path, config(&paths)).context("writing the lab config")?;
         let cfg = Config::load(&config_path)?;
-        let server = Server::new(cfg)?;
+        let server = Server::with_clock(cfg, opts.clock.clone())?;
 
         let rt = Runtime::new(opts.threads).context("starting the lab runtime")?;
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);

@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use super::gate::CloseReason;
 use super::server::Server;
 
 /// Why a handshake did not complete (the `reason` label of
@@ -92,15 +93,19 @@ pub enum Refusal {
     NoHealthyUpstream,
     /// Connecting failed on every upstream tried (up to 3, within `timeouts.connect`).
     UpstreamConnectFailed,
+    /// The balancer's own resources ran out while connecting (EMFILE,
+    /// ENOBUFS, no local port...): not the upstream's fault.
+    LocalResource,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Self::Unauthorized,
         Self::MaxConnections,
         Self::RateLimited,
         Self::NoHealthyUpstream,
         Self::UpstreamConnectFailed,
+        Self::LocalResource,
     ];
 
     /// The access log's `reason` for this refusal.
@@ -111,6 +116,7 @@ impl Refusal {
             Refusal::RateLimited => "refused: rate_limited",
             Refusal::NoHealthyUpstream => "refused: no_healthy_upstream",
             Refusal::UpstreamConnectFailed => "refused: upstream_connect_failed",
+            Refusal::LocalResource => "refused: local_resource",
         }
     }
 
@@ -121,6 +127,31 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
+            Refusal::LocalResource => "local_resource",
+        }
+    }
+}
+
+/// A `[limits]` cap that closed a connection at accept, before any TLS
+/// work (the `reason` label of `tlb_preauth_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// `[limits] max_connections`: client connections open at once.
+    MaxConnections,
+    /// `[limits] max_handshakes`: handshakes in progress.
+    MaxHandshakes,
+    /// `[limits] max_handshakes_per_ip`: handshakes in progress from one address.
+    MaxHandshakesPerIp,
+}
+
+impl Cap {
+    pub const ALL: [Cap; 3] = [Cap::MaxConnections, Cap::MaxHandshakes, Cap::MaxHandshakesPerIp];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Cap::MaxConnections => "max_connections",
+            Cap::MaxHandshakes => "max_handshakes",
+            Cap::MaxHandshakesPerIp => "max_handshakes_per_ip",
         }
     }
 }
@@ -188,6 +219,15 @@ pub struct Metrics {
     pub proxied: AtomicU64,
     handshake_failures_by: [AtomicU64; HandshakeFailureKind::ALL.len()],
     refused_by: [AtomicU64; Refusal::ALL.len()],
+    capped_by: [AtomicU64; Cap::ALL.len()],
+    closed_by: [AtomicU64; CloseReason::ALL.len()],
+    /// Handshakes in progress now.
+    pub handshakes_active: AtomicU64,
+    /// Handshakes that resumed a session (after the gate admitted it again).
+    pub resumed: AtomicU64,
+    /// Session tickets presented but refused by the gate (expired,
+    /// revoked, de-authorized, too old): those clients did a full handshake.
+    pub tickets_refused: Arc<AtomicU64>,
     /// Accept to handshake done, successful handshakes.
     pub handshake_seconds: Histogram,
     /// Whole life of relayed connections.
@@ -202,6 +242,11 @@ impl Default for Metrics {
             proxied: AtomicU64::new(0),
             handshake_failures_by: Default::default(),
             refused_by: Default::default(),
+            capped_by: Default::default(),
+            closed_by: Default::default(),
+            handshakes_active: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            tickets_refused: Arc::default(),
             handshake_seconds: Histogram::new(HANDSHAKE_BUCKETS),
             connection_seconds: Histogram::new(CONNECTION_BUCKETS),
         }
@@ -236,6 +281,22 @@ impl Metrics {
 
     pub fn refused_for(&self, r: Refusal) -> u64 {
         self.refused_by[r as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_cap(&self, c: Cap) {
+        self.capped_by[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn capped_for(&self, c: Cap) -> u64 {
+        self.capped_by[c as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_closed(&self, r: CloseReason) {
+        self.closed_by[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed_for(&self, r: CloseReason) -> u64 {
+        self.closed_by[r.index()].load(Ordering::Relaxed)
     }
 }
 
@@ -341,6 +402,46 @@ impl Collector for ServerCollector {
             MetricType::Counter,
             Refusal::ALL.map(|r| ([("reason", r.label())], m.refused_for(r))),
         )?;
+        family(
+            e,
+            "preauth_refused",
+            "Connections closed at accept by a [limits] cap, before any TLS work, by cap",
+            MetricType::Counter,
+            Cap::ALL.map(|c| ([("reason", c.label())], m.capped_for(c))),
+        )?;
+        family(
+            e,
+            "connections_closed",
+            "Established connections closed by tlb: revoked or de-authorized by a reload, certificate expired, max_lifetime",
+            MetricType::Counter,
+            CloseReason::ALL.map(|r| ([("reason", r.label())], m.closed_for(r))),
+        )?;
+        gauge(
+            e,
+            "handshakes_active",
+            "TLS handshakes in progress now",
+            i64::try_from(load(&m.handshakes_active)).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            e,
+            "resumptions",
+            "Handshakes that resumed a session (the gate admitted its chain again)",
+            load(&m.resumed),
+        )?;
+        counter(
+            e,
+            "resumptions_refused",
+            "Session tickets refused by the gate (chain no longer admitted, or older than session_lifetime); the client did a full handshake",
+            load(&m.tickets_refused),
+        )?;
+        if let Some(t) = g.crl_next_update {
+            gauge(
+                e,
+                "crl_next_update_timestamp_seconds",
+                "nextUpdate of [tls] crl (Unix time); re-sign it with `tlb pki crl` before then",
+                i64::try_from(super::clock::unix_secs(t)).unwrap_or(i64::MAX),
+            )?;
+        }
         m.handshake_seconds.encode(
             e,
             "handshake_duration_seconds",

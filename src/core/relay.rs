@@ -71,6 +71,8 @@ pub enum RelayEnd {
     Done,
     /// No bytes moved for the idle timeout.
     Idle,
+    /// The caller's hard deadline passed (certificate expiry, max lifetime).
+    Deadline,
     /// An I/O error on one side.
     Error(Side, io::Error),
 }
@@ -223,9 +225,15 @@ fn is_disconnect(e: &io::Error) -> bool {
 }
 
 /// Relays between `a` and `b` until both directions end, one side fails,
-/// or nothing moves for `idle`. `progress` is updated as bytes move (so the
-/// caller can account partial transfers after an error).
-pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration, progress: &mut Transferred) -> RelayEnd
+/// nothing moves for `idle`, or `deadline` passes. `progress` is updated as
+/// bytes move (so the caller can account partial transfers after an error).
+pub async fn relay<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    deadline: Option<Instant>,
+    progress: &mut Transferred,
+) -> RelayEnd
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -236,8 +244,9 @@ where
         ab: Pipe::default(),
         ba: Pipe::default(),
         idle,
+        deadline,
         last_activity: Instant::now(),
-        timer: Timer::after(idle),
+        timer: Timer::after(deadline.map_or(idle, |d| idle.min(d.saturating_duration_since(Instant::now())))),
         progress,
     };
     std::future::poll_fn(move |cx| r.poll_relay(cx)).await
@@ -249,6 +258,7 @@ struct Relay<'a, A: ?Sized, B: ?Sized> {
     ab: Pipe,
     ba: Pipe,
     idle: Duration,
+    deadline: Option<Instant>,
     last_activity: Instant,
     timer: Timer,
     progress: &'a mut Transferred,
@@ -282,11 +292,15 @@ where
             match Pin::new(&mut self.timer).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(_) => {
-                    let deadline = self.last_activity + self.idle;
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|d| now >= d) {
+                        return Poll::Ready(RelayEnd::Deadline);
+                    }
+                    let idle_at = self.last_activity + self.idle;
+                    if now >= idle_at {
                         return Poll::Ready(RelayEnd::Idle);
                     }
-                    self.timer.set_at(deadline);
+                    self.timer.set_at(self.deadline.map_or(idle_at, |d| d.min(idle_at)));
                 }
             }
         }

@@ -1,63 +1,65 @@
-//! The load balancer: accept, mTLS handshake with the app chosen by
-//! listener + SNI, per-client limits, least-connections upstream choice with
-//! retries, relay, one access-log line per connection.
+//! The load balancer as a whole: configuration generations, listeners,
+//! the accept loop with its pre-authentication caps, reloads, and the
+//! registry of open connections that a reload re-checks.
 //!
 //! Entry points: [`Server::new`] builds a server from a validated
 //! [`Config`] (loading certificates); [`Server::run`] serves
 //! already-bound listeners until a shutdown future resolves, then drains.
-//! Tests bind `127.0.0.1:0` themselves and need no sleeps.
+//! Tests bind `127.0.0.1:0` themselves and need no sleeps. What happens to
+//! one connection is in [`super::connection`].
 //!
 //! The same `run` also serves the admin endpoint (when one of the listeners
 //! is `[admin] listen`) and runs the active health checks of the current
 //! config generation, restarting them on reload.
 //!
-//! Promises: every network wait has a timeout (handshake, connect, idle);
-//! an unauthorized client gets a TLS alert and never reaches an upstream;
-//! a limited client is closed before any upstream is contacted; when every
-//! upstream of the app is DOWN the client is refused at once; per-client
-//! and per-upstream slots are released on every exit path (drop guards);
-//! metrics are atomics only (see [`super::metrics`]).
+//! Promises:
+//! - `[limits]` caps are applied at accept, before any TLS work: a
+//!   connection over a cap is closed at once, counted, and logged at most
+//!   once a second (a summary, never a line per connection).
+//! - A reload swaps the generation atomically; unless `keep_deauthorized`,
+//!   every open connection whose chain the new generation's gate refuses
+//!   is closed at once (revoked, de-authorized, expired).
+//! - Accept errors (EMFILE...) back off and are logged at most once a second.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::pin::Pin;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_lite::FutureExt;
-use futures_rustls::LazyConfigAcceptor;
 use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
 use smol::{Async, Executor, Task, Timer, channel};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::balancer::{Balancer, Upstream, UpstreamGuard};
-use super::config::{App, Config, Timeouts};
+use super::balancer::{Balancer, Upstream};
+use super::clock::{self, Clock};
+use super::config::{App, Config};
+use super::gate::{CloseReason, Gate};
 use super::health::{self, HealthPolicy};
-use super::limiter::{ClientSlot, Limiter};
-use super::metrics::{AppStats, HandshakeFailureKind, Metrics, Refusal};
-use super::net::TcpConn;
-use super::relay::{RelayEnd, Side, Transferred, relay};
+use super::limiter::Limiter;
+use super::logging::{Throttle, escaped};
+use super::metrics::{AppStats, Cap, Metrics};
 use super::runtime::timeout;
-use super::tls::{self, AppPolicy, ServerTls};
+use super::tls::ServerTls;
 
 /// One app as the data path sees it.
 pub struct AppRuntime {
     pub name: String,
     pub balancer: Balancer,
-    server_config: Arc<ServerConfig>,
-    policy: Arc<AppPolicy>,
+    pub(super) server_config: Arc<ServerConfig>,
+    /// The app's admission decision in this generation.
+    pub gate: Arc<Gate>,
     /// Counters kept across reloads while the app keeps its name.
     pub stats: Arc<AppStats>,
 }
 
 /// Apps reachable through one listener.
 #[derive(Default)]
-struct ListenerApps {
+pub(super) struct ListenerApps {
     by_sni: HashMap<String, Arc<AppRuntime>>,
     default: Option<Arc<AppRuntime>>,
 }
@@ -65,7 +67,7 @@ struct ListenerApps {
 impl ListenerApps {
     /// `sni` as rustls hands it over: lower-cased, without a trailing dot
     /// (config names are normalized the same way at load).
-    fn select(&self, sni: Option<&str>) -> Option<&Arc<AppRuntime>> {
+    pub(super) fn select(&self, sni: Option<&str>) -> Option<&Arc<AppRuntime>> {
         sni.and_then(|name| self.by_sni.get(name)).or(self.default.as_ref())
     }
 }
@@ -74,19 +76,35 @@ impl ListenerApps {
 pub struct Generation {
     pub config: Config,
     pub apps: Vec<Arc<AppRuntime>>,
-    listeners: HashMap<SocketAddr, ListenerApps>,
-    reject: Arc<ServerConfig>,
+    pub(super) listeners: HashMap<SocketAddr, ListenerApps>,
+    pub(super) reject: Arc<ServerConfig>,
     pub limiter: Limiter,
+    /// `[tls] crl`'s nextUpdate, when set.
+    pub crl_next_update: Option<SystemTime>,
+    /// `[limits] max_connections` as applied (derived from the open-file
+    /// limit when the config leaves it out).
+    pub max_connections: u32,
+}
+
+/// Open files kept for listeners, the admin endpoint, health checks and logs
+/// when `[limits] max_connections` is derived from the open-file limit.
+const RESERVED_FDS: u64 = 100;
+
+/// The default `[limits] max_connections`: every relayed connection holds
+/// two descriptors (client and upstream).
+pub fn default_max_connections() -> u32 {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(s, _)| s);
+    u32::try_from((soft.saturating_sub(RESERVED_FDS) / 2).max(1)).unwrap_or(u32::MAX)
 }
 
 impl Generation {
-    fn build(config: Config, previous: Option<&Generation>) -> Result<Generation> {
-        let tls = ServerTls::load(&config)?;
+    fn build(config: Config, previous: Option<&Generation>, server: &ServerDeps) -> Result<Generation> {
+        let tls = ServerTls::load(&config, &server.clock, &server.tickets_refused)?;
         let mut apps = Vec::with_capacity(config.apps.len());
         let mut listeners: HashMap<SocketAddr, ListenerApps> = HashMap::new();
         for app in &config.apps {
-            // Parsed (SPEC §2) but not built yet: refuse rather than silently
-            // send plaintext, or no PROXY header, to upstreams expecting them.
+            // Parsed but not built yet: refuse rather than silently send
+            // plaintext, or no PROXY header, to upstreams expecting them.
             if app.upstream_tls.is_some() {
                 bail!(
                     "app {:?}: [app.upstream_tls] is not supported by this version of tlb (upstreams are reached over plain TCP); remove the table",
@@ -99,7 +117,7 @@ impl Generation {
                     app.name
                 );
             }
-            let (server_config, policy) = tls
+            let (server_config, gate) = tls
                 .apps
                 .get(&app.name)
                 .cloned()
@@ -112,7 +130,7 @@ impl Generation {
                     HealthPolicy::new(app.health.as_ref()),
                 ),
                 server_config,
-                policy,
+                gate,
                 stats: previous
                     .and_then(|p| p.app(&app.name))
                     .map(|a| a.stats.clone())
@@ -128,12 +146,15 @@ impl Generation {
             apps.push(rt);
         }
         let limiter = Limiter::new(&config.clients, previous.map(|p| &p.limiter));
+        let max_connections = config.limits.max_connections.unwrap_or_else(default_max_connections);
         Ok(Generation {
             config,
             apps,
             listeners,
             reject: tls.reject,
             limiter,
+            crl_next_update: tls.crl_next_update,
+            max_connections,
         })
     }
 
@@ -161,34 +182,78 @@ fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>>
         .collect()
 }
 
+/// What building a generation needs from the server.
+struct ServerDeps {
+    clock: Arc<dyn Clock>,
+    tickets_refused: Arc<AtomicU64>,
+}
+
+/// An admitted connection, as a reload re-checks it.
+pub(super) struct Open {
+    pub app: String,
+    pub identity: String,
+    /// The client's certificate chain, end entity first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Tells the connection to close, and why.
+    pub kill: channel::Sender<CloseReason>,
+}
+
+/// Open connections by id.
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    open: HashMap<u64, Arc<Open>>,
+}
+
+/// Handshakes in progress per source address (bounded: an entry exists
+/// only while it counts at least one handshake, so at most
+/// `max_handshakes` entries).
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, u32>>);
+
 /// A running (or ready to run) load balancer.
 pub struct Server {
     generation: RwLock<Arc<Generation>>,
     pub metrics: Metrics,
     draining: AtomicBool,
     started: Instant,
+    deps: ServerDeps,
+    /// Open connections (for reload re-checks); lock held for map updates only.
+    registry: Mutex<Registry>,
+    per_ip: PerIp,
+    cap_log: Throttle,
+    accept_log: Throttle,
     /// A reload tells the health-check supervisor to restart the checks.
     reloaded_tx: channel::Sender<()>,
     reloaded_rx: channel::Receiver<()>,
 }
 
-/// The handshake did not complete.
-#[derive(Debug)]
-pub struct HandshakeFailure {
-    pub kind: HandshakeFailureKind,
-    pub detail: String,
-}
-
 impl Server {
     /// Loads certificates and builds the data-path state for `config`.
     pub fn new(config: Config) -> Result<Arc<Server>> {
-        let generation = Generation::build(config, None)?;
+        Server::with_clock(config, clock::system())
+    }
+
+    /// Like [`Server::new`], with the wall clock the gate reads
+    /// (certificate validity, ticket age, expiry of open connections).
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Server>> {
+        let metrics = Metrics::default();
+        let deps = ServerDeps {
+            clock,
+            tickets_refused: metrics.tickets_refused.clone(),
+        };
+        let generation = Generation::build(config, None, &deps)?;
         let (reloaded_tx, reloaded_rx) = channel::bounded(1);
         Ok(Arc::new(Server {
             generation: RwLock::new(Arc::new(generation)),
-            metrics: Metrics::default(),
+            metrics,
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            deps,
+            registry: Mutex::default(),
+            per_ip: PerIp::default(),
+            cap_log: Throttle::new(Duration::from_secs(1)),
+            accept_log: Throttle::new(Duration::from_secs(1)),
             reloaded_tx,
             reloaded_rx,
         }))
@@ -204,13 +269,20 @@ impl Server {
         self.started.elapsed()
     }
 
+    /// The gate's wall clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.deps.clock
+    }
+
     /// The current configuration generation.
     pub fn current(&self) -> Arc<Generation> {
         self.generation.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Swaps in a new config atomically; established connections keep the
-    /// generation they started with. On error the old config stays.
+    /// generation they started with, except that (unless
+    /// `keep_deauthorized`) those the new generation's gate refuses are
+    /// closed. On error the old config stays.
     pub fn reload(&self, config: Config) -> Result<()> {
         let old = self.current();
         if old.config.listeners() != config.listeners() {
@@ -219,11 +291,46 @@ impl Server {
         if old.config.admin != config.admin {
             bail!("[admin] changed; adding, moving or removing the admin endpoint needs a restart in this version");
         }
-        let new = Generation::build(config, Some(&old))?;
-        *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        let new = Arc::new(Generation::build(config, Some(&old), &self.deps)?);
+        // Swapped under the registry lock: a connection registering at the
+        // same time is either in this snapshot or sees the new generation.
+        let open: Vec<Arc<Open>> = {
+            let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            *self.generation.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+            reg.open.values().cloned().collect()
+        };
         // Full means a restart is already pending: the supervisor reads the latest generation.
         let _ = self.reloaded_tx.try_send(());
+        log_crl_state(&new, self.deps.clock.now());
+        if !new.config.tls.keep_deauthorized {
+            let closed = open.iter().filter(|o| recheck(&new, o)).count();
+            if closed > 0 {
+                info!("reload: closing {closed} open connection(s) the new configuration no longer admits");
+            }
+        }
         Ok(())
+    }
+
+    /// Registers an admitted connection for reload re-checks; it stays
+    /// registered until the returned guard drops. `handshake_generation` is
+    /// the generation that admitted it: if a reload swapped it meanwhile,
+    /// the connection is re-checked at once.
+    pub(super) fn track(self: &Arc<Self>, open: Open, handshake_generation: &Arc<Generation>) -> Tracked {
+        let open = Arc::new(open);
+        let (id, current) = {
+            let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let id = reg.next;
+            reg.next = reg.next.wrapping_add(1);
+            reg.open.insert(id, open.clone());
+            (id, self.current())
+        };
+        if !Arc::ptr_eq(&current, handshake_generation) && !current.config.tls.keep_deauthorized {
+            recheck(&current, &open);
+        }
+        Tracked {
+            server: self.clone(),
+            id,
+        }
     }
 
     /// Binds every listener the config names (SO_REUSEADDR, backlog 1024),
@@ -258,6 +365,19 @@ impl Server {
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
         let admin_addr = generation.config.admin.as_ref().map(|a| a.listen);
         let mut admin = None;
+        let l = &generation.config.limits;
+        info!(
+            "limits: max_connections {}{}, max_handshakes {}, max_handshakes_per_ip {}",
+            generation.max_connections,
+            if l.max_connections.is_none() {
+                " (from the open-file limit)"
+            } else {
+                ""
+            },
+            l.max_handshakes,
+            l.max_handshakes_per_ip
+        );
+        log_crl_state(&generation, self.deps.clock.now());
         for l in listeners {
             let addr = l.local_addr().context("reading a listener's address")?;
             l.set_nonblocking(true).context("setting a listener non-blocking")?;
@@ -287,6 +407,7 @@ impl Server {
         }
         drop(conn_tx);
         let checks = ex.spawn(self.clone().supervise_health_checks(ex.clone()));
+        let summaries = ex.spawn(self.clone().log_summaries());
         shutdown.await;
         self.draining.store(true, Ordering::Relaxed);
         drop(stop_tx);
@@ -308,6 +429,7 @@ impl Server {
             let _ = timeout(Duration::from_secs(5), conn_rx.recv()).await;
         }
         drop(checks);
+        drop(summaries);
         drop(admin);
         info!("stopped");
         Ok(())
@@ -339,6 +461,25 @@ impl Server {
         }
     }
 
+    /// Once a second: the summary of throttled log lines (caps, accept errors).
+    async fn log_summaries(self: Arc<Self>) {
+        loop {
+            Timer::after(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            if let Some(n) = self.cap_log.flush(now) {
+                warn!(
+                    "[limits]: {n} more connection(s) closed at accept in the last second (max_connections {}, max_handshakes {}, max_handshakes_per_ip {} refused so far)",
+                    self.metrics.capped_for(Cap::MaxConnections),
+                    self.metrics.capped_for(Cap::MaxHandshakes),
+                    self.metrics.capped_for(Cap::MaxHandshakesPerIp),
+                );
+            }
+            if let Some(n) = self.accept_log.flush(now) {
+                warn!("accept failed {n} more time(s) in the last second");
+            }
+        }
+    }
+
     async fn accept_loop(
         self: Arc<Self>,
         ex: &Arc<Executor<'static>>,
@@ -351,12 +492,34 @@ impl Server {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-                    let server = self.clone();
+                    let slot = match self.admit_preauth(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(cap) => {
+                            self.metrics.count_cap(cap);
+                            if let Some(more) = self.cap_log.allow(Instant::now()) {
+                                warn!(
+                                    %peer,
+                                    "[limits] {} reached: connection closed at accept{}",
+                                    cap.label(),
+                                    if more > 0 {
+                                        format!(" ({more} more since the last line)")
+                                    } else {
+                                        String::new()
+                                    }
+                                );
+                            }
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let held = conn_tx.clone();
                     let hard = hard_rx.clone();
+                    let server = self.clone();
                     ex.spawn(async move {
                         let _held = held;
-                        let work = std::panic::AssertUnwindSafe(server.handle(stream, local, peer)).catch_unwind();
+                        let work =
+                            std::panic::AssertUnwindSafe(super::connection::handle(server, slot, stream, local, peer))
+                                .catch_unwind();
                         let cut = async {
                             let _ = hard.recv().await;
                             Ok(())
@@ -368,133 +531,140 @@ impl Server {
                     .detach();
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!("accept on {local} failed: {e}");
+                    // EMFILE and friends: back off instead of spinning, and
+                    // say so at most once a second.
+                    if let Some(more) = self.accept_log.allow(Instant::now()) {
+                        let hint = if health::is_local_error(&e) {
+                            " (out of file descriptors or buffers: raise the open-file limit or lower [limits] max_connections)"
+                        } else {
+                            ""
+                        };
+                        let more = if more > 0 {
+                            format!("; {more} more since the last line")
+                        } else {
+                            String::new()
+                        };
+                        warn!("accept on {local} failed: {e}{hint}{more}");
+                    }
                     Timer::after(Duration::from_millis(50)).await;
                 }
             }
         }
     }
 
-    async fn handle(self: Arc<Self>, stream: Async<TcpStream>, local: SocketAddr, peer: SocketAddr) {
-        let generation = self.current();
-        let timeouts = generation.config.timeouts;
-        let started = Instant::now();
-        let _active = ActiveGuard::new(&self.metrics.active);
-        let Some(apps) = generation.listeners.get(&local) else {
+    /// Takes a connection slot and a handshake slot for a new connection
+    /// from `ip`, or names the `[limits]` cap that refuses it.
+    fn admit_preauth(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Cap> {
+        let g = self.current();
+        let limits = &g.config.limits;
+        let m = &self.metrics;
+        if m.active.fetch_add(1, Ordering::AcqRel) >= u64::from(g.max_connections) {
+            m.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Cap::MaxConnections);
+        }
+        // From here on, the slot's drop gives back what was taken.
+        let mut slot = Slot {
+            server: self.clone(),
+            handshaking: None,
+        };
+        if m.handshakes_active.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_handshakes) {
+            m.handshakes_active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Cap::MaxHandshakes);
+        }
+        let mut per_ip = self.per_ip.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limits.max_handshakes_per_ip {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            drop(per_ip);
+            m.handshakes_active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Cap::MaxHandshakesPerIp);
+        }
+        *n += 1;
+        drop(per_ip);
+        slot.handshaking = Some(ip);
+        Ok(slot)
+    }
+}
+
+/// One connection's share of the `[limits]` counters: a connection slot
+/// until dropped, and a handshake slot until [`Slot::handshake_done`].
+pub(super) struct Slot {
+    server: Arc<Server>,
+    handshaking: Option<IpAddr>,
+}
+
+impl Slot {
+    /// The handshake ended (either way): its handshake slot is free.
+    pub(super) fn handshake_done(&mut self) {
+        let Some(ip) = self.handshaking.take() else {
             return;
         };
-        let hs = match timeout(timeouts.handshake, handshake(stream, apps, &generation.reject)).await {
-            Ok(Ok(hs)) => hs,
-            Ok(Err(Failed(f, io))) => {
-                self.metrics.count_handshake_failure(f.kind);
-                info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail);
-                if let Some(io) = io {
-                    close_and_drain_boxed(io).await;
-                }
-                return;
-            }
-            Err(_) => {
-                self.metrics.count_handshake_failure(HandshakeFailureKind::Timeout);
-                info!(%peer, %local, reason = HandshakeFailureKind::Timeout.label(), "handshake failed: not completed within {:?}", timeouts.handshake);
-                return;
-            }
-        };
-        let Handshaken {
-            mut tls,
-            app,
-            identity,
-            sni,
-        } = hs;
-        let handshake_done = started.elapsed();
-        self.metrics.handshake_seconds.observe(handshake_done);
-        app.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-        let _app_active = ActiveGuard::new(&app.stats.active);
-        debug!(%peer, identity = %identity, app = %app.name, "handshake done in {handshake_done:?}");
-
-        let mut log = AccessLog {
-            peer,
-            identity: &identity,
-            app: &app.name,
-            upstream: "-",
-            sni: sni.as_deref(),
-            started,
-            moved: Transferred::default(),
-        };
-
-        // Limits: before any upstream is contacted. (An identity the
-        // verifier admitted always has limiter state: both come from the
-        // same generation's [[client]] list; refuse if it ever had not.)
-        let admitted = match generation.limiter.get(&identity) {
-            Some(c) => c.try_acquire(),
-            None => Err(Refusal::Unauthorized),
-        };
-        let slot: ClientSlot = match admitted {
-            Ok(slot) => slot,
-            Err(r) => {
-                self.metrics.count_refusal(r);
-                log.close(r.access_reason());
-                close_and_drain_boxed(tls).await;
-                return;
-            }
-        };
-
-        let (mut guard, upstream_stream) = match connect_upstream(&app.balancer, timeouts).await {
-            Ok(x) => x,
-            Err(r) => {
-                drop(slot); // not held while the refusal lingers
-                self.metrics.count_refusal(r);
-                log.close(r.access_reason());
-                close_and_drain_boxed(tls).await;
-                return;
-            }
-        };
-        let upstream = guard.upstream().clone();
-        log.upstream = &upstream.name;
-        self.metrics.proxied.fetch_add(1, Ordering::Relaxed);
-        let mut up = Answered {
-            conn: upstream_stream,
-            pending: Some((&app.balancer, &mut guard)),
-        };
-        let end = relay(&mut tls, &mut up, timeouts.idle, &mut log.moved).await;
-        // Closes the upstream connection and ends its borrow of the guard.
-        drop(up);
-        let reason: Cow<'static, str> = match &end {
-            RelayEnd::Done => "done".into(),
-            RelayEnd::Idle => "idle_timeout".into(),
-            RelayEnd::Error(Side::A, e) => format!("client_error: {}", tls::describe_tls_error(e)).into(),
-            RelayEnd::Error(Side::B, e) => format!("upstream_error: {e}").into(),
-        };
-        if log.moved.b_to_a == 0 {
-            // The upstream never answered. A reset is a passive failure (an
-            // upstream that accepts and dies), like a refused connect; so is
-            // a half-open trial the upstream closed although the client had
-            // spoken (a proxy in front of a dead backend). Otherwise the
-            // guard's drop leaves a trial without a verdict.
-            let reset = matches!(&end, RelayEnd::Error(Side::B, e) if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
-            ));
-            let silent_trial = guard.is_trial() && log.moved.a_to_b > 0 && matches!(end, RelayEnd::Done);
-            if reset || silent_trial {
-                let what = if reset {
-                    "reset before any byte"
-                } else {
-                    "closed before any byte"
-                };
-                let n = app.balancer.failed(&mut guard, what);
-                warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream {what}");
+        let s = &self.server;
+        s.metrics.handshakes_active.fetch_sub(1, Ordering::AcqRel);
+        let mut per_ip = s.per_ip.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&ip);
             }
         }
-        upstream
-            .bytes_to_upstream
-            .fetch_add(log.moved.a_to_b, Ordering::Relaxed);
-        upstream.bytes_to_client.fetch_add(log.moved.b_to_a, Ordering::Relaxed);
-        drop(tls);
-        drop(guard);
-        drop(slot);
-        self.metrics.connection_seconds.observe(started.elapsed());
-        log.close(&reason);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.handshake_done();
+        self.server.metrics.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Registration of an open connection; removed on drop.
+pub(super) struct Tracked {
+    server: Arc<Server>,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut reg = self.server.registry.lock().unwrap_or_else(|p| p.into_inner());
+        reg.open.remove(&self.id);
+    }
+}
+
+/// Asks `open` to close if `g` no longer admits it on its app; true if so.
+/// A connection whose app is gone is left to drain.
+fn recheck(g: &Generation, open: &Open) -> bool {
+    let Some(app) = g.app(&open.app) else {
+        return false;
+    };
+    match app.gate.decide_chain(&open.chain) {
+        Ok(_) => false,
+        Err(refused) => {
+            info!(
+                identity = %escaped(&open.identity),
+                app = %open.app,
+                reason = refused.close_reason().label(),
+                "closing an open connection: {refused}"
+            );
+            // Full: a reason is already pending; closed: already gone.
+            let _ = open.kill.try_send(refused.close_reason());
+            true
+        }
+    }
+}
+
+/// Warns when `[tls] crl` is past its nextUpdate (it is still used).
+fn log_crl_state(g: &Generation, now: SystemTime) {
+    if let (Some(next), Some(path)) = (g.crl_next_update, g.config.tls.crl.as_ref())
+        && next < now
+    {
+        warn!(
+            "CRL {} is past its nextUpdate ({}); it is still enforced, but re-sign it with `tlb pki crl` and reload",
+            path.display(),
+            humantime::format_rfc3339_seconds(next)
+        );
     }
 }
 
@@ -521,328 +691,5 @@ pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The upstream side of a relay: the first byte the upstream sends is
-/// reported once as a passive success ([`Balancer::answered`]); an accept
-/// alone proves little (a proxy in front of a dead backend accepts too).
-struct Answered<'a> {
-    conn: TcpConn,
-    pending: Option<(&'a Balancer, &'a mut UpstreamGuard)>,
-}
-
-impl futures_lite::AsyncRead for Answered<'_> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut [u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.conn).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r
-            && *n > 0
-            && let Some((balancer, guard)) = self.pending.take()
-        {
-            balancer.answered(guard);
-        }
-        r
-    }
-}
-
-impl futures_lite::AsyncWrite for Answered<'_> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.conn).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.conn).poll_flush(cx)
-    }
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.conn).poll_close(cx)
-    }
-}
-
-/// Holds one unit of an "open now" gauge; gives it back on drop.
-struct ActiveGuard<'a>(&'a AtomicU64);
-
-impl<'a> ActiveGuard<'a> {
-    fn new(c: &'a AtomicU64) -> Self {
-        c.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(c)
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One access-log line at close.
-struct AccessLog<'a> {
-    peer: SocketAddr,
-    identity: &'a str,
-    app: &'a str,
-    upstream: &'a str,
-    sni: Option<&'a str>,
-    started: Instant,
-    moved: Transferred,
-}
-
-impl AccessLog<'_> {
-    fn close(&self, reason: impl AsRef<str>) {
-        let reason = reason.as_ref();
-        info!(
-            target: "tlb::access",
-            peer = %self.peer,
-            identity = self.identity,
-            app = self.app,
-            upstream = self.upstream,
-            sni = self.sni.unwrap_or("-"),
-            bytes_in = self.moved.a_to_b,
-            bytes_out = self.moved.b_to_a,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            reason,
-            "access"
-        );
-    }
-}
-
-type ClientTls = futures_rustls::server::TlsStream<TcpConn>;
-
-struct Handshaken {
-    /// Boxed so moves of it stay pointer-sized in the connection task.
-    tls: Box<ClientTls>,
-    app: Arc<AppRuntime>,
-    identity: String,
-    sni: Option<String>,
-}
-
-/// A failed handshake, with the TCP stream when it is still there (so the
-/// alert can be delivered with a lingering close rather than an RST).
-struct Failed(HandshakeFailure, Option<TcpConn>);
-
-impl From<HandshakeFailure> for Failed {
-    fn from(f: HandshakeFailure) -> Failed {
-        Failed(f, None)
-    }
-}
-
-/// The handshake, on the heap: its state (acceptor, buffers, verifier
-/// calls) is only needed until it completes, and inline it would size every
-/// connection task, idle ones included.
-fn handshake<'a>(
-    stream: Async<TcpStream>,
-    apps: &'a ListenerApps,
-    reject: &'a Arc<ServerConfig>,
-) -> Pin<Box<dyn Future<Output = Result<Handshaken, Failed>> + Send + 'a>> {
-    Box::pin(handshake_inline(stream, apps, reject))
-}
-
-async fn handshake_inline(
-    stream: Async<TcpStream>,
-    apps: &ListenerApps,
-    reject: &Arc<ServerConfig>,
-) -> Result<Handshaken, Failed> {
-    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TcpConn::new(stream))
-        .await
-        .map_err(classify_io)?;
-    let sni = start.client_hello().server_name().map(str::to_owned);
-    let Some(app) = apps.select(sni.as_deref()).cloned() else {
-        // Complete the refusal with an alert (access_denied) rather than a bare close.
-        let io = start
-            .into_stream(reject.clone())
-            .into_fallible()
-            .await
-            .err()
-            .map(|(_, io)| io);
-        let f = HandshakeFailure {
-            kind: HandshakeFailureKind::UnknownSni,
-            detail: format!(
-                "no app for server name {:?} on this listener",
-                sni.as_deref().unwrap_or("")
-            ),
-        };
-        return Err(Failed(f, io));
-    };
-    let mut accept = start.into_stream(app.server_config.clone()).into_fallible();
-    // Poll the handshake ourselves so a denial recorded by the verifier is
-    // read in the same poll that returns the error (see tls::take_denial).
-    let result = std::future::poll_fn(|cx| {
-        tls::clear_denial();
-        match std::pin::Pin::new(&mut accept).poll(cx) {
-            std::task::Poll::Ready(Err((e, io))) => {
-                let denial = tls::take_denial();
-                std::task::Poll::Ready(Err((e, io, denial)))
-            }
-            std::task::Poll::Ready(Ok(s)) => std::task::Poll::Ready(Ok(s)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
-    .await;
-    let tls = match result {
-        Ok(s) => s,
-        Err((_, io, Some(denial))) => {
-            let f = HandshakeFailure {
-                kind: HandshakeFailureKind::Unauthorized,
-                detail: denial.to_string(),
-            };
-            return Err(Failed(f, Some(io)));
-        }
-        Err((e, io, None)) => return Err(Failed(classify_io(e), Some(io))),
-    };
-    // The identity. A full handshake was authorized by the verifier; a
-    // resumed one skipped verification, so it is authorized again (defence
-    // in depth: tickets and session caches belong to one generation's
-    // config, whose policy admitted the original handshake).
-    let session = tls.get_ref().1;
-    let cert = session.peer_certificates().and_then(|c| c.first());
-    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let checked = cert.map(|c| {
-        if resumed {
-            app.policy.authorize(c)
-        } else {
-            super::identity::common_name(c).ok_or_else(|| app.policy.no_identity())
-        }
-    });
-    let identity = match checked {
-        Some(Ok(id)) => id,
-        Some(Err(denial)) => {
-            return Err(Failed(
-                HandshakeFailure {
-                    kind: HandshakeFailureKind::Unauthorized,
-                    detail: if resumed {
-                        format!("{denial} (resumed session)")
-                    } else {
-                        denial.to_string()
-                    },
-                },
-                None,
-            ));
-        }
-        None => {
-            return Err(Failed(
-                HandshakeFailure {
-                    kind: HandshakeFailureKind::NoCertificate,
-                    detail: "no client certificate on the session".into(),
-                },
-                None,
-            ));
-        }
-    };
-    Ok(Handshaken {
-        tls: Box::new(tls),
-        app,
-        identity,
-        sni,
-    })
-}
-
-/// Closes a connection that will not be relayed: after a failed handshake
-/// (the alert is already written) or a refusal after it (close_notify +
-/// FIN), then discards what the client still sends for a moment, so it sees
-/// the alert or a clean "closed before any reply" instead of a reset (the
-/// kernel resets a connection closed with unread data). Boxed: a rare path
-/// whose state would otherwise size every connection task, idle ones too.
-fn close_and_drain_boxed<S>(io: S) -> Pin<Box<dyn Future<Output = ()> + Send>>
-where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
-{
-    Box::pin(close_and_drain(io))
-}
-
-/// Closes the write side (at most 1 s), then reads and discards up to
-/// 64 KiB for at most 1 s, then drops the stream.
-async fn close_and_drain<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin>(mut io: S) {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    const LINGER: Duration = Duration::from_secs(1);
-    const MAX_DISCARD: usize = 64 * 1024;
-    let _ = timeout(LINGER, io.close()).await;
-    let _ = timeout(LINGER, async {
-        let mut scratch = [0u8; 2048];
-        let mut total = 0;
-        while total < MAX_DISCARD {
-            match io.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
-fn classify_io(e: io::Error) -> HandshakeFailure {
-    use HandshakeFailureKind as K;
-    use rustls::{CertificateError as CE, Error as TE};
-    let detail = tls::describe_tls_error(&e);
-    let kind = match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
-        Some(TE::NoCertificatesPresented) => K::NoCertificate,
-        Some(TE::InvalidCertificate(CE::ApplicationVerificationFailure)) => K::Unauthorized,
-        Some(TE::InvalidCertificate(_)) | Some(TE::InvalidCertRevocationList(_)) => K::BadCertificate,
-        Some(TE::PeerIncompatible(_)) => K::Protocol,
-        Some(TE::InvalidMessage(_))
-        | Some(TE::InappropriateHandshakeMessage { .. })
-        | Some(TE::InappropriateMessage { .. }) => K::NotTls,
-        Some(TE::AlertReceived(_)) => K::ClientAlert,
-        Some(_) => K::Other,
-        None if e.kind() == io::ErrorKind::UnexpectedEof => K::Eof,
-        None => K::Other,
-    };
-    HandshakeFailure { kind, detail }
-}
-
-/// Connects to the best healthy upstream; on failure tries the next best,
-/// at most 2 retries, all within `timeouts.connect`. Each failure counts
-/// toward the upstream's `fall`; when no upstream is UP the refusal is
-/// immediate.
-async fn connect_upstream(balancer: &Balancer, timeouts: Timeouts) -> Result<(UpstreamGuard, TcpConn), Refusal> {
-    const MAX_ATTEMPTS: usize = 3;
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(timeouts.connect)
-        .unwrap_or(now + Duration::from_secs(86400 * 365));
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
-    let mut last = Refusal::NoHealthyUpstream;
-    for attempt in 0..MAX_ATTEMPTS {
-        let Some((idx, mut guard)) = balancer.pick(&tried[..attempt]) else {
-            return Err(last);
-        };
-        tried[attempt] = idx;
-        let up = guard.upstream().clone();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Refusal::UpstreamConnectFailed);
-        }
-        // A half-open trial gets a third of the budget: a blackholed upstream
-        // must not eat the time the retries on UP upstreams need.
-        let budget = if guard.is_trial() {
-            left.min(timeouts.connect / 3)
-        } else {
-            left
-        };
-        let reason = match timeout(budget, TcpConn::connect(up.addr)).await {
-            Ok(Ok(s)) => {
-                balancer.connected(&guard);
-                return Ok((guard, s));
-            }
-            Ok(Err(e)) if health::is_local_error(&e) => {
-                // Our own resources ran out: not the upstream's failure, and
-                // another upstream would fail the same way.
-                warn!(app = %balancer.app(), upstream = %up.name, "upstream connect failed on the balancer's side: {}", health::describe_io(&e));
-                return Err(Refusal::UpstreamConnectFailed);
-            }
-            Ok(Err(e)) => health::describe_io(&e),
-            Err(_) => format!("connect timed out after {budget:?}"),
-        };
-        let n = balancer.failed(&mut guard, &reason);
-        warn!(app = %balancer.app(), upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");
-        last = Refusal::UpstreamConnectFailed;
-    }
-    Err(last)
-}
+/// Accepted TCP stream type, as the connection path receives it.
+pub(super) type Accepted = Async<TcpStream>;

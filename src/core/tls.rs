@@ -1,40 +1,39 @@
-//! TLS set-up: loading PEM material, the per-app server configs that decide
-//! authorization inside the handshake, and client configs for `tlb client`
-//! and `tlb bench`. (TLS towards upstreams is not built yet; a config asking
+//! TLS set-up: loading PEM material, the per-app server configs whose
+//! client-certificate verifier and session tickets are the app's
+//! [`Gate`](super::gate::Gate), and client configs for `tlb client` and
+//! `tlb bench`. (TLS towards upstreams is not built yet; a config asking
 //! for it is refused when the server is built.)
 //!
 //! Promises:
 //! - One crypto provider (aws-lc-rs), TLS 1.3 only unless `min_version = "1.2"`
 //!   (then TLS 1.2 with AEAD + ECDHE suites only, which is all rustls offers).
-//! - A client certificate is required and verified (chain to `tls.ca`,
-//!   validity, clientAuth usage, CRL when configured). Then the identity (CN)
-//!   must be a `[[client]]` allowed on the app chosen by listener + SNI, and
-//!   match its `spki_sha256` pin if any; otherwise the handshake fails with an
-//!   `access_denied` alert, before any upstream is touched.
-//! - Refusal reasons are recorded for the connection's log line via
-//!   [`take_denial`], without being revealed to the client.
+//! - A client certificate is required and decided by the gate in the
+//!   handshake (chain to `tls.ca`, validity at the gate clock, clientAuth
+//!   usage, CRL for the whole chain when configured, then the app's policy);
+//!   a refusal is a TLS alert, before any upstream is touched.
+//! - Resumption only through the gate's tickets (no stateful session cache),
+//!   at most `session_lifetime` after the full handshake, never across apps
+//!   or config generations.
+//! - `[tls] crl` is checked at load: signed by `tls.ca`, nextUpdate known.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{Error as TlsError, RootCertStore, ServerConfig};
 
-use super::config::{Client, Config, TlsSettings, TlsVersion};
-use super::identity;
+use super::clock::{Clock, RustlsTime};
+use super::config::{Config, TlsSettings, TlsVersion};
+use super::gate::{AppPolicy, AuthorizingVerifier, Gate, GatedTickets};
 
 /// The process's one crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -124,178 +123,6 @@ pub fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) ->
     Ok(Arc::new(ck))
 }
 
-/// Why a client was refused in the handshake (for logs and metrics; never
-/// sent to the client, which only sees an alert).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    /// Certificate CN, if it had one.
-    pub identity: Option<String>,
-    pub app: String,
-    pub reason: DenialReason,
-}
-
-/// The authorization verdicts that are not a certificate error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenialReason {
-    /// Valid certificate without a CN.
-    NoIdentity,
-    /// The identity has no `[[client]]` entry.
-    UnknownClient,
-    /// The client exists but the app is not in its `apps`.
-    AppNotAllowed,
-    /// The public key does not match the client's `spki_sha256` pin.
-    PinMismatch,
-}
-
-impl fmt::Display for Denial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let who = self.identity.as_deref().unwrap_or("-");
-        match self.reason {
-            DenialReason::NoIdentity => write!(f, "certificate has no subject CN (app {})", self.app),
-            DenialReason::UnknownClient => {
-                write!(f, "identity {who} is not a configured [[client]] (app {})", self.app)
-            }
-            DenialReason::AppNotAllowed => write!(f, "identity {who} is not allowed on app {}", self.app),
-            DenialReason::PinMismatch => write!(f, "identity {who}: public key does not match spki_sha256 pin"),
-        }
-    }
-}
-
-thread_local! {
-    static LAST_DENIAL: RefCell<Option<Denial>> = const { RefCell::new(None) };
-}
-
-/// Takes the denial recorded by an authorizing verifier on this thread.
-///
-/// The verifier runs inside the `poll` of the handshake future that then
-/// returns the error, on the same thread, with no other task in between; so
-/// a caller that polls the handshake and, on error, calls this in the same
-/// `poll` gets that connection's denial. Call `clear_denial` before polling.
-pub fn take_denial() -> Option<Denial> {
-    LAST_DENIAL.with(|d| d.borrow_mut().take())
-}
-
-/// Forgets any recorded denial on this thread.
-pub fn clear_denial() {
-    LAST_DENIAL.with(|d| *d.borrow_mut() = None);
-}
-
-fn record_denial(d: Denial) {
-    LAST_DENIAL.with(|slot| *slot.borrow_mut() = Some(d));
-}
-
-/// Who may use one app: identity -> optional SPKI pin.
-#[derive(Debug, Default, Clone)]
-pub struct AppPolicy {
-    pub app: String,
-    allowed: HashMap<String, Option<[u8; 32]>>,
-    known: std::collections::HashSet<String>,
-}
-
-impl AppPolicy {
-    /// The policy of app `app` under `clients`.
-    pub fn new(app: &str, clients: &[Client]) -> AppPolicy {
-        let mut allowed = HashMap::new();
-        let mut known = std::collections::HashSet::new();
-        for c in clients {
-            known.insert(c.name.clone());
-            if c.apps.iter().any(|a| a == app) {
-                allowed.insert(c.name.clone(), c.spki_sha256);
-            }
-        }
-        AppPolicy {
-            app: app.to_string(),
-            allowed,
-            known,
-        }
-    }
-
-    /// Checks an already chain-verified end-entity certificate.
-    pub fn authorize(&self, end_entity: &[u8]) -> Result<String, Denial> {
-        let deny = |identity: Option<String>, reason| Denial {
-            identity,
-            app: self.app.clone(),
-            reason,
-        };
-        // One parse for the CN and, when pinned, the SPKI digest.
-        let verdict = identity::parsed(end_entity, |cert| {
-            let cn = identity::cn_of(cert)?;
-            Some(match self.allowed.get(&cn) {
-                Some(None) => Ok(cn),
-                Some(Some(pin)) if identity::spki_of(cert).as_ref() == Some(pin) => Ok(cn),
-                Some(Some(_)) => Err(deny(Some(cn), DenialReason::PinMismatch)),
-                None if self.known.contains(&cn) => Err(deny(Some(cn), DenialReason::AppNotAllowed)),
-                None => Err(deny(Some(cn), DenialReason::UnknownClient)),
-            })
-        });
-        verdict.flatten().unwrap_or_else(|| Err(self.no_identity()))
-    }
-
-    /// The denial for a certificate without a usable subject CN.
-    pub fn no_identity(&self) -> Denial {
-        Denial {
-            identity: None,
-            app: self.app.clone(),
-            reason: DenialReason::NoIdentity,
-        }
-    }
-}
-
-/// WebPKI verification (chain, validity, EKU, CRL), then the app's policy.
-#[derive(Debug)]
-struct AuthorizingVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    policy: Arc<AppPolicy>,
-}
-
-impl ClientCertVerifier for AuthorizingVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, TlsError> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        match self.policy.authorize(end_entity) {
-            Ok(_) => Ok(verified),
-            Err(denial) => {
-                record_denial(denial);
-                Err(TlsError::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ))
-            }
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A resolver that never has a certificate: used to refuse a ClientHello
 /// whose SNI matches no app on the listener (rustls sends `access_denied`).
 #[derive(Debug)]
@@ -309,48 +136,59 @@ impl ResolvesServerCert for NoCert {
 
 /// Server-side TLS for one configuration generation.
 pub struct ServerTls {
-    /// Per app name: its server config (with its authorizing verifier) and policy.
-    pub apps: HashMap<String, (Arc<ServerConfig>, Arc<AppPolicy>)>,
+    /// Per app name: its server config (whose verifier and tickets are the
+    /// app's gate) and the gate itself.
+    pub apps: HashMap<String, (Arc<ServerConfig>, Arc<Gate>)>,
     /// Refuses every handshake (unknown SNI on a listener without default app).
     pub reject: Arc<ServerConfig>,
+    /// The CRL's nextUpdate, when `[tls] crl` is set and has one.
+    pub crl_next_update: Option<SystemTime>,
 }
 
-/// Session cache entries per app (stateful resumption: TLS 1.2 session IDs;
-/// TLS 1.3 uses stateless tickets).
-const SESSION_CACHE: usize = 4096;
-
 impl ServerTls {
-    /// Loads `[tls]` files and builds one server config per app.
-    pub fn load(config: &Config) -> Result<ServerTls> {
+    /// Loads `[tls]` files and builds one server config per app, all
+    /// reading time from `clock`. `tickets_refused` counts tickets the gate
+    /// refused (they fall back to a full handshake).
+    pub fn load(config: &Config, clock: &Arc<dyn Clock>, tickets_refused: &Arc<AtomicU64>) -> Result<ServerTls> {
         let provider = server_provider();
+        let time: Arc<dyn rustls::time_provider::TimeProvider> = Arc::new(RustlsTime(clock.clone()));
         let tls = &config.tls;
         let key = load_certified_key(&tls.cert, &tls.key, &provider)?;
         let cert: Arc<dyn ResolvesServerCert> = Arc::new(rustls::sign::SingleCertAndKey::from(key));
-        let base_verifier = client_verifier(tls, &provider)?;
+        let (base_verifier, crl_next_update) = client_verifier(tls, &provider)?;
         let mut apps = HashMap::new();
         for app in &config.apps {
-            let policy = Arc::new(AppPolicy::new(&app.name, &config.clients));
-            let verifier = Arc::new(AuthorizingVerifier {
-                inner: base_verifier.clone(),
-                policy: policy.clone(),
-            });
-            let mut sc = ServerConfig::builder_with_provider(provider.clone())
+            let policy = AppPolicy::new(&app.name, &config.clients);
+            let gate = Arc::new(Gate::new(base_verifier.clone(), policy, clock.clone()));
+            let mut sc = ServerConfig::builder_with_details(provider.clone(), time.clone())
                 .with_protocol_versions(versions(tls.min_version))
                 .context("configuring TLS versions")?
-                .with_client_cert_verifier(verifier)
+                .with_client_cert_verifier(Arc::new(AuthorizingVerifier(gate.clone())))
                 .with_cert_resolver(cert.clone());
-            sc.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
             sc.ignore_client_order = true;
-            // TLS 1.3 resumption with stateless tickets (encrypted under a
-            // key of this config generation, rotated every 6 h): no server
-            // memory per issued ticket (-1.5 KiB per connection measured),
-            // and a reload still invalidates every earlier ticket. One
-            // ticket per connection: a resumed connection gets a fresh one.
-            sc.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("creating the session-ticket key")?;
-            sc.send_tls13_tickets = 1;
-            apps.insert(app.name.clone(), (Arc::new(sc), policy));
+            // No stateful session cache (TLS 1.2 session IDs): every
+            // resumption goes through tickets, which the gate checks.
+            sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            if tls.session_lifetime.is_zero() {
+                sc.send_tls13_tickets = 0;
+            } else {
+                // Stateless tickets (no server memory per ticket), under a key
+                // of this config generation and app: a reload, or another
+                // app, never resumes an earlier session. One ticket per
+                // connection; a resumed connection gets a fresh one, which
+                // the gate will check again when it is used.
+                let inner = rustls::crypto::aws_lc_rs::Ticketer::new().context("creating the session-ticket key")?;
+                sc.ticketer = Arc::new(GatedTickets::new(
+                    inner,
+                    gate.clone(),
+                    tls.session_lifetime,
+                    tickets_refused.clone(),
+                ));
+                sc.send_tls13_tickets = 1;
+            }
+            apps.insert(app.name.clone(), (Arc::new(sc), gate));
         }
-        let mut reject = ServerConfig::builder_with_provider(provider)
+        let mut reject = ServerConfig::builder_with_details(provider, time)
             .with_protocol_versions(versions(tls.min_version))
             .context("configuring TLS versions")?
             .with_client_cert_verifier(base_verifier)
@@ -359,29 +197,40 @@ impl ServerTls {
         Ok(ServerTls {
             apps,
             reject: Arc::new(reject),
+            crl_next_update,
         })
     }
 }
 
-fn client_verifier(tls: &TlsSettings, provider: &Arc<CryptoProvider>) -> Result<Arc<dyn ClientCertVerifier>> {
+/// The WebPKI client verifier of `[tls]` and the CRL's nextUpdate.
+///
+/// With `[tls] crl`, revocation is checked for the whole chain (end entity
+/// and intermediates), and a certificate whose status no CRL covers is
+/// refused (`unknown_ca`): a chain through an intermediate CA needs that
+/// CA's CRL in the same file. An expired CRL (past nextUpdate) is still
+/// used, with a warning (see `Server`): refusing every client because a CRL
+/// was not re-signed in time would turn hygiene into an outage.
+fn client_verifier(
+    tls: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Arc<dyn ClientCertVerifier>, Option<SystemTime>)> {
     let roots = Arc::new(load_roots(&tls.ca).context("loading [tls] ca")?);
     let mut memo = CryptoProvider::clone(provider);
     memo.signature_verification_algorithms = sigmemo::algorithms(provider.signature_verification_algorithms);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, Arc::new(memo));
+    let mut next_update = None;
     if let Some(crl) = &tls.crl {
         let crls = load_crls(crl).context("loading [tls] crl")?;
-        check_crl_issuer(&crls, &tls.ca, crl)?;
-        // Our CRLs cover end-entity certificates; intermediates are not
-        // revocation-checked (webpki would refuse every chain whose CA has
-        // no CRL of its own).
-        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+        next_update = check_crls(&crls, &tls.ca, crl)?;
+        builder = builder.with_crls(crls);
     }
-    builder.build().map_err(|e| {
+    let verifier = builder.build().map_err(|e| {
         anyhow!(
             "building the client-certificate verifier from {}: {e}",
             tls.ca.display()
         )
-    })
+    })?;
+    Ok((verifier, next_update))
 }
 
 /// Memoized signature checks on DER-signed data (certificates, CRLs).
@@ -489,29 +338,52 @@ mod sigmemo {
     }
 }
 
-/// A CRL signed by another CA would make webpki refuse every client (unknown
-/// revocation status): catch that at load time instead.
-fn check_crl_issuer(crls: &[CertificateRevocationListDer<'_>], ca: &Path, crl_path: &Path) -> Result<()> {
+/// Checks `[tls] crl` at load: at least one CRL is issued by a CA of
+/// `tls.ca`, and every CRL that names a CA of `tls.ca` as its issuer carries
+/// a valid signature of that CA (a CRL naming another issuer is for an
+/// intermediate CA: webpki verifies it against that CA when it is used).
+/// Returns the earliest nextUpdate of the CA's CRLs.
+fn check_crls(crls: &[CertificateRevocationListDer<'_>], ca: &Path, crl_path: &Path) -> Result<Option<SystemTime>> {
     use x509_parser::prelude::FromDer;
     let cas = load_certs(ca)?;
-    let ca_subjects: Vec<Vec<u8>> = cas
+    let parsed_cas: Vec<_> = cas
         .iter()
         .filter_map(|c| x509_parser::certificate::X509Certificate::from_der(c).ok())
-        .map(|(_, c)| c.subject().as_raw().to_vec())
+        .map(|(_, c)| c)
         .collect();
+    let mut next_update: Option<SystemTime> = None;
+    let mut own = 0;
     for crl in crls {
         let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
             .map_err(|e| anyhow!("{} is not a valid CRL: {e}", crl_path.display()))?;
-        if !ca_subjects.iter().any(|s| s.as_slice() == parsed.issuer().as_raw()) {
-            bail!(
-                "CRL {} was issued by {}, not by the CA in {}; use the CRL of that CA (pki/crl.pem) or remove [tls] crl",
+        let Some(issuer) = parsed_cas
+            .iter()
+            .find(|c| c.subject().as_raw() == parsed.issuer().as_raw())
+        else {
+            continue;
+        };
+        parsed.verify_signature(issuer.public_key()).map_err(|e| {
+            anyhow!(
+                "CRL {} names {} as its issuer but is not validly signed by the CA in {} ({e}); use the CRL that CA signed (pki/crl.pem, `tlb pki crl`)",
                 crl_path.display(),
                 parsed.issuer(),
                 ca.display()
-            );
+            )
+        })?;
+        own += 1;
+        if let Some(t) = parsed.next_update() {
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0));
+            next_update = Some(next_update.map_or(t, |n| n.min(t)));
         }
     }
-    Ok(())
+    if own == 0 {
+        bail!(
+            "CRL {} was not issued by the CA in {}; use the CRL of that CA (pki/crl.pem) or remove [tls] crl",
+            crl_path.display(),
+            ca.display()
+        );
+    }
+    Ok(next_update)
 }
 
 /// Options for an outgoing mTLS connection (`tlb client`, `tlb bench`).
@@ -563,9 +435,16 @@ pub fn client_config(files: &ClientTlsFiles<'_>) -> Result<Arc<rustls::ClientCon
 /// The short name of a TLS alert or error for messages, e.g. `access_denied`.
 pub fn describe_tls_error(e: &std::io::Error) -> String {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>()) {
-        Some(TlsError::AlertReceived(a)) => format!("alert {}", alert_name(*a)),
-        Some(other) => other.to_string(),
+        Some(other) => describe_rustls_error(other),
         None => e.to_string(),
+    }
+}
+
+/// A rustls error in words (`alert access_denied`, `invalid peer certificate: Expired`).
+pub fn describe_rustls_error(e: &TlsError) -> String {
+    match e {
+        TlsError::AlertReceived(a) => format!("alert {}", alert_name(*a)),
+        other => other.to_string(),
     }
 }
 

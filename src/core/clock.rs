@@ -1,0 +1,78 @@
+//! The wall clock as the gate sees it: certificate validity, ticket age and
+//! connection deadlines are read from an injected [`Clock`], so tests can
+//! move time forward instead of waiting for it.
+//!
+//! Promises: [`SystemClock`] is the real time; [`ManualClock`] is the real
+//! time plus an offset that only a test moves. Nothing else in the gate
+//! reads `SystemTime::now()` directly.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::UnixTime;
+
+/// A source of wall-clock time.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's real time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Real time plus an offset that [`ManualClock::advance`] moves forward
+/// (for tests: "the certificate has expired now").
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    ahead_ms: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new() -> Arc<ManualClock> {
+        Arc::new(ManualClock::default())
+    }
+
+    /// Moves this clock `by` into the future.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .ahead_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(ms)));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        let ahead = Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed));
+        let now = SystemTime::now();
+        now.checked_add(ahead).unwrap_or(now)
+    }
+}
+
+/// The process's real clock, shared.
+pub fn system() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `clock` as rustls's time source (certificate validity in handshakes).
+#[derive(Debug)]
+pub struct RustlsTime(pub Arc<dyn Clock>);
+
+impl rustls::time_provider::TimeProvider for RustlsTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(UnixTime::since_unix_epoch(Duration::from_secs(unix_secs(self.0.now()))))
+    }
+}
