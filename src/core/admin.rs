@@ -4,25 +4,34 @@
 //! Promises: it reads the same atomics and snapshots as the data path and
 //! takes no lock the data path waits on for more than a few instructions;
 //! every admin connection is bounded (headers within 2 s, whole connection
-//! within 60 s, at most 64 at once); it never shows keys or certificates.
-//! `/healthz` is 200 while serving and 503 once draining.
+//! within 60 s, at most 64 at once and at most 8 from one source, an IPv4
+//! address or an IPv6 /64, so a flood from one source leaves room for
+//! scrapers elsewhere; over either cap, a 503 and close); it never shows
+//! keys, certificates or the admin token. With `[admin] token_file`,
+//! `/metrics` and `/status` need `Authorization: Bearer <token>` (checked in
+//! constant time; otherwise a 401 that says nothing more) and the token a
+//! reload brings applies to the next request; `/healthz` stays open for
+//! probes. A listen address that is not loopback, without a token, is
+//! warned about at start. `/healthz` is 200 while serving and 503 once
+//! draining.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::TcpListener;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use smol::lock::Semaphore;
 use smol::{Async, Executor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics;
 use super::runtime::timeout;
@@ -30,13 +39,17 @@ use super::server::Server;
 
 /// Admin connections open at once; more get a 503 and are closed.
 const MAX_CONNECTIONS: usize = 64;
+/// Admin connections open at once from one source (see [`source_of`]).
+const MAX_PER_SOURCE: usize = 8;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the admin endpoint on `listener` until the returned future is dropped.
 pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: Async<TcpListener>) {
+    announce(&server, &listener);
     let registry = Arc::new(metrics::registry(&server));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = Arc::new(Sources::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -47,23 +60,20 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
             }
         };
         let Some(slot) = slots.try_acquire_arc() else {
-            debug!(%peer, "admin: too many connections; answered 503");
-            // A probe gets an answer rather than a silent close (bounded: 100 ms).
-            let mut s = stream;
-            let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-            let _ = timeout(
-                Duration::from_millis(100),
-                futures_lite::AsyncWriteExt::write_all(&mut s, busy),
-            )
-            .await;
+            busy(stream, peer, "all admin connection slots are taken").await;
+            continue;
+        };
+        let Some(source_slot) = sources.try_acquire(peer.ip()) else {
+            busy(stream, peer, "this source holds its share of admin connections").await;
             continue;
         };
         let server = server.clone();
         let registry = registry.clone();
         ex.spawn(async move {
-            let _slot = slot; // released when the connection ends, however it ends
+            // Both released when the connection ends, however it ends.
+            let _slots = (slot, source_slot);
             let svc = hyper::service::service_fn(move |req| {
-                let resp = respond(&server, &registry, &req);
+                let resp = respond(&server, &registry, &req, peer);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -80,13 +90,115 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
     }
 }
 
-fn respond<B>(server: &Arc<Server>, registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
+/// Logs, once at start, who can reach the endpoint and what it asks of them.
+fn announce(server: &Server, listener: &Async<TcpListener>) {
+    let Some(admin) = server.current().config.admin.clone() else {
+        return;
+    };
+    let addr = listener.get_ref().local_addr().unwrap_or(admin.listen);
+    if admin.token.is_some() {
+        info!(
+            "admin endpoint on {addr}: /metrics and /status need the bearer token of [admin] token_file; /healthz is open"
+        );
+    } else if !addr.ip().to_canonical().is_loopback() {
+        warn!(
+            "admin endpoint on {addr} is reachable from the network; /status lists client identities; set [admin] token_file or bind 127.0.0.1"
+        );
+    }
+}
+
+/// Answers 503 and closes (the write bounded to 100 ms), so a probe gets an
+/// answer rather than a silent close.
+async fn busy(mut stream: Async<TcpStream>, peer: SocketAddr, why: &str) {
+    debug!(%peer, "admin: {why}; answered 503");
+    let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let _ = timeout(
+        Duration::from_millis(100),
+        futures_lite::AsyncWriteExt::write_all(&mut stream, busy),
+    )
+    .await;
+}
+
+/// The source a connection counts against: its IPv4 address, or the /64 of
+/// an IPv6 one (one host usually holds a whole /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// Open admin connections per source: at most one entry per open
+/// connection, removed when its last connection ends.
+#[derive(Default)]
+struct Sources(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's share of its source's cap; given back on drop.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    source: IpAddr,
+}
+
+impl Sources {
+    fn try_acquire(self: &Arc<Self>, peer: IpAddr) -> Option<SourceSlot> {
+        let source = source_of(peer);
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(source).or_default();
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Whether `req` may see `/metrics` and `/status`: no token is configured,
+/// or it carries `Authorization: Bearer <the token>`.
+fn authorized<B>(server: &Server, req: &Request<B>) -> bool {
+    let generation = server.current();
+    let Some(token) = generation.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+        return true;
+    };
+    let Some(value) = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes) else {
+        return false;
+    };
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (scheme, credentials) = value.split_at(space);
+    scheme.eq_ignore_ascii_case(b"bearer") && token.matches(credentials.trim_ascii())
+}
+
+fn respond<B>(server: &Arc<Server>, registry: &Registry, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if matches!(path, "/metrics" | "/status") && !authorized(server, req) {
+        debug!(%peer, "admin: {path} without the right bearer token; answered 401");
+        let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tlb admin\""));
+        return r;
+    }
+    match path {
         "/metrics" => match metrics::render(registry) {
             Ok(body) => with_type(
                 StatusCode::OK,
@@ -283,5 +395,31 @@ pub fn status(server: &Server) -> Status {
         },
         apps,
         clients,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_ne!(source_of(ip("2001:db8:1:2::1")), source_of(ip("2001:db8:1:3::1")));
+    }
+
+    #[test]
+    fn a_source_gets_its_slots_back() {
+        let sources = Arc::new(Sources::default());
+        let peer = IpAddr::from([127, 0, 0, 1]);
+        let held: Vec<SourceSlot> = (0..MAX_PER_SOURCE).filter_map(|_| sources.try_acquire(peer)).collect();
+        assert_eq!(held.len(), MAX_PER_SOURCE);
+        assert!(sources.try_acquire(peer).is_none());
+        assert!(sources.try_acquire(IpAddr::from([127, 0, 0, 2])).is_some());
+        drop(held);
+        assert!(sources.0.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
     }
 }

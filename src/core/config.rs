@@ -97,6 +97,34 @@ impl Default for GlobalLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
+    /// From `token_file`: the bearer token `/metrics` and `/status` require.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token, kept only as its SHA-256 (never shown, not even
+/// by `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub fn new(token: &[u8]) -> AdminToken {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token).as_ref());
+        AdminToken(out)
+    }
+
+    /// Whether `presented` is the token, in constant time (digests of equal
+    /// length are compared, so not even the token's length leaks).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, presented);
+        aws_lc_rs::constant_time::verify_slices_are_equal(d.as_ref(), &self.0).is_ok()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// Per-client limits (`[defaults]`, overridable per `[[client]]`).
@@ -318,6 +346,7 @@ struct RawGlobalLimits {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Spanned<String>,
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -512,6 +541,50 @@ impl Ctx<'_> {
     }
 }
 
+/// Reads `[admin] token_file` (resolved like every path): one token of
+/// printable ASCII, trailing whitespace trimmed, at most 4 KiB. A file every
+/// user may read is accepted with a warning.
+fn admin_token(ctx: &Ctx<'_>, file: &Spanned<PathBuf>) -> Result<AdminToken, ConfigError> {
+    use std::io::Read;
+    const MAX: u64 = 4096;
+    let path = ctx.resolve(file.get_ref().clone());
+    let shown = path.display();
+    let fix = "write one random token into it, e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`";
+    let err = |m: String| ctx.err(file.span(), "admin.token_file", m);
+    let cannot = |e: std::io::Error| err(format!("cannot read {shown}: {e}; fix the path or {fix}"));
+    let f = std::fs::File::open(&path).map_err(cannot)?;
+    let mode = f.metadata().map_err(cannot)?.permissions();
+    let mut bytes = Vec::new();
+    // Bounded: a wrong path (a device, a log) must not fill memory.
+    f.take(MAX + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    let token = bytes.trim_ascii_end();
+    if token.is_empty() {
+        return Err(err(format!("{shown} is empty; {fix}")));
+    }
+    if bytes.len() as u64 > MAX {
+        return Err(err(format!("{shown} is longer than {MAX} bytes; {fix}")));
+    }
+    if !token.iter().all(u8::is_ascii_graphic) {
+        return Err(err(format!(
+            "{shown} holds spaces, line breaks, control or non-ASCII characters, which cannot travel in an Authorization header; {fix}"
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if mode.mode() & 0o004 != 0 {
+            tracing::warn!(
+                "{}: [admin] token_file {shown} is readable by every user (mode {:o}); run `chmod 600 {shown}`",
+                ctx.path.display(),
+                mode.mode() & 0o777
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    Ok(AdminToken::new(token))
+}
+
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -584,6 +657,7 @@ impl RawConfig {
                         format!("{:?} is not an IP:PORT address", a.listen.get_ref()),
                     )
                 })?,
+                token: a.token_file.as_ref().map(|f| admin_token(ctx, f)).transpose()?,
             }),
         };
 
