@@ -44,7 +44,7 @@ use super::limiter::Limiter;
 use super::logging::{Throttle, escaped};
 use super::metrics::{AppStats, Cap, Metrics};
 use super::runtime::timeout;
-use super::tls::ServerTls;
+use super::tls::{ServerTls, TicketKeys};
 
 /// One app as the data path sees it.
 pub struct AppRuntime {
@@ -99,7 +99,7 @@ pub fn default_max_connections() -> u32 {
 
 impl Generation {
     fn build(config: Config, previous: Option<&Generation>, server: &ServerDeps) -> Result<Generation> {
-        let tls = ServerTls::load(&config, &server.clock, &server.tickets_refused)?;
+        let tls = ServerTls::load(&config, &server.clock, &server.ticket_keys, &server.tickets_refused)?;
         let mut apps = Vec::with_capacity(config.apps.len());
         let mut listeners: HashMap<SocketAddr, ListenerApps> = HashMap::new();
         for app in &config.apps {
@@ -185,6 +185,7 @@ fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>>
 /// What building a generation needs from the server.
 struct ServerDeps {
     clock: Arc<dyn Clock>,
+    ticket_keys: TicketKeys,
     tickets_refused: Arc<AtomicU64>,
 }
 
@@ -240,6 +241,7 @@ impl Server {
         let metrics = Metrics::default();
         let deps = ServerDeps {
             clock,
+            ticket_keys: TicketKeys::default(),
             tickets_refused: metrics.tickets_refused.clone(),
         };
         let generation = Generation::build(config, None, &deps)?;
@@ -288,8 +290,13 @@ impl Server {
         if old.config.listeners() != config.listeners() {
             bail!("listener addresses changed; adding or removing listeners needs a restart in this version");
         }
-        if old.config.admin != config.admin {
-            bail!("[admin] changed; adding, moving or removing the admin endpoint needs a restart in this version");
+        // The admin token follows the reload (the endpoint reads the current
+        // generation per request); its address does not.
+        let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+        if admin_listen(&old.config) != admin_listen(&config) {
+            bail!(
+                "[admin] listen changed; adding, moving or removing the admin endpoint needs a restart in this version"
+            );
         }
         let new = Arc::new(Generation::build(config, Some(&old), &self.deps)?);
         // Swapped under the registry lock: a connection registering at the

@@ -145,11 +145,35 @@ pub struct ServerTls {
     pub crl_next_update: Option<SystemTime>,
 }
 
+/// Session-ticket keys per app, kept for the server's life so that clients
+/// resume across reloads (each resumption is decided by the gate of the
+/// generation that serves it).
+#[derive(Default)]
+pub struct TicketKeys(std::sync::Mutex<HashMap<String, Arc<dyn rustls::server::ProducesTickets>>>);
+
+impl TicketKeys {
+    /// App `app`'s ticket key, made on first use.
+    pub fn for_app(&self, app: &str) -> Result<Arc<dyn rustls::server::ProducesTickets>> {
+        let mut keys = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = keys.get(app) {
+            return Ok(k.clone());
+        }
+        let k = rustls::crypto::aws_lc_rs::Ticketer::new().context("creating the session-ticket key")?;
+        keys.insert(app.to_string(), k.clone());
+        Ok(k)
+    }
+}
+
 impl ServerTls {
     /// Loads `[tls]` files and builds one server config per app, all
     /// reading time from `clock`. `tickets_refused` counts tickets the gate
     /// refused (they fall back to a full handshake).
-    pub fn load(config: &Config, clock: &Arc<dyn Clock>, tickets_refused: &Arc<AtomicU64>) -> Result<ServerTls> {
+    pub fn load(
+        config: &Config,
+        clock: &Arc<dyn Clock>,
+        ticket_keys: &TicketKeys,
+        tickets_refused: &Arc<AtomicU64>,
+    ) -> Result<ServerTls> {
         let provider = server_provider();
         let time: Arc<dyn rustls::time_provider::TimeProvider> = Arc::new(RustlsTime(clock.clone()));
         let tls = &config.tls;
@@ -172,12 +196,13 @@ impl ServerTls {
             if tls.session_lifetime.is_zero() {
                 sc.send_tls13_tickets = 0;
             } else {
-                // Stateless tickets (no server memory per ticket), under a key
-                // of this config generation and app: a reload, or another
-                // app, never resumes an earlier session. One ticket per
+                // Stateless tickets (no server memory per ticket) under the
+                // app's own key (kept across reloads, rotated every 6 h):
+                // another app never resumes its sessions. One ticket per
                 // connection; a resumed connection gets a fresh one, which
-                // the gate will check again when it is used.
-                let inner = rustls::crypto::aws_lc_rs::Ticketer::new().context("creating the session-ticket key")?;
+                // the gate checks again, with the then-current generation,
+                // when it is used.
+                let inner = ticket_keys.for_app(&app.name)?;
                 sc.ticketer = Arc::new(GatedTickets::new(
                     inner,
                     gate.clone(),
