@@ -36,13 +36,14 @@ pub fn run(args: Args) -> Result<()> {
             crate::core::config::TlsVersion::V1_3 => "1.3",
         }
     );
+    // Raised first: the default [limits] max_connections derives from it.
+    let fds = raise_fd_limit();
     let server = Server::new(config.clone())
         .with_context(|| format!("loading TLS material named in {}", args.config.display()))?;
     if args.check {
         println!("{}: OK ({summary})", args.config.display());
         return Ok(());
     }
-    let fds = raise_fd_limit();
     let listeners = Server::bind(&config)?;
     let rt = Runtime::new(args.threads).context("starting worker threads")?;
     info!(

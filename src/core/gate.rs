@@ -472,7 +472,19 @@ pub fn deadline(
 
 #[cfg(test)]
 mod tests {
-    use super::session_chain;
+    use super::{Denial, DenialReason, session_chain};
+
+    #[test]
+    fn a_denial_cannot_forge_log_lines() {
+        let d = Denial {
+            identity: Some("x\nINFO access identity=admin reason=done".into()),
+            app: "echo".into(),
+            reason: DenialReason::UnknownClient,
+        };
+        let line = d.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("x\\nINFO"), "{line}");
+    }
 
     #[test]
     fn session_chain_reads_the_layout_and_refuses_garbage() {

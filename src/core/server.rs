@@ -245,6 +245,7 @@ impl Server {
             tickets_refused: metrics.tickets_refused.clone(),
         };
         let generation = Generation::build(config, None, &deps)?;
+        log_crl_state(&generation, deps.clock.now());
         let (reloaded_tx, reloaded_rx) = channel::bounded(1);
         Ok(Arc::new(Server {
             generation: RwLock::new(Arc::new(generation)),
@@ -384,7 +385,6 @@ impl Server {
             l.max_handshakes,
             l.max_handshakes_per_ip
         );
-        log_crl_state(&generation, self.deps.clock.now());
         for l in listeners {
             let addr = l.local_addr().context("reading a listener's address")?;
             l.set_nonblocking(true).context("setting a listener non-blocking")?;
