@@ -1063,7 +1063,8 @@ pub fn example_toml(pki_dir: &str, clients: &[String]) -> String {
     let p = pki_dir.trim_end_matches('/');
     let q = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut s = format!(
-        r#"# tlb configuration (SPEC §2). Paths are relative to this file's directory.
+        r#"# tlb configuration (see the README's "Configuration" and "The gate").
+# Paths are relative to this file's directory.
 
 [tls]
 ca   = {ca}           # trust root for client certificates
@@ -1071,6 +1072,13 @@ cert = {cert}
 key  = {key}
 crl  = {crl}           # revoked client certificates are refused
 # min_version = "1.3"        # default: TLS 1.3 only; "1.2" also allows TLS 1.2 (AEAD + ECDHE)
+# session_lifetime = "1h"    # resumption window; each resumption is re-checked (validity, CRL, policy); "0s" = off
+# keep_deauthorized = false  # true: a reload leaves open connections of revoked/removed identities alone
+
+# [limits]                   # caps at accept, before any TLS work (flood resistance)
+# max_connections = 9000     # default: derived from the open-file limit
+# max_handshakes = 1024
+# max_handshakes_per_ip = 64
 
 # [admin]
 # listen = "127.0.0.1:9090"  # plain-HTTP admin: /metrics /healthz /status
@@ -1085,6 +1093,7 @@ handshake = "5s"             # TCP accept -> TLS handshake done
 connect   = "2s"             # to an upstream, retries included
 idle      = "10m"            # no bytes either way
 drain     = "30s"            # SIGTERM/SIGINT: grace period for open connections
+# max_lifetime = "24h"       # optional: close any connection older than this
 
 [[app]]
 name = "echo"
