@@ -53,7 +53,7 @@ def main():
                         "--clients", "client1"], check=True, stdout=subprocess.DEVNULL)
         ups_proc, ups = start_upstreams(args.b, work)
         port = free_port()
-        write_tlb_config(work, port, ups)
+        write_tlb_config(work, port, ups, preauth_caps=False)
         res = {"A": [], "B": []}
         for rnd in range(args.rounds):
             order = [("A", args.a), ("B", args.b)]

@@ -61,10 +61,14 @@ def rss_kib(pid):
     return 0
 
 
-def write_tlb_config(work, port, ups, path=None):
-    """The balancer config both scripts use: limits out of the way, one app."""
+def write_tlb_config(work, port, ups, path=None, preauth_caps=True):
+    """The balancer config both scripts use: limits out of the way, one app.
+    preauth_caps=False leaves out [limits] (for A/B runs against builds that
+    predate it; their defaults do not bind at those loads)."""
+    caps = ("[limits]\nmax_connections = 100000\nmax_handshakes = 100000\n"
+            "max_handshakes_per_ip = 100000\n") if preauth_caps else ""
     with open(path or f"{work}/tlb.toml", "w") as f:
-        f.write(f'''[tls]
+        f.write(f'''{caps}[tls]
 ca = "{work}/pki/ca.crt"
 cert = "{work}/pki/server.crt"
 key = "{work}/pki/server.key"

@@ -85,7 +85,7 @@ pub fn run(args: Args) -> Result<()> {
                 },
                 |p| {
                     p.default_config(
-                        "\n[defaults]\nmax_connections = 1000000\nconnection_rate = 1000000\nburst = 1000000\n[timeouts]\ndrain = \"2s\"\n",
+                        "\n[defaults]\nmax_connections = 1000000\nconnection_rate = 1000000\nburst = 1000000\n[limits]\nmax_handshakes = 100000\nmax_handshakes_per_ip = 100000\n[timeouts]\ndrain = \"2s\"\n",
                     )
                 },
             )
