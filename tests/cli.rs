@@ -402,3 +402,94 @@ apps = ["echo"]
         );
     }
 }
+
+/// Every numeric or duration flag out of its range: one line naming the
+/// flag and the range, exit status 2, no panic, nothing started.
+#[test]
+fn out_of_range_flags_are_one_line_usage_errors() {
+    let dir = tempfile::Builder::new().prefix("tlb-cli-").tempdir().expect("tempdir");
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["pki", "init", "--days", "3000000"], &["--days", "1..=36500"]),
+        (&["pki", "issue", "x", "--days", "3000000"], &["--days", "1..=36500"]),
+        (&["pki", "crl", "--days", "1000"], &["--days", "1..=366"]),
+        (
+            &["bench", "--duration", "500000000000years"],
+            &["--duration", "365days"],
+        ),
+        (&["bench", "--duration", "0s"], &["--duration", "365days"]),
+        (&["bench", "--connections", "0"], &["--connections", "1..=1000000"]),
+        (
+            &["bench", "--connections", "18446744073709551615"],
+            &["--connections", "1..=1000000"],
+        ),
+        (&["bench", "--size", "0"], &["--size", "1..=16777216"]),
+        (
+            &["bench", "--size", "18446744073709551615"],
+            &["--size", "1..=16777216"],
+        ),
+        (&["bench", "--rate", "0"], &["--rate", "0.001"]),
+        (&["bench", "--rate", "1e-9"], &["--rate", "0.001"]),
+        (&["bench", "--rate", "NaN"], &["--rate", "0.001"]),
+        (&["bench", "--rate", "1e300"], &["--rate", "1000000000"]),
+        (
+            &["bench", "--threads", "18446744073709551615"],
+            &["--threads", "0..=1024"],
+        ),
+        (&["client", "--timeout", "0", "hi"], &["--timeout", "1..=86400"]),
+        (
+            &["client", "--timeout", "18446744073709551615", "hi"],
+            &["--timeout", "1..=86400"],
+        ),
+        (&["upstream", "--count", "0"], &["--count", "1..="]),
+        (
+            &["upstream", "--listen", "127.0.0.1:65535", "--count", "2"],
+            &["--count", "65535"],
+        ),
+        (&["upstream", "--threads", "100000"], &["--threads", "0..=1024"]),
+        (&["serve", "--threads", "100000"], &["--threads", "0..=1024"]),
+    ];
+    for (args, wanted) in cases {
+        let out = tlb(args, dir.path(), CMD);
+        let line = assert_one_line_error(&out);
+        assert_eq!(out.code(), Some(2), "tlb {args:?}: {out:?}");
+        assert!(line.starts_with("tlb: error:"), "tlb {args:?}: {line}");
+        for w in *wanted {
+            assert!(line.contains(w), "tlb {args:?}: {w:?} not in {line:?}");
+        }
+    }
+    assert!(
+        fs::read_dir(dir.path()).expect("listing").next().is_none(),
+        "nothing written"
+    );
+}
+
+/// A `--rate` so low that the next send (rr) or the next connection (idle)
+/// falls after the run: the run still ends at `--duration`, instead of
+/// sleeping until that turn (here 1000 s).
+#[test]
+fn bench_ends_on_time_with_a_very_low_rate() {
+    let dir = tempfile::Builder::new().prefix("tlb-cli-").tempdir().expect("tempdir");
+    for (mode, connections, requests) in [("rr", "1", 1), ("idle", "2", 1)] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let args = [
+            "bench",
+            "--mode",
+            mode,
+            "--rate",
+            "0.001",
+            "--connections",
+            connections,
+            "--duration",
+            "1s",
+            "--json",
+            path_str(&json),
+        ];
+        let out = tlb(&args, dir.path(), CMD);
+        assert_eq!(out.code(), Some(0), "tlb {args:?}: {out:?}");
+        let text = fs::read_to_string(&json).expect("the JSON report");
+        let report: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let took = report["duration_s"].as_f64().expect("duration_s");
+        assert!(took < 5.0, "{mode}: ran {took} s for --duration 1s");
+        assert_eq!(report["requests"], requests, "{mode}: {text}");
+    }
+}

@@ -227,14 +227,15 @@ fn read_crl(path: &Path, ca: &X509Certificate<'_>) -> (Vec<Vec<u8>>, String) {
     (serials, number)
 }
 
-/// `tlb pki show` as rows of (name, role, revoked).
+/// `tlb pki show` as rows of (name, role, revoked): the table, up to the
+/// blank line before any notes.
 fn show(cwd: &Path, dir: &str) -> Vec<(String, String, String)> {
     let out = tlb_ok(cwd, &["pki", "show", "--dir", dir]);
     let mut lines = out.lines();
     let header = lines.next().expect("a header line");
     assert!(header.starts_with("NAME"), "{out}");
     lines
-        .filter(|l| !l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
         .map(|l| {
             let cells: Vec<&str> = l.split_whitespace().collect();
             (
@@ -809,6 +810,394 @@ fn revoke_an_extra_server_certificate() {
 }
 
 // ---------------------------------------------------------------------------
+// Hygiene: a replaced certificate is revoked, every serial is recorded and
+// revocable, existing directories keep their mode, the CRL is re-signed.
+
+/// The serial of the certificate in a PEM file, upper-case hex.
+fn serial_hex(path: &Path) -> String {
+    let der = cert_der(path);
+    hex::encode_upper(parse(&der).raw_serial())
+}
+
+/// `issued.tsv` of the PKI in `dir`: its rows split at tabs, comments and
+/// blank lines left out.
+fn record_rows(dir: &Path) -> Vec<Vec<String>> {
+    let text = fs::read_to_string(dir.join("issued.tsv")).expect("reading issued.tsv");
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// `2027-05-01T12:00:00Z`.
+fn rfc3339(t: OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// (thisUpdate, nextUpdate) of a PEM CRL, as Unix times.
+fn crl_times(path: &Path) -> (i64, i64) {
+    let bytes = fs::read(path).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes).expect("crl.pem is PEM");
+    let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).expect("a DER CRL");
+    let next = crl.next_update().expect("a nextUpdate");
+    (crl.last_update().timestamp(), next.timestamp())
+}
+
+/// Asserts the CRL's nextUpdate is `days` from now (to the hour) and its
+/// thisUpdate is fresh (within the last hour).
+#[track_caller]
+fn assert_crl_valid_for(path: &Path, days: i64) {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (this, next) = crl_times(path);
+    assert!(
+        this <= now && this > now - 3600,
+        "fresh thisUpdate: {this} vs now {now}"
+    );
+    let ahead = next - now;
+    assert!(
+        (days * 86400 - 3600..=days * 86400).contains(&ahead),
+        "nextUpdate {ahead} s ahead, expected {days} days"
+    );
+}
+
+/// Runs `tlb ARGS` expecting a usage error: exit status 2 and one line.
+#[track_caller]
+fn tlb_usage_error(cwd: &Path, args: &[&str]) -> String {
+    let line = tlb_fails(cwd, args);
+    let out = tlb(cwd, args);
+    assert_eq!(out.status.code(), Some(2), "tlb {args:?}: {}", describe(&out));
+    line
+}
+
+#[test]
+fn issue_force_revokes_the_certificate_it_replaces() {
+    let tmp = init(&[]);
+    let pki = Pki::new(tmp.path().join("pki"));
+    let ca_der = cert_der(&pki.ca_cert());
+    let ca = parse(&ca_der);
+    let old = tmp.path().join("old-client1.crt");
+    fs::copy(pki.client("client1").0, &old).unwrap();
+    let old_serial = serial_hex(&old);
+
+    let out = tlb_ok(tmp.path(), &["pki", "issue", "client1", "--force"]);
+    assert!(
+        out.contains("revoked") && out.contains(&old_serial),
+        "says which serial it revoked: {out}"
+    );
+    let new_serial = serial_hex(&pki.client("client1").0);
+    assert_ne!(new_serial, old_serial, "a new certificate");
+    let (revoked, number) = read_crl(&pki.crl(), &ca);
+    assert_eq!(
+        revoked,
+        vec![hex::decode(&old_serial).unwrap()],
+        "exactly the replaced serial"
+    );
+    assert_eq!(number, "2", "re-signed with the next CRL number");
+    if have_openssl("issue_force_revokes_the_certificate_it_replaces") {
+        let crl = pki.crl();
+        let flags = ["-crl_check", "-CRLfile", crl.to_str().unwrap()];
+        let ca_file = pki.ca_cert();
+        let (ok, text) = openssl_verify(
+            &[&old],
+            &["-CAfile", ca_file.to_str().unwrap(), flags[0], flags[1], flags[2]],
+        );
+        assert!(
+            !ok && text.contains("revoked"),
+            "the replaced certificate is refused: {text}"
+        );
+        assert_openssl_verifies(&pki.ca_cert(), &pki.client("client1").0, &flags);
+    }
+
+    // A server certificate too.
+    tlb_ok(tmp.path(), &["pki", "issue", "web.internal", "--server"]);
+    let web_serial = serial_hex(&pki.server("web.internal").0);
+    let out = tlb_ok(tmp.path(), &["pki", "issue", "web.internal", "--server", "--force"]);
+    assert!(out.contains(&web_serial), "{out}");
+    let (revoked, number) = read_crl(&pki.crl(), &ca);
+    assert!(revoked.contains(&hex::decode(&web_serial).unwrap()), "{revoked:?}");
+    assert_eq!((revoked.len(), number.as_str()), (2, "3"));
+
+    // Revoked by hand first: replacing it does not list it twice.
+    tlb_ok(tmp.path(), &["pki", "revoke", "client1"]);
+    let crl_before = fs::read(pki.crl()).unwrap();
+    let out = tlb_ok(tmp.path(), &["pki", "issue", "client1", "--force"]);
+    assert!(out.contains("already revoked") && out.contains(&new_serial), "{out}");
+    assert_eq!(fs::read(pki.crl()).unwrap(), crl_before, "crl.pem unchanged");
+    let (revoked, _) = read_crl(&pki.crl(), &ca);
+    assert_eq!(revoked.len(), 3);
+}
+
+#[test]
+fn init_and_issue_record_every_serial() {
+    let tmp = init(&[]);
+    let dir = tmp.path().join("pki");
+    let pki = Pki::new(&dir);
+    let record = dir.join("issued.tsv");
+    assert_eq!(mode(&record), 0o644);
+    let mut expected = vec![
+        ("ca".to_string(), "ca", pki.ca_cert()),
+        ("server".to_string(), "server", pki.server_cert()),
+    ];
+    expected.extend(DEFAULT_CLIENTS.map(|c| (c.to_string(), "client", pki.client(c).0)));
+    let expect_row = |name: &str, role: &str, path: &Path| {
+        let der = cert_der(path);
+        let cert = parse(&der);
+        vec![
+            hex::encode_upper(cert.raw_serial()),
+            name.to_string(),
+            role.to_string(),
+            rfc3339(cert.validity().not_after.to_datetime()),
+        ]
+    };
+    let rows = record_rows(&dir);
+    let want: Vec<Vec<String>> = expected.iter().map(|(n, r, p)| expect_row(n, r, p)).collect();
+    assert_eq!(rows, want, "one line per certificate init wrote");
+    let text = fs::read_to_string(&record).unwrap();
+    assert!(!text.contains("PRIVATE"), "no secrets in the record");
+
+    // issue appends, and a replacement keeps the old line.
+    let client5 = pki.client("client5").0;
+    tlb_ok(tmp.path(), &["pki", "issue", "client5"]);
+    let first = expect_row("client5", "client", &client5);
+    tlb_ok(tmp.path(), &["pki", "issue", "client5", "--force"]);
+    let second = expect_row("client5", "client", &client5);
+    tlb_ok(tmp.path(), &["pki", "issue", "web.internal", "--server"]);
+    let web = expect_row("web.internal", "server", &pki.server("web.internal").0);
+    assert!(fs::read_to_string(&record).unwrap().starts_with(&text), "append-only");
+    let rows = record_rows(&dir);
+    assert_eq!(rows[..6], want[..]);
+    assert_eq!(rows[6..], [first, second, web]);
+}
+
+#[test]
+fn revoke_by_serial_reaches_a_certificate_no_longer_on_disk() {
+    let tmp = init(&[]);
+    let pki = Pki::new(tmp.path().join("pki"));
+    let ca_der = cert_der(&pki.ca_cert());
+    let ca = parse(&ca_der);
+    let (crt, key) = pki.client("client2");
+    let old_serial = serial_hex(&crt);
+    // Replaced by hand: deleted and issued again. The old one still works.
+    fs::remove_file(&crt).unwrap();
+    fs::remove_file(&key).unwrap();
+    tlb_ok(tmp.path(), &["pki", "issue", "client2"]);
+    let out = tlb_ok(tmp.path(), &["pki", "show"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("note:") && l.contains(&old_serial) && l.contains("revoke --serial")),
+        "show points at the unrevoked old certificate: {out}"
+    );
+
+    // As openssl prints serials: lower case, colon-separated.
+    let typed = old_serial
+        .to_lowercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let out = tlb_ok(tmp.path(), &["pki", "revoke", "--serial", &typed]);
+    assert!(out.contains(&old_serial) && out.contains("client2"), "{out}");
+    let (revoked, number) = read_crl(&pki.crl(), &ca);
+    assert_eq!(revoked, vec![hex::decode(&old_serial).unwrap()]);
+    assert_eq!(number, "2");
+    let out = tlb_ok(tmp.path(), &["pki", "show"]);
+    assert!(!out.contains("note:"), "nothing left to revoke: {out}");
+    let rows = show(tmp.path(), "pki");
+    assert!(
+        rows.iter().any(|r| r.0 == "client2" && r.2 == "no"),
+        "the new client2 is not revoked: {rows:?}"
+    );
+
+    let crl = fs::read(pki.crl()).unwrap();
+    let line = tlb_fails(tmp.path(), &["pki", "revoke", "--serial", &old_serial]);
+    assert!(line.contains("already revoked") && line.contains("client2"), "{line}");
+    let line = tlb_fails(tmp.path(), &["pki", "revoke", "--serial", "0123456789abcdef"]);
+    assert!(
+        line.contains("0123456789ABCDEF") && line.contains("issued.tsv") && line.contains("pki show"),
+        "{line}"
+    );
+    let line = tlb_fails(tmp.path(), &["pki", "revoke", "--serial", "not-hex"]);
+    assert!(line.contains("not-hex") && line.contains("hexadecimal"), "{line}");
+    let ca_serial = serial_hex(&pki.ca_cert());
+    let line = tlb_fails(tmp.path(), &["pki", "revoke", "--serial", &ca_serial]);
+    assert!(line.contains("CA") && line.contains("init --force"), "{line}");
+    assert_eq!(fs::read(pki.crl()).unwrap(), crl, "failures leave crl.pem alone");
+
+    let line = tlb_usage_error(tmp.path(), &["pki", "revoke", "client1", "--serial", &old_serial]);
+    assert!(line.contains("--serial"), "{line}");
+    let line = tlb_usage_error(tmp.path(), &["pki", "revoke"]);
+    assert!(line.contains("--serial") || line.contains("NAME"), "{line}");
+}
+
+#[test]
+fn init_leaves_the_mode_of_an_existing_directory_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let existing = tmp.path().join("existing");
+    fs::create_dir(&existing).unwrap();
+    fs::set_permissions(&existing, fs::Permissions::from_mode(0o750)).unwrap();
+    tlb_ok(
+        tmp.path(),
+        &["pki", "init", "--dir", "existing", "--config", "existing.toml"],
+    );
+    assert_eq!(mode(&existing), 0o750, "an existing --dir keeps its mode");
+    assert_eq!(mode(&existing.join("clients")), 0o700, "what init creates is 0700");
+    assert_eq!(mode(&existing.join("ca.key")), 0o600);
+
+    // `--dir .`: the working directory.
+    let cwd = tmp.path().join("work");
+    fs::create_dir(&cwd).unwrap();
+    fs::set_permissions(&cwd, fs::Permissions::from_mode(0o755)).unwrap();
+    tlb_ok(&cwd, &["pki", "init", "--dir", "."]);
+    assert_eq!(mode(&cwd), 0o755, "--dir . keeps the working directory's mode");
+    assert!(cwd.join("ca.crt").is_file());
+
+    // Missing parents are created, each 0700.
+    tlb_ok(
+        tmp.path(),
+        &["pki", "init", "--dir", "new/deeper/pki", "--config", "new.toml"],
+    );
+    for d in ["new", "new/deeper", "new/deeper/pki", "new/deeper/pki/clients"] {
+        assert_eq!(mode(&tmp.path().join(d)), 0o700, "{d}");
+    }
+}
+
+#[test]
+fn init_refuses_a_directory_its_group_or_others_can_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    for m in [0o777, 0o770, 0o1777] {
+        let dir = tmp.path().join(format!("shared{m:o}"));
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(m)).unwrap();
+        let d = dir.to_str().unwrap();
+        let line = tlb_fails(tmp.path(), &["pki", "init", "--dir", d, "--config", "shared.toml"]);
+        assert!(line.contains(d) && line.contains("chmod go-w"), "{line}");
+        let full = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(full, m, "mode unchanged");
+        assert!(fs::read_dir(&dir).unwrap().next().is_none(), "nothing written into {d}");
+        assert!(!tmp.path().join("shared.toml").exists());
+    }
+}
+
+#[test]
+fn crl_resigns_the_same_entries_with_the_next_number() {
+    let tmp = init(&[]);
+    let pki = Pki::new(tmp.path().join("pki"));
+    let ca_der = cert_der(&pki.ca_cert());
+    let ca = parse(&ca_der);
+    tlb_ok(tmp.path(), &["pki", "revoke", "client3"]);
+    let (revoked, number) = read_crl(&pki.crl(), &ca);
+    assert_eq!((revoked.len(), number.as_str()), (1, "2"));
+
+    let out = tlb_ok(tmp.path(), &["pki", "crl"]);
+    assert!(out.contains("CRL number 3") && out.contains("next update"), "{out}");
+    let (again, number) = read_crl(&pki.crl(), &ca);
+    assert_eq!((again, number.as_str()), (revoked.clone(), "3"));
+    assert_crl_valid_for(&pki.crl(), 30);
+
+    tlb_ok(tmp.path(), &["pki", "crl", "--days", "7", "--dir", "pki"]);
+    let (again, number) = read_crl(&pki.crl(), &ca);
+    assert_eq!((again, number.as_str()), (revoked, "4"));
+    assert_crl_valid_for(&pki.crl(), 7);
+    if have_openssl("crl_resigns_the_same_entries_with_the_next_number") {
+        let crl = pki.crl();
+        let flags = ["-crl_check", "-CRLfile", crl.to_str().unwrap()];
+        assert_openssl_verifies(&pki.ca_cert(), &pki.client("client1").0, &flags);
+        let ca_file = pki.ca_cert();
+        let (ok, text) = openssl_verify(
+            &[&pki.client("client3").0],
+            &["-CAfile", ca_file.to_str().unwrap(), flags[0], flags[1], flags[2]],
+        );
+        assert!(!ok && text.contains("revoked"), "{text}");
+    }
+
+    let crl = fs::read(pki.crl()).unwrap();
+    for bad in ["0", "367", "99999999999"] {
+        let line = tlb_usage_error(tmp.path(), &["pki", "crl", "--days", bad]);
+        assert!(line.contains("--days") && line.contains("1..=366"), "{line}");
+    }
+    assert_eq!(fs::read(pki.crl()).unwrap(), crl);
+    let empty = tempfile::tempdir().unwrap();
+    let line = tlb_fails(empty.path(), &["pki", "crl"]);
+    assert!(line.contains("tlb pki init"), "{line}");
+}
+
+#[test]
+fn every_crl_tlb_signs_is_valid_for_thirty_days() {
+    let tmp = init(&[]);
+    let crl = tmp.path().join("pki/crl.pem");
+    assert_crl_valid_for(&crl, 30);
+    tlb_ok(tmp.path(), &["pki", "revoke", "client4"]);
+    assert_crl_valid_for(&crl, 30);
+    tlb_ok(tmp.path(), &["pki", "issue", "client1", "--force"]);
+    assert_crl_valid_for(&crl, 30);
+}
+
+#[test]
+fn crl_numbers_that_cannot_grow_are_clean_errors() {
+    let tmp = init(&[]);
+    let pki = Pki::new(tmp.path().join("pki"));
+    let ca_pem = fs::read_to_string(pki.ca_cert()).unwrap();
+    let key = rcgen::KeyPair::from_pem(&fs::read_to_string(pki.ca_key()).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, key).unwrap();
+    let now = OffsetDateTime::now_utc();
+    // The largest 64-bit number, then one beyond 64 bits.
+    for number in [u64::MAX.to_be_bytes().to_vec(), vec![1; 9]] {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::days(1),
+            crl_number: rcgen::SerialNumber::from_slice(&number),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let pem = params.signed_by(&issuer).unwrap().pem().unwrap();
+        fs::write(pki.crl(), &pem).unwrap();
+        for args in [
+            &["pki", "revoke", "client1"][..],
+            &["pki", "issue", "client2", "--force"],
+            &["pki", "crl"],
+        ] {
+            let line = tlb_fails(tmp.path(), args);
+            assert!(
+                line.contains("crl.pem") && line.contains("CRL number"),
+                "{args:?}: {line}"
+            );
+            assert_eq!(
+                fs::read_to_string(pki.crl()).unwrap(),
+                pem,
+                "{args:?}: crl.pem unchanged"
+            );
+        }
+    }
+}
+
+#[test]
+fn out_of_range_days_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["3000000", "36501", "4294967296", "0"] {
+        let line = tlb_usage_error(tmp.path(), &["pki", "init", "--days", bad]);
+        assert!(line.contains("--days") && line.contains("1..=36500"), "{line}");
+        assert!(!tmp.path().join("pki").exists(), "nothing written for --days {bad}");
+    }
+    let pki = init(&["--days", "36500"]);
+    for bad in ["3000000", "36501", "0"] {
+        let line = tlb_usage_error(pki.path(), &["pki", "issue", "x", "--days", bad]);
+        assert!(line.contains("--days") && line.contains("1..=36500"), "{line}");
+        assert!(!pki.path().join("pki/clients/x.crt").exists());
+    }
+    tlb_ok(pki.path(), &["pki", "issue", "x", "--days", "36500"]);
+}
+
+// ---------------------------------------------------------------------------
 // Errors: one line, no panic.
 
 #[test]
@@ -1018,9 +1407,10 @@ fn library_issue_with_a_past_validity_makes_an_expired_certificate() {
         not_before: now - Duration::days(10),
         not_after: now - Duration::days(1),
     };
-    let (crt, key) = pki
+    let issued = pki
         .issue("expired", Role::Client, KeyType::EcdsaP256, past, false)
         .expect("issue");
+    let (crt, key) = (issued.cert, issued.key);
     assert_eq!(crt, pki.client("expired").0);
     assert!(key.is_file());
     let der = cert_der(&crt);
@@ -1046,9 +1436,10 @@ fn library_issue_with_a_past_validity_makes_an_expired_certificate() {
             not_before: now + Duration::days(1),
             not_after: now + Duration::days(10),
         };
-        let (crt, _) = pki
+        let crt = pki
             .issue("future", Role::Client, KeyType::EcdsaP256, future, false)
-            .expect("issue");
+            .expect("issue")
+            .cert;
         let (ok, text) = openssl_verify(&[&crt], &["-CAfile", pki.ca_cert().to_str().unwrap()]);
         assert!(!ok, "{text}");
         assert!(text.contains("not yet valid"), "{text}");
@@ -1059,7 +1450,7 @@ fn library_issue_with_a_past_validity_makes_an_expired_certificate() {
 fn library_issue_caps_validity_at_the_ca_expiry() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = lib_pki(&tmp);
-    let (crt, _) = pki
+    let crt = pki
         .issue(
             "long",
             Role::Client,
@@ -1067,7 +1458,8 @@ fn library_issue_caps_validity_at_the_ca_expiry() {
             Validity::days(100 * 365),
             false,
         )
-        .expect("issue");
+        .expect("issue")
+        .cert;
     let ca_der = cert_der(&pki.ca_cert());
     let ca = parse(&ca_der);
     let der = cert_der(&crt);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::builder::RangedU64ValueParser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::ServerName;
 
@@ -28,19 +29,19 @@ pub struct Args {
     pub server_name: String,
     #[arg(long, value_enum, default_value_t = Mode::Rr)]
     pub mode: Mode,
-    /// Concurrent connections.
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent connections, 1-1000000.
+    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub connections: usize,
-    /// How long to run, e.g. 10s, 1m.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long to run, e.g. 10s, 1m (at most 365days).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Message size in bytes (rr, handshake); chunk size floor 16 KiB in stream.
-    #[arg(long, default_value_t = 64)]
+    /// Message size in bytes, 1-16777216 (rr, handshake); chunk size floor 16 KiB in stream.
+    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_SIZE))]
     pub size: usize,
-    /// Open loop (rr): total requests per second across connections;
+    /// Open loop (rr): total requests per second across connections, 0.001-1000000000;
     /// latency counts from the scheduled send time. In idle mode: new
     /// connections per second while ramping up.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Resume TLS sessions (default: full handshakes only).
     #[arg(long)]
@@ -48,29 +49,39 @@ pub struct Args {
     /// Plain TCP, no TLS: measure an echo upstream directly (a baseline).
     #[arg(long, requires = "target")]
     pub plain: bool,
-    /// Loader threads (default: all cores; half of them when self-hosted).
-    #[arg(long, default_value_t = 0)]
+    /// Loader threads, 0-1024 (0: all cores; half of them when self-hosted).
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
+/// Longest `--duration` (a year: the clock arithmetic cannot overflow).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Largest `--size`: 16 MiB (each connection holds two buffers of it).
+const MAX_SIZE: u64 = 16 << 20;
+
+/// `--duration`: a human duration, more than 0 and at most [`MAX_DURATION`].
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; use e.g. 10s or 1m"))?;
+    if d.is_zero() || d > MAX_DURATION {
+        return Err("must be more than 0s and at most 365days, e.g. 10s or 1m".into());
+    }
+    Ok(d)
+}
+
+/// `--rate`: 0.001 to 1e9 per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
+    if !(0.001..=1e9).contains(&r) {
+        return Err("must be from 0.001 to 1000000000 per second".into());
+    }
+    Ok(r)
+}
+
 pub fn run(args: Args) -> Result<()> {
-    if args.connections == 0 {
-        bail!("--connections must be at least 1");
-    }
-    if args.size == 0 {
-        bail!("--size must be at least 1");
-    }
-    if args.duration.is_zero() {
-        bail!("--duration must be positive, e.g. 10s");
-    }
-    if let Some(r) = args.rate
-        && !(r.is_finite() && r > 0.0)
-    {
-        bail!("--rate must be a positive number of requests per second");
-    }
     crate::core::runtime::raise_fd_limit();
     let cores = default_threads();
     let (_lab, client, threads) = match &args.target {
@@ -120,7 +131,8 @@ pub fn run(args: Args) -> Result<()> {
         "{:?} load: {} connection(s) for {:?} against {}",
         args.mode, args.connections, args.duration, opts.client.connect
     );
-    let bar = ProgressBar::new(args.duration.as_millis() as u64);
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let bar = ProgressBar::new(millis(args.duration));
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {elapsed:>3}/{len_s} {msg}")
             .map(|s| s.progress_chars("=> "))
@@ -131,16 +143,16 @@ pub fn run(args: Args) -> Result<()> {
     let report = run_bench(&opts, live, |l, elapsed| {
         use std::sync::atomic::Ordering::Relaxed;
         let (req, conns) = (l.requests.load(Relaxed), l.connections.load(Relaxed));
-        let dt = (elapsed - last.2).as_secs_f64().max(1e-3);
+        let dt = elapsed.saturating_sub(last.2).as_secs_f64().max(1e-3);
         let msg = format!(
             "{:>9.0} req/s {:>7.0} conn/s {:>8.1} MB/s  errors {}",
-            (req - last.0) as f64 / dt,
-            (conns - last.1) as f64 / dt,
+            req.saturating_sub(last.0) as f64 / dt,
+            conns.saturating_sub(last.1) as f64 / dt,
             l.bytes.load(Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6,
             l.errors.load(Relaxed)
         );
         last = (req, conns, elapsed);
-        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_position(millis(elapsed));
         bar.set_message(msg);
     })?;
     bar.finish_and_clear();

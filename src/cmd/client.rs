@@ -26,8 +26,8 @@ pub struct Args {
     /// Also offer TLS 1.2.
     #[arg(long)]
     pub tls12: bool,
-    /// Seconds to wait for connect, handshake and (message mode) the reply.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds to wait for connect, handshake and (message mode) the reply, 1-86400.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
     /// Message to send (words joined by spaces, plus a newline). Without it,
     /// stdin is relayed to the connection and the connection to stdout.

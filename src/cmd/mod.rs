@@ -60,15 +60,30 @@ impl Cli {
     }
 }
 
-/// Process exit status for an error: 3 = TLS handshake refused, 4 = closed
-/// by the balancer before any reply, 1 = anything else.
+/// Process exit status for an error: 2 = a usage mistake found after
+/// parsing ([`UsageError`]), 3 = TLS handshake refused, 4 = closed by the
+/// balancer before any reply, 1 = anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use crate::core::client::ClientError;
+    if e.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::TlsRefused { .. }) => 3,
         Some(ClientError::ClosedBeforeReply { .. }) => 4,
         _ => 1,
     }
+}
+
+/// A flag value that clap accepted alone but that is out of range with
+/// another (e.g. `--listen` port + `--count`): exits 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `--threads`: 0 (one per core) to 1024; beyond, a usage error.
+pub fn threads_arg() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(0..=1024)
 }
 
 /// Help and version go to stdout as clap renders them; a usage mistake is
@@ -86,11 +101,14 @@ pub fn usage_error(e: clap::Error) -> std::process::ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            let msg = first.trim().trim_start_matches("error: ");
+            let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+            let first = lines.next().unwrap_or("invalid arguments");
+            let mut msg = first.trim().trim_start_matches("error: ").to_string();
+            // "...were not provided:" is followed by the indented list of them.
+            if msg.ends_with(':') {
+                let items: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
+                msg = format!("{msg} {}", items.join(", "));
+            }
             eprintln!("tlb: error: {msg} (see `tlb --help`, or `tlb <command> --help`)");
             std::process::ExitCode::from(2)
         }

@@ -1,12 +1,18 @@
-//! `tlb pki init | issue | revoke | show`.
+//! `tlb pki init | issue | revoke | crl | show`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use clap::builder::RangedU64ValueParser;
 
 use crate::core::config::{Config, example_toml};
-use crate::core::pki::{InitOptions, KeyType, Pki, Role, Validity};
+use crate::core::pki::{CRL_DAYS, InitOptions, KeyType, MAX_CRL_DAYS, MAX_DAYS, Pki, Role, Validity};
+
+/// `--days` of a certificate: 1 to [`MAX_DAYS`] (out of range: a usage error).
+fn cert_days() -> RangedU64ValueParser<u32> {
+    RangedU64ValueParser::new().range(1..=u64::from(MAX_DAYS))
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,7 +22,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Action {
-    /// Create a CA, a server certificate, client certificates, an empty CRL and ./tlb.toml.
+    /// Create a CA, a server certificate, client certificates, an empty CRL, issued.tsv and ./tlb.toml.
     Init {
         /// PKI directory.
         #[arg(long, default_value = "pki")]
@@ -30,8 +36,8 @@ pub enum Action {
         /// Key algorithm.
         #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
         key_type: KeyType,
-        /// Validity of server and client certificates (the CA gets at least 10 years).
-        #[arg(long, default_value_t = 365)]
+        /// Validity of server and client certificates, 1-36500 (the CA gets at least 10 years).
+        #[arg(long, default_value_t = 365, value_parser = cert_days())]
         days: u32,
         /// Replace an existing PKI (invalidates every certificate issued from it).
         #[arg(long)]
@@ -49,21 +55,33 @@ pub enum Action {
         /// Issue a server certificate (SANs: NAME, localhost, 127.0.0.1, ::1) into servers/.
         #[arg(long)]
         server: bool,
-        /// Validity in days (capped at the CA's expiry).
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days, 1-36500 (capped at the CA's expiry).
+        #[arg(long, default_value_t = 365, value_parser = cert_days())]
         days: u32,
         #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
         key_type: KeyType,
-        /// Replace an existing certificate of that name (revoke the old one first).
+        /// Replace an existing certificate of that name; the old one is revoked in crl.pem first.
         #[arg(long)]
         force: bool,
     },
     /// Revoke a certificate: add its serial to crl.pem (reload `tlb serve` to apply).
+    #[command(group(clap::ArgGroup::new("what").args(["name", "serial"]).required(true)))]
     Revoke {
         /// Name as shown by `tlb pki show`.
-        name: String,
+        name: Option<String>,
+        /// Revoke by serial (hex) instead, e.g. a certificate replaced earlier; it must be in <dir>/issued.tsv.
+        #[arg(long)]
+        serial: Option<String>,
         #[arg(long, default_value = "pki")]
         dir: PathBuf,
+    },
+    /// Re-sign crl.pem: same revoked serials, next CRL number, fresh nextUpdate (run it before the old one passes).
+    Crl {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Days until the CRL's nextUpdate, 1-366.
+        #[arg(long, default_value_t = CRL_DAYS, value_parser = RangedU64ValueParser::<u32>::new().range(1..=u64::from(MAX_CRL_DAYS)))]
+        days: u32,
     },
     /// List certificates: name, role, identity, serial, expiry, revoked.
     Show {
@@ -94,27 +112,71 @@ pub fn run(args: Args) -> Result<()> {
             key_type,
             force,
         } => {
-            if days == 0 {
-                bail!("--days must be at least 1");
-            }
             let role = if server { Role::Server } else { Role::Client };
             let pki = Pki::new(&dir);
-            let (cert, key) = pki.issue(&name, role, key_type, Validity::days(days), force)?;
-            println!("issued {role} certificate {name}:");
-            println!("  {}", cert.display());
-            println!("  {}", key.display());
-            if role == Role::Client {
+            let issued = pki.issue(&name, role, key_type, Validity::days(days), force)?;
+            if let Some(old) = &issued.replaced {
+                if old.already_revoked {
+                    println!(
+                        "replaced certificate (serial {}) was already revoked in {}",
+                        old.serial,
+                        pki.crl().display()
+                    );
+                } else {
+                    println!(
+                        "revoked the replaced certificate (serial {}) in {}",
+                        old.serial,
+                        pki.crl().display()
+                    );
+                }
+            }
+            println!("issued {role} certificate {name} (serial {}):", issued.serial);
+            println!("  {}", issued.cert.display());
+            println!("  {}", issued.key.display());
+            if issued.replaced.is_some() {
+                println!("next: reload `tlb serve` (SIGHUP) so it refuses the replaced certificate");
+            } else if role == Role::Client {
                 println!(
                     "next: allow it in tlb.toml with a [[client]] name = \"{name}\" entry, then reload `tlb serve` (SIGHUP)"
                 );
             }
             Ok(())
         }
-        Action::Revoke { name, dir } => {
+        Action::Revoke { name, serial, dir } => {
             let pki = Pki::new(&dir);
-            let serial = pki.revoke(&name)?;
-            println!("revoked {name} (serial {serial}) in {}", pki.crl().display());
+            match (name, serial) {
+                (_, Some(serial)) => {
+                    let r = pki.revoke_serial(&serial)?;
+                    println!(
+                        "revoked serial {} ({} {}) in {}",
+                        r.serial,
+                        r.role,
+                        r.name,
+                        pki.crl().display()
+                    );
+                }
+                (Some(name), None) => {
+                    let serial = pki.revoke(&name)?;
+                    println!("revoked {name} (serial {serial}) in {}", pki.crl().display());
+                }
+                (None, None) => {
+                    return Err(super::UsageError("name a certificate to revoke, or pass --serial HEX".into()).into());
+                }
+            }
             println!("next: reload `tlb serve` (SIGHUP) so it refuses this certificate");
+            Ok(())
+        }
+        Action::Crl { dir, days } => {
+            let pki = Pki::new(&dir);
+            let crl = pki.resign_crl(days)?;
+            println!(
+                "re-signed {}: CRL number {}, {} revoked serial(s), next update {}",
+                pki.crl().display(),
+                crl.number,
+                crl.revoked,
+                crl.next_update
+            );
+            println!("next: reload `tlb serve` (SIGHUP), and re-sign again before the next update (e.g. from cron)");
             Ok(())
         }
         Action::Show { dir, spki } => show(&Pki::new(&dir), spki),
@@ -240,6 +302,21 @@ fn show(pki: &Pki, spki: bool) -> Result<()> {
     for r in &rows {
         let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
+    }
+    let stale = pki.unrevoked_replaced()?;
+    if !stale.is_empty() {
+        println!();
+    }
+    for r in stale {
+        println!(
+            "note: an older {} certificate {} (serial {}, valid until {}) is not revoked; revoke it with `tlb pki revoke --serial {} --dir {}`",
+            r.role,
+            r.name,
+            r.serial,
+            r.not_after,
+            r.serial,
+            pki.dir().display()
+        );
     }
     Ok(())
 }

@@ -19,8 +19,8 @@ pub struct Args {
     /// Validate the config, certificates and keys, then exit.
     #[arg(long)]
     pub check: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads, 0-1024 (0: one per core).
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use tracing::info;
@@ -11,13 +11,15 @@ use crate::core::runtime::{Runtime, raise_fd_limit};
 use crate::core::server::bind_listener;
 use crate::core::upstream::{EchoOptions, serve_echo};
 
+use super::UsageError;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// First address to listen on; --count N uses N consecutive ports from here.
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: SocketAddr,
-    /// How many echo servers (consecutive ports).
-    #[arg(long, default_value_t = 1)]
+    /// How many echo servers (consecutive ports), 1-65535.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub count: u16,
     /// Name; with --count N > 1 the servers are <name>1..<name>N.
     #[arg(long, default_value = "up")]
@@ -25,27 +27,25 @@ pub struct Args {
     /// Send a first line `<name> client=<addr> sni=- identity=-` on each connection.
     #[arg(long)]
     pub greet: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads, 0-1024 (0: one per core).
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.count == 0 {
-        bail!("--count must be at least 1");
-    }
-    if u32::from(args.listen.port()) + u32::from(args.count) - 1 > u32::from(u16::MAX) {
-        bail!(
-            "--listen port {} + --count {} runs past port 65535",
+    if u32::from(args.listen.port()) + u32::from(args.count) > 1 + u32::from(u16::MAX) {
+        return Err(UsageError(format!(
+            "--listen port {} + --count {} runs past port 65535; lower --count or the port",
             args.listen.port(),
             args.count
-        );
+        ))
+        .into());
     }
     raise_fd_limit();
     let mut servers = Vec::new();
     for i in 0..args.count {
         let mut addr = args.listen;
-        addr.set_port(args.listen.port() + i);
+        addr.set_port(args.listen.port().saturating_add(i));
         let name = if args.count == 1 {
             args.name.clone()
         } else {

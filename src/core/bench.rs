@@ -248,25 +248,31 @@ pub fn run(
     let addr = resolve(&opts.client.connect)?;
     let rt = Runtime::new(opts.threads)?;
     let started = Instant::now();
-    let deadline = started + opts.duration;
+    let deadline = started
+        .checked_add(opts.duration)
+        .ok_or_else(|| anyhow::anyhow!("--duration {:?} is too long; use e.g. 10s or 1m", opts.duration))?;
     let mut tasks = Vec::with_capacity(opts.connections);
     let per_conn_interval = opts
         .rate
-        .map(|r| Duration::from_secs_f64(opts.connections as f64 / r.max(0.001)));
+        .map(|r| Duration::try_from_secs_f64(opts.connections as f64 / r.max(0.001)).unwrap_or(Duration::MAX));
     for i in 0..opts.connections {
         let o = opts.clone();
         let l = live.clone();
-        // Stagger open-loop start times so sends are spread evenly.
-        let offset = per_conn_interval.map(|iv| iv.mul_f64(i as f64 / opts.connections.max(1) as f64));
+        // Stagger open-loop start times so sends are spread evenly:
+        // connection i starts at i / rate, its slot in one interval.
+        let offset = opts
+            .rate
+            .map(|r| Duration::try_from_secs_f64(i as f64 / r.max(0.001)).unwrap_or(Duration::MAX));
         tasks.push(rt.executor().spawn(async move {
             match o.mode {
                 Mode::Handshake => handshake_loop(&o, addr, &l, deadline).await,
                 Mode::Rr => rr_loop(&o, addr, &l, deadline, per_conn_interval, offset).await,
                 Mode::Stream => stream_loop(&o, addr, &l, deadline).await,
                 Mode::Idle => {
-                    // With --rate, connections open at that many per second.
-                    if let Some(r) = o.rate {
-                        Timer::after(Duration::from_secs_f64(i as f64 / r.max(0.001))).await;
+                    // With --rate, connections open at that many per second
+                    // (a turn after the deadline waits only until the deadline).
+                    if let Some(wait) = offset {
+                        Timer::at(Instant::now().checked_add(wait).map_or(deadline, |t| t.min(deadline))).await;
                     }
                     if Instant::now() >= deadline {
                         return TaskResult::new(); // its turn came after the run
@@ -292,7 +298,10 @@ pub fn run(
         };
         futures_lite::future::or(all, ticker).await
     });
-    let elapsed = started.elapsed().min(opts.duration + opts.op_timeout).as_secs_f64();
+    let elapsed = started
+        .elapsed()
+        .min(opts.duration.saturating_add(opts.op_timeout))
+        .as_secs_f64();
     let mut hs = new_hist();
     let mut rq = new_hist();
     let mut errors = BTreeMap::new();
@@ -448,7 +457,9 @@ async fn rr_loop(
     let mut greet = Vec::with_capacity(128);
     // The open-loop schedule runs across reconnects: requests that could not
     // be sent during a stall count their latency from when they were due.
-    let mut next_send = Instant::now() + offset.unwrap_or_default();
+    let mut next_send = Instant::now()
+        .checked_add(offset.unwrap_or_default())
+        .unwrap_or(deadline);
     'conn: while Instant::now() < deadline {
         let Some(mut s) = open(opts, addr, live, &mut res).await else {
             Timer::after(Duration::from_millis(10)).await;
@@ -459,12 +470,18 @@ async fn rr_loop(
             // Open loop: wait for the scheduled time; latency counts from it.
             let t0 = match interval {
                 Some(iv) => {
+                    // A send due after the deadline is not made: the run
+                    // ends on time however low --rate is.
+                    if next_send >= deadline {
+                        Timer::at(deadline).await;
+                        break;
+                    }
                     let now = Instant::now();
                     if next_send > now {
                         Timer::at(next_send).await;
                     }
                     let t = next_send;
-                    next_send += iv;
+                    next_send = next_send.checked_add(iv).unwrap_or(deadline);
                     t
                 }
                 None => Instant::now(),

@@ -1,11 +1,19 @@
 //! The built-in PKI: a CA, server and client certificates, and a CRL, made
 //! with rcgen and laid out as SPEC §1.1 describes.
 //!
-//! Promises: the directory is 0700 and every key file 0600 (PKCS#8 PEM);
-//! every certificate has a random 127-bit serial, so revocation by serial is
-//! unambiguous; files are written to a temporary name and renamed, so a
-//! failure never leaves a half-written key; nothing is overwritten unless the
-//! caller asks (`force`). The CRL is the record of revocations: `show` reads it.
+//! Promises: directories it creates are 0700 (an existing directory keeps
+//! its mode, but one that others may write to is refused) and every key file
+//! 0600 (PKCS#8 PEM); every certificate has a random 127-bit serial, so
+//! revocation by serial is unambiguous; files are written to a temporary name
+//! and renamed, so a failure never leaves a half-written key; nothing is
+//! overwritten unless the caller asks (`force`), and a certificate replaced
+//! by `issue` with `force` is revoked first.
+//!
+//! Two records: `crl.pem` holds the revocations (`show` reads it), signed
+//! with a nextUpdate [`CRL_DAYS`] ahead unless [`Pki::resign_crl`] is given
+//! another period; `issued.tsv` lists every certificate ever issued from the
+//! CA (serial, name, role, notAfter; appended before the certificate is
+//! written), so an older certificate can still be revoked by serial.
 
 use std::fs;
 use std::io::Write;
@@ -51,13 +59,25 @@ pub enum Role {
     Client,
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
             Role::Ca => "ca",
             Role::Server => "server",
             Role::Client => "client",
-        })
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        [Role::Ca, Role::Server, Role::Client]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -69,14 +89,83 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// From five minutes ago (clock skew) to `days` from now.
+    /// From five minutes ago (clock skew) to `days` from now, at most the
+    /// end of year 9999 (the last date X.509 and the `time` crate can hold).
     pub fn days(days: u32) -> Validity {
         let now = OffsetDateTime::now_utc();
         Validity {
-            not_before: now - TimeDuration::minutes(5),
-            not_after: now + TimeDuration::days(i64::from(days)),
+            not_before: now.saturating_sub(TimeDuration::minutes(5)),
+            not_after: now.saturating_add(TimeDuration::days(i64::from(days))),
         }
     }
+}
+
+/// Longest certificate validity `--days` accepts: 100 years.
+pub const MAX_DAYS: u32 = 36_500;
+
+/// nextUpdate of every CRL this tool signs (init, revoke, `issue --force`),
+/// in days, unless `tlb pki crl --days` picks another period.
+pub const CRL_DAYS: u32 = 30;
+
+/// Longest CRL validity `tlb pki crl --days` accepts.
+pub const MAX_CRL_DAYS: u32 = 366;
+
+/// What [`Pki::issue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Serial of the new certificate (upper-case hex).
+    pub serial: String,
+    /// The certificate it replaced (`force`), if there was one.
+    pub replaced: Option<Replaced>,
+}
+
+/// A certificate replaced by `issue --force`: revoked before the new one
+/// was written (or found already revoked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    pub serial: String,
+    pub already_revoked: bool,
+}
+
+/// One line of `issued.tsv`: a certificate issued from the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Upper-case hex, no separators (as `show` prints it).
+    pub serial: String,
+    pub name: String,
+    pub role: Role,
+    /// RFC 3339, UTC, to the second.
+    pub not_after: String,
+}
+
+impl Record {
+    fn new(serial: &SerialNumber, name: &str, role: Role, not_after: OffsetDateTime) -> Record {
+        Record {
+            serial: hex::encode_upper(serial.to_bytes()),
+            name: name.to_string(),
+            role,
+            not_after: rfc3339(not_after),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!("{}\t{}\t{}\t{}\n", self.serial, self.name, self.role, self.not_after)
+    }
+}
+
+/// First lines of a new `issued.tsv`.
+const RECORD_HEADER: &str = "# every certificate issued from this CA, appended as issued; tlb pki revoke --serial checks it\n\
+                             # serial\tname\trole\tnot_after\n";
+
+/// The state of `crl.pem` after [`Pki::resign_crl`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlState {
+    pub number: u64,
+    pub revoked: usize,
+    /// RFC 3339, UTC.
+    pub next_update: String,
 }
 
 /// Options of `tlb pki init`.
@@ -137,6 +226,10 @@ impl Pki {
     pub fn crl(&self) -> PathBuf {
         self.dir.join("crl.pem")
     }
+    /// The record of every issued certificate.
+    pub fn issued(&self) -> PathBuf {
+        self.dir.join("issued.tsv")
+    }
     pub fn clients_dir(&self) -> PathBuf {
         self.dir.join("clients")
     }
@@ -154,8 +247,8 @@ impl Pki {
         (d.join(format!("{name}.crt")), d.join(format!("{name}.key")))
     }
 
-    /// Creates the CA, the server certificate, the clients and an empty CRL.
-    /// Returns the files written.
+    /// Creates the CA, the server certificate, the clients, an empty CRL and
+    /// a new `issued.tsv`. Returns the files written.
     pub fn init(&self, opts: &InitOptions) -> Result<Vec<PathBuf>> {
         for c in &opts.clients {
             check_name(c)?;
@@ -170,8 +263,8 @@ impl Pki {
         if opts.clients.is_empty() {
             bail!("--clients is empty; name at least one client, e.g. --clients client1,client2");
         }
-        if opts.days == 0 {
-            bail!("--days must be at least 1");
+        if !(1..=MAX_DAYS).contains(&opts.days) {
+            bail!("--days must be from 1 to {MAX_DAYS}");
         }
         let existing: Vec<PathBuf> = [self.ca_cert(), self.ca_key()]
             .into_iter()
@@ -194,19 +287,19 @@ impl Pki {
         }
         make_private_dir(&self.clients_dir())?;
 
-        let mut written = Vec::new();
         let ca_key = KeyPair::generate_for(opts.key_type.algorithm()).context("generating the CA key")?;
         let ca_days = opts.days.max(CA_MIN_DAYS);
-        let ca_params = ca_params(Validity::days(ca_days))?;
+        let ca_serial = random_serial()?;
+        let ca_params = ca_params(Validity::days(ca_days), ca_serial.clone())?;
         let ca_cert = ca_params
             .self_signed(&ca_key)
             .context("self-signing the CA certificate")?;
-        write_file(&self.ca_key(), ca_key.serialize_pem().as_bytes(), 0o600)?;
-        written.push(self.ca_key());
-        write_file(&self.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
-        written.push(self.ca_cert());
+        let mut records = vec![Record::new(&ca_serial, "ca", Role::Ca, ca_params.not_after)];
+        let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca_params, ca_key);
 
+        // Everything is signed first, so the record lists every serial
+        // before any certificate exists on disk.
         let validity = Validity::days(opts.days);
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         for n in &opts.server_names {
@@ -215,36 +308,43 @@ impl Pki {
                 names.push(n);
             }
         }
-        let (cert, key) = self.sign_leaf(&issuer, Role::Server, "tlb server", &names, opts.key_type, validity)?;
-        write_file(&self.server_key(), key.as_bytes(), 0o600)?;
-        write_file(&self.server_cert(), cert.as_bytes(), 0o644)?;
-        written.extend([self.server_key(), self.server_cert()]);
-
+        let server = self.sign_leaf(&issuer, Role::Server, "tlb server", &names, opts.key_type, validity)?;
+        records.push(server.record("server", Role::Server));
+        let mut leaves = vec![(self.server_cert(), self.server_key(), server)];
         for c in &opts.clients {
-            let (cert, key) = self.sign_leaf(&issuer, Role::Client, c, &[], opts.key_type, validity)?;
+            let leaf = self.sign_leaf(&issuer, Role::Client, c, &[], opts.key_type, validity)?;
+            records.push(leaf.record(c, Role::Client));
             let (cp, kp) = self.client(c);
-            write_file(&kp, key.as_bytes(), 0o600)?;
-            write_file(&cp, cert.as_bytes(), 0o644)?;
-            written.extend([cp, kp]);
+            leaves.push((cp, kp, leaf));
         }
 
-        let crl = build_crl(&issuer, Vec::new(), 1)?;
-        write_file(&self.crl(), crl.as_bytes(), 0o644)?;
-        written.push(self.crl());
+        // A new CA starts a new record: the old CA's certificates died with it.
+        let mut record = String::from(RECORD_HEADER);
+        for r in &records {
+            record.push_str(&r.line());
+        }
+        write_file(&self.issued(), record.as_bytes(), 0o644)?;
+        let mut written = Vec::new();
+        write_file(&self.ca_key(), ca_key_pem.as_bytes(), 0o600)?;
+        written.push(self.ca_key());
+        write_file(&self.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
+        written.push(self.ca_cert());
+        for (cp, kp, leaf) in leaves {
+            write_file(&kp, leaf.key.as_bytes(), 0o600)?;
+            write_file(&cp, leaf.cert.as_bytes(), 0o644)?;
+            written.extend([cp, kp]);
+        }
+        self.write_crl(&issuer, Vec::new(), 0, CRL_DAYS)?;
+        written.extend([self.crl(), self.issued()]);
         Ok(written)
     }
 
     /// Issues one more certificate from the existing CA: a client (CN =
     /// `name`) or, with `Role::Server`, a server certificate whose SANs are
-    /// `name` plus the loopback names. Returns `(cert, key)` paths.
-    pub fn issue(
-        &self,
-        name: &str,
-        role: Role,
-        key_type: KeyType,
-        validity: Validity,
-        force: bool,
-    ) -> Result<(PathBuf, PathBuf)> {
+    /// `name` plus the loopback names. With `force`, a certificate of that
+    /// name is replaced, and revoked before the new one is written. The new
+    /// serial is added to `issued.tsv` before the files are written.
+    pub fn issue(&self, name: &str, role: Role, key_type: KeyType, validity: Validity, force: bool) -> Result<Issued> {
         check_name(name)?;
         let issuer = self.load_issuer()?;
         let ca_not_after = self.ca_not_after()?;
@@ -269,18 +369,42 @@ impl Pki {
             }
             Role::Ca => bail!("a CA is made by `tlb pki init`, not `issue`"),
         };
-        if cp.exists() && !force {
-            bail!(
-                "{} already exists; revoke it with `tlb pki revoke {name}` and pass --force to issue a new one",
-                cp.display()
-            );
-        }
+        let old_serial = if cp.exists() {
+            if !force {
+                bail!(
+                    "{} already exists; pass --force to replace it (the old certificate is revoked)",
+                    cp.display()
+                );
+            }
+            // Read before anything is written: what cannot be revoked is not replaced.
+            Some(cert_serial(&cp).with_context(|| {
+                format!(
+                    "the certificate to replace cannot be revoked (move {} away to issue anyway)",
+                    cp.display()
+                )
+            })?)
+        } else {
+            None
+        };
         make_private_dir(cp.parent().unwrap_or(&self.dir))?;
         let cn = if role == Role::Server { "tlb server" } else { name };
-        let (cert, key) = self.sign_leaf(&issuer, role, cn, &sans, key_type, validity)?;
-        write_file(&kp, key.as_bytes(), 0o600)?;
-        write_file(&cp, cert.as_bytes(), 0o644)?;
-        Ok((cp, kp))
+        let leaf = self.sign_leaf(&issuer, role, cn, &sans, key_type, validity)?;
+        let replaced = match old_serial {
+            Some(serial) => Some(Replaced {
+                already_revoked: !self.add_to_crl(&issuer, &serial)?,
+                serial: hex::encode_upper(&serial),
+            }),
+            None => None,
+        };
+        self.append_record(&leaf.record(name, role))?;
+        write_file(&kp, leaf.key.as_bytes(), 0o600)?;
+        write_file(&cp, leaf.cert.as_bytes(), 0o644)?;
+        Ok(Issued {
+            cert: cp,
+            key: kp,
+            serial: hex::encode_upper(leaf.serial.to_bytes()),
+            replaced,
+        })
     }
 
     /// Adds the serial of certificate `name` (a client, an extra server, or
@@ -288,29 +412,132 @@ impl Pki {
     /// Returns the revoked serial (hex). Revoking twice is an error.
     pub fn revoke(&self, name: &str) -> Result<String> {
         check_name(name)?;
-        let cert_path = self.find_cert(name)?;
-        let der = read_cert_der(&cert_path)?;
-        let (_, cert) = X509Certificate::from_der(&der)
-            .map_err(|e| anyhow!("{} is not a valid certificate: {e}", cert_path.display()))?;
-        let serial = cert.raw_serial().to_vec();
+        let serial = cert_serial(&self.find_cert(name)?)?;
         let serial_hex = hex::encode_upper(&serial);
         let issuer = self.load_issuer()?;
-        let (mut revoked, number) = self.read_crl()?;
-        if revoked.iter().any(|r| r.serial_number.to_bytes() == serial) {
+        if !self.add_to_crl(&issuer, &serial)? {
             bail!(
                 "{name} (serial {serial_hex}) is already revoked in {}",
                 self.crl().display()
             );
         }
-        revoked.push(RevokedCertParams {
-            serial_number: SerialNumber::from_slice(&serial),
-            revocation_time: OffsetDateTime::now_utc(),
-            reason_code: None,
-            invalidity_date: None,
-        });
-        let crl = build_crl(&issuer, revoked, number + 1)?;
-        write_file(&self.crl(), crl.as_bytes(), 0o644)?;
         Ok(serial_hex)
+    }
+
+    /// Revokes the certificate with serial `serial` (hex; case, `:`
+    /// separators and leading zeros do not matter), which must be in
+    /// `issued.tsv`: e.g. one replaced earlier. Returns its record line.
+    pub fn revoke_serial(&self, serial: &str) -> Result<Record> {
+        let wanted = normalize_serial(serial).ok_or_else(|| {
+            anyhow!(
+                "--serial {serial:?} is not a hexadecimal serial; copy it from `tlb pki show` or {}",
+                self.issued().display()
+            )
+        })?;
+        let record = self
+            .records()?
+            .into_iter()
+            .find(|r| normalize_serial(&r.serial).is_some_and(|s| same_serial(&s, &wanted)))
+            .ok_or_else(|| {
+                anyhow!(
+                    "no certificate with serial {wanted} in {} (the record of every certificate this CA issued); check the serial with `tlb pki show`, or revoke by name",
+                    self.issued().display()
+                )
+            })?;
+        if record.role == Role::Ca {
+            bail!(
+                "serial {} is the CA certificate, which cannot revoke itself; replace the whole PKI with `tlb pki init --force`",
+                record.serial
+            );
+        }
+        let bytes = hex::decode(&record.serial).map_err(|_| {
+            anyhow!(
+                "{}: serial {:?} is not hex; restore the file from backup",
+                self.issued().display(),
+                record.serial
+            )
+        })?;
+        let issuer = self.load_issuer()?;
+        if !self.add_to_crl(&issuer, &bytes)? {
+            bail!(
+                "serial {} ({}) is already revoked in {}",
+                record.serial,
+                record.name,
+                self.crl().display()
+            );
+        }
+        Ok(record)
+    }
+
+    /// Re-signs `crl.pem`: the same revoked serials, the next CRL number, a
+    /// fresh thisUpdate and a nextUpdate `days` ahead.
+    pub fn resign_crl(&self, days: u32) -> Result<CrlState> {
+        if !(1..=MAX_CRL_DAYS).contains(&days) {
+            bail!("--days must be from 1 to {MAX_CRL_DAYS}");
+        }
+        let issuer = self.load_issuer()?;
+        let (revoked, number) = self.read_crl()?;
+        let count = revoked.len();
+        let (number, next_update) = self.write_crl(&issuer, revoked, number, days)?;
+        Ok(CrlState {
+            number,
+            revoked: count,
+            next_update: rfc3339(next_update),
+        })
+    }
+
+    /// Every line of `issued.tsv` (none when there is no such file yet).
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let path = self.issued();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split('\t').collect();
+            let record = match fields[..] {
+                [serial, name, role, not_after] => Role::parse(role).map(|role| Record {
+                    serial: serial.to_string(),
+                    name: name.to_string(),
+                    role,
+                    not_after: not_after.to_string(),
+                }),
+                _ => None,
+            };
+            out.push(record.ok_or_else(|| {
+                anyhow!(
+                    "{} line {} is not `serial<TAB>name<TAB>role<TAB>not_after`; restore the file from backup",
+                    path.display(),
+                    i + 1
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Certificates in `issued.tsv` that are not expired, not revoked and no
+    /// longer in a file (replaced or deleted by hand): whoever holds one can
+    /// still use it until `revoke --serial`.
+    pub fn unrevoked_replaced(&self) -> Result<Vec<Record>> {
+        let current: Vec<String> = self.show()?.into_iter().map(|c| c.serial).collect();
+        let revoked: Vec<String> = self
+            .read_crl()?
+            .0
+            .iter()
+            .map(|r| hex::encode_upper(r.serial_number.to_bytes()))
+            .collect();
+        let now = rfc3339(OffsetDateTime::now_utc());
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|r| r.role != Role::Ca && r.not_after > now)
+            .filter(|r| !current.contains(&r.serial) && !revoked.contains(&r.serial))
+            .collect())
     }
 
     /// Every certificate in the directory with its state, CA first.
@@ -412,10 +639,15 @@ impl Pki {
             .map_err(|e| anyhow!("{} is not a PEM CRL: {e}", path.display()))?;
         let (_, crl) = x509_parser::parse_x509_crl(&pem.contents)
             .map_err(|e| anyhow!("{} is not a valid CRL: {e}", path.display()))?;
-        let number = crl
-            .crl_number()
-            .and_then(|n| u64::try_from(n.clone()).ok())
-            .unwrap_or(0);
+        let number = match crl.crl_number() {
+            None => 0,
+            Some(n) => u64::try_from(n.clone()).map_err(|_| {
+                anyhow!(
+                    "{} has a CRL number beyond 64 bits, so it was not made by tlb; restore tlb's crl.pem from backup",
+                    path.display()
+                )
+            })?,
+        };
         let mut out = Vec::new();
         for r in crl.iter_revoked_certificates() {
             out.push(RevokedCertParams {
@@ -429,6 +661,69 @@ impl Pki {
         Ok((out, number))
     }
 
+    /// Adds `serial` to `crl.pem`, re-signed with the next CRL number;
+    /// `Ok(false)`, and nothing written, when it is already listed.
+    fn add_to_crl(&self, issuer: &Issuer<'_, KeyPair>, serial: &[u8]) -> Result<bool> {
+        let (mut revoked, number) = self.read_crl()?;
+        if revoked.iter().any(|r| r.serial_number.to_bytes() == serial) {
+            return Ok(false);
+        }
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(serial),
+            revocation_time: OffsetDateTime::now_utc(),
+            reason_code: None,
+            invalidity_date: None,
+        });
+        self.write_crl(issuer, revoked, number, CRL_DAYS)?;
+        Ok(true)
+    }
+
+    /// Signs and writes `crl.pem` with CRL number `previous + 1` and a
+    /// nextUpdate `days` ahead; returns that number and nextUpdate.
+    fn write_crl(
+        &self,
+        issuer: &Issuer<'_, KeyPair>,
+        revoked: Vec<RevokedCertParams>,
+        previous: u64,
+        days: u32,
+    ) -> Result<(u64, OffsetDateTime)> {
+        let number = previous.checked_add(1).ok_or_else(|| {
+            anyhow!(
+                "the CRL number of {} is at its maximum; re-create the PKI with `tlb pki init --force`",
+                self.crl().display()
+            )
+        })?;
+        let next_update = OffsetDateTime::now_utc().saturating_add(TimeDuration::days(i64::from(days)));
+        let crl = build_crl(issuer, revoked, number, next_update)?;
+        write_file(&self.crl(), crl.as_bytes(), 0o644)?;
+        Ok((number, next_update))
+    }
+
+    /// Appends one line to `issued.tsv` (created with its header, 0644).
+    fn append_record(&self, record: &Record) -> Result<()> {
+        let path = self.issued();
+        let res = (|| -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o644)
+                .open(&path)?;
+            let mut text = String::new();
+            if f.metadata()?.len() == 0 {
+                text.push_str(RECORD_HEADER);
+            }
+            text.push_str(&record.line());
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })();
+        res.with_context(|| {
+            format!(
+                "appending to {} (check the directory's permissions, or pass --dir)",
+                path.display()
+            )
+        })
+    }
+
     fn sign_leaf(
         &self,
         issuer: &Issuer<'_, KeyPair>,
@@ -437,12 +732,13 @@ impl Pki {
         sans: &[String],
         key_type: KeyType,
         validity: Validity,
-    ) -> Result<(String, String)> {
+    ) -> Result<Signed> {
         let key = KeyPair::generate_for(key_type.algorithm()).context("generating a key")?;
+        let serial = random_serial()?;
         let mut params = CertificateParams::default();
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(serial.clone());
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn);
         params.distinguished_name = dn;
@@ -468,15 +764,34 @@ impl Pki {
         let cert = params
             .signed_by(&key, issuer)
             .with_context(|| format!("signing the certificate for {cn}"))?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok(Signed {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            serial,
+            not_after: validity.not_after,
+        })
     }
 }
 
-fn ca_params(validity: Validity) -> Result<CertificateParams> {
+/// A leaf signed in memory, not yet written.
+struct Signed {
+    cert: String,
+    key: String,
+    serial: SerialNumber,
+    not_after: OffsetDateTime,
+}
+
+impl Signed {
+    fn record(&self, name: &str, role: Role) -> Record {
+        Record::new(&self.serial, name, role, self.not_after)
+    }
+}
+
+fn ca_params(validity: Validity, serial: SerialNumber) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
-    params.serial_number = Some(random_serial()?);
+    params.serial_number = Some(serial);
     let mut dn = DistinguishedName::new();
     let id = hex::encode_upper(random_bytes::<3>()?);
     dn.push(DnType::CommonName, format!("tlb CA {id}"));
@@ -492,11 +807,16 @@ fn ca_params(validity: Validity) -> Result<CertificateParams> {
     Ok(params)
 }
 
-fn build_crl(issuer: &Issuer<'_, KeyPair>, revoked: Vec<RevokedCertParams>, number: u64) -> Result<String> {
+fn build_crl(
+    issuer: &Issuer<'_, KeyPair>,
+    revoked: Vec<RevokedCertParams>,
+    number: u64,
+    next_update: OffsetDateTime,
+) -> Result<String> {
     let now = OffsetDateTime::now_utc();
     let params = CertificateRevocationListParams {
-        this_update: now - TimeDuration::minutes(5),
-        next_update: now + TimeDuration::days(365),
+        this_update: now.saturating_sub(TimeDuration::minutes(5)),
+        next_update,
         crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs: revoked,
@@ -565,17 +885,37 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
+/// Makes `dir`, and any missing parent, mode 0700. A directory that already
+/// exists keeps its mode (its owner's choice), but is refused when its group
+/// or others may write to it: they could swap the CA certificate or the CRL.
 fn make_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| {
-            format!(
-                "creating directory {} (check the path and its permissions, or pass --dir)",
-                dir.display()
-            )
-        })?;
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                bail!(
+                    "directory {} is writable by its group or others (mode {mode:04o}), who could replace its certificates or CRL; run `chmod go-w {}` or pass another --dir",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        _ => create_private_dir(dir),
+    }
+}
+
+/// Creates `dir` and its missing parents, each 0700 whatever the umask.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        create_private_dir(parent)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(dir).with_context(|| {
+        format!(
+            "creating directory {} (check the path and its permissions, or pass --dir)",
+            dir.display()
+        )
+    })?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting mode 0700 on {}", dir.display()))
 }
@@ -641,6 +981,43 @@ fn list_certs(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The serial (DER content bytes) of the certificate in a PEM file.
+fn cert_serial(path: &Path) -> Result<Vec<u8>> {
+    let der = read_cert_der(path)?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| anyhow!("{} is not a valid certificate: {e}", path.display()))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// A serial as typed (hex, any case, optional `0x` and `:` separators) in
+/// the form `show` prints; `None` if it is not hex.
+fn normalize_serial(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_uppercase();
+    (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// Two normalized serials are the same number (leading zeros aside).
+fn same_serial(a: &str, b: &str) -> bool {
+    a.trim_start_matches('0') == b.trim_start_matches('0')
+}
+
+/// `2027-05-01T12:00:00Z`: RFC 3339 in UTC, to the second (so that two of
+/// them compare as text like the times they are).
+fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// DER of the first certificate in a PEM file.
