@@ -26,6 +26,7 @@ use tlb::core::gate::CloseReason;
 use tlb::core::lab::{Lab, LabOptions};
 use tlb::core::pki::{KeyType, Role, Validity};
 use tlb::core::runtime::timeout;
+use tlb::core::tls::{load_certs, load_key, load_roots, provider};
 
 use common::*;
 
@@ -179,6 +180,32 @@ fn an_identity_removed_from_the_app_cannot_resume_after_reload() {
     assert_refused(run(session(&opts, "after\n")), "access_denied");
     assert_eq!(proxied(&lab), before, "a removed identity reached an upstream");
     assert!(tickets_refused(&lab) >= 1);
+}
+
+#[test]
+fn an_expired_certificate_cannot_resume_a_tls12_session() {
+    let (lab, clock) = clocked_lab(
+        "min_version = \"1.2\"\nsession_lifetime = \"1d\"",
+        &client("short1", &["echo"], ""),
+    );
+    issue_for(&lab, "short1", TimeDuration::hours(1));
+    let roots = load_roots(&lab.pki.ca_cert()).expect("lab CA");
+    let (c, k) = lab.pki.client("short1");
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(&c).expect("cert"), load_key(&k).expect("key"))
+        .expect("client auth");
+    let mut opts = lab.client(Some("short1")).expect("options");
+    opts.tls = Arc::new(cfg);
+    run(session(&opts, "one\n")).expect("TLS 1.2, full");
+    let (resumed, _) = run(session(&opts, "two\n")).expect("TLS 1.2, resumed");
+    assert!(resumed, "TLS 1.2 resumption works while the certificate is valid");
+    let before = proxied(&lab);
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_refused(run(session(&opts, "three\n")), "certificate_expired");
+    assert_eq!(proxied(&lab), before);
 }
 
 #[test]

@@ -62,8 +62,15 @@ struct Handshaken<'c> {
 }
 
 /// Serves one accepted connection; `slot` holds its `[limits]` share.
-pub(super) async fn handle(server: Arc<Server>, mut slot: Slot, stream: Accepted, local: SocketAddr, peer: SocketAddr) {
-    let generation = server.current();
+/// `generation` is the one current at accept.
+pub(super) async fn handle(
+    server: Arc<Server>,
+    generation: Arc<Generation>,
+    mut slot: Slot,
+    stream: Accepted,
+    local: SocketAddr,
+    peer: SocketAddr,
+) {
     let timeouts = generation.config.timeouts;
     let started = Instant::now();
     let Some(apps) = generation.listeners.get(&local) else {

@@ -499,7 +499,8 @@ impl Server {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-                    let slot = match self.admit_preauth(peer.ip()) {
+                    let generation = self.current();
+                    let slot = match self.admit_preauth(&generation, peer.ip()) {
                         Ok(slot) => slot,
                         Err(cap) => {
                             self.metrics.count_cap(cap);
@@ -524,9 +525,10 @@ impl Server {
                     let server = self.clone();
                     ex.spawn(async move {
                         let _held = held;
-                        let work =
-                            std::panic::AssertUnwindSafe(super::connection::handle(server, slot, stream, local, peer))
-                                .catch_unwind();
+                        let work = std::panic::AssertUnwindSafe(super::connection::handle(
+                            server, generation, slot, stream, local, peer,
+                        ))
+                        .catch_unwind();
                         let cut = async {
                             let _ = hard.recv().await;
                             Ok(())
@@ -561,8 +563,7 @@ impl Server {
 
     /// Takes a connection slot and a handshake slot for a new connection
     /// from `ip`, or names the `[limits]` cap that refuses it.
-    fn admit_preauth(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Cap> {
-        let g = self.current();
+    fn admit_preauth(self: &Arc<Self>, g: &Generation, ip: IpAddr) -> Result<Slot, Cap> {
         let limits = &g.config.limits;
         let m = &self.metrics;
         if m.active.fetch_add(1, Ordering::AcqRel) >= u64::from(g.max_connections) {
