@@ -10,11 +10,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return tlb::cmd::usage_error(e),
     };
-    if let Err(e) = tlb::core::logging::init(cli.verbose, cli.log_format, cli.quiet_by_default()) {
+    if let Err(e) = tlb::core::ops::logging::init(cli.verbose, cli.log_format, cli.quiet_by_default()) {
         eprintln!("tlb: error: {e:#}");
         return ExitCode::from(2);
     }
-    let json = cli.log_format == tlb::core::logging::LogFormat::Json;
+    let json = cli.log_format == tlb::core::ops::logging::LogFormat::Json;
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use tlb::core::client::{ClientError, connect, exchange};
-use tlb::core::lab::{Lab, LabOptions};
+use tlb::core::tools::client::{ClientError, connect, exchange};
+use tlb::core::tools::lab::{Lab, LabOptions};
 
 fn admin_lab(timeouts: &str, clients: &str) -> Lab {
     lab(
@@ -167,7 +167,7 @@ fn metrics_count_every_refusal_reason() {
     let no_healthy = || {
         lab.server
             .metrics
-            .refused_for(tlb::core::metrics::Refusal::NoHealthyUpstream)
+            .refused_for(tlb::core::ops::metrics::Refusal::NoHealthyUpstream)
     };
     let before = no_healthy();
     // 3 connect failures open the circuit; then refusals are immediate (a

@@ -20,10 +20,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use time::{Duration as TimeDuration, OffsetDateTime};
-use tlb::core::client::{ClientError, ClientOptions, connect, exchange};
-use tlb::core::lab::Lab;
 use tlb::core::pki::{KeyType, Role, Validity};
 use tlb::core::tls::{load_certs, load_key, load_roots, provider};
+use tlb::core::tools::client::{ClientError, ClientOptions, connect, exchange};
+use tlb::core::tools::lab::Lab;
 
 use common::*;
 
@@ -874,7 +874,7 @@ fn spki_pin_admits_the_pinned_key_and_refuses_another() {
         let pin_of = |name: &str| {
             let der = tlb::core::pki::read_cert_der(&p.pki_dir.join("clients").join(format!("{name}.crt")))
                 .expect("client cert");
-            hex::encode(tlb::core::identity::spki_sha256(&der).expect("spki"))
+            hex::encode(tlb::core::tls::identity::spki_sha256(&der).expect("spki"))
         };
         let mut s = base_config(p, "");
         s.push_str(&app("echo", p.listen, &[], &ups(p)));

@@ -20,13 +20,13 @@ use rcgen::{
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
 use time::{Duration as TimeDuration, OffsetDateTime};
-use tlb::core::client::{ClientError, ClientOptions, ClientStream, connect, refused_or_io};
-use tlb::core::clock::ManualClock;
-use tlb::core::gate::CloseReason;
-use tlb::core::lab::{Lab, LabOptions};
 use tlb::core::pki::{KeyType, Role, Validity};
-use tlb::core::runtime::timeout;
+use tlb::core::rt::clock::ManualClock;
+use tlb::core::rt::timeout;
+use tlb::core::tls::gate::CloseReason;
 use tlb::core::tls::{load_certs, load_key, load_roots, provider};
+use tlb::core::tools::client::{ClientError, ClientOptions, ClientStream, connect, refused_or_io};
+use tlb::core::tools::lab::{Lab, LabOptions};
 
 use common::*;
 

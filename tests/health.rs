@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tlb::core::client::ClientError;
-use tlb::core::lab::Lab;
+use tlb::core::tools::client::ClientError;
+use tlb::core::tools::lab::Lab;
 
 /// `[app.health]` lines for an app table.
 fn health(interval: &str, timeout: &str, rise: u32, fall: u32, extra: &str) -> String {
@@ -22,7 +22,7 @@ fn health(interval: &str, timeout: &str, rise: u32, fall: u32, extra: &str) -> S
 fn lab_over(upstreams: &[SocketAddr], timeouts: &str, app_extra: &str) -> Lab {
     let ups: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
     lab(
-        tlb::core::lab::LabOptions {
+        tlb::core::tools::lab::LabOptions {
             admin: true,
             ..opts(0, true)
         },
@@ -66,7 +66,10 @@ fn greeters(lab: &Lab, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn upstream(g: &tlb::core::server::Generation, addr: SocketAddr) -> &std::sync::Arc<tlb::core::balancer::Upstream> {
+fn upstream(
+    g: &tlb::core::proxy::server::Generation,
+    addr: SocketAddr,
+) -> &std::sync::Arc<tlb::core::pool::balancer::Upstream> {
     g.app("echo")
         .and_then(|a| a.balancer.upstreams().iter().find(|u| u.addr == addr))
         .expect("upstream in the config")
@@ -258,9 +261,9 @@ fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
     let before = lab
         .server
         .metrics
-        .refused_for(tlb::core::metrics::Refusal::NoHealthyUpstream);
+        .refused_for(tlb::core::ops::metrics::Refusal::NoHealthyUpstream);
     let started = Instant::now();
-    let r = smol::block_on(tlb::core::client::exchange(&opts, b"hello\n", T));
+    let r = smol::block_on(tlb::core::tools::client::exchange(&opts, b"hello\n", T));
     let took = started.elapsed();
     assert!(matches!(r, Err(ClientError::ClosedBeforeReply { .. })), "{r:?}");
     assert!(
@@ -270,7 +273,7 @@ fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
     assert_eq!(
         lab.server
             .metrics
-            .refused_for(tlb::core::metrics::Refusal::NoHealthyUpstream),
+            .refused_for(tlb::core::ops::metrics::Refusal::NoHealthyUpstream),
         before + 1
     );
     let g = lab.server.current();
@@ -335,7 +338,7 @@ fn passive_resets_before_any_byte_open_the_circuit_although_tcp_accepts() {
     // Clients sent to the resetter see a broken connection; keep going
     // until the circuit opens (3 resets), bounded.
     wait_until("circuit open on the resetting upstream", T, || {
-        let _ = smol::block_on(tlb::core::client::exchange(&opts, b"hello\n", T));
+        let _ = smol::block_on(tlb::core::tools::client::exchange(&opts, b"hello\n", T));
         state(&lab, bad.addr) == "down"
     });
     let st = upstream_status(admin(&lab), "echo", &bad.addr.to_string());
@@ -358,7 +361,7 @@ fn traffic_does_not_mask_a_failing_send_expect_check() {
     let opts = lab.client(Some("client1")).expect("client options");
     // A connection established before the ejection must be left alone.
     let mut held = smol::block_on(async {
-        let (_, mut tls) = tlb::core::client::connect(&opts).await.expect("connect");
+        let (_, mut tls) = tlb::core::tools::client::connect(&opts).await.expect("connect");
         let line = read_line(&mut tls).await.expect("greeting");
         assert_eq!(greeter(&line), "up1");
         tls
@@ -378,7 +381,7 @@ fn traffic_does_not_mask_a_failing_send_expect_check() {
         "{st}"
     );
     // Ejected: new clients are refused at once (its only upstream is DOWN)...
-    let r = smol::block_on(tlb::core::client::exchange(&opts, b"new\n", T));
+    let r = smol::block_on(tlb::core::tools::client::exchange(&opts, b"new\n", T));
     assert!(matches!(r, Err(ClientError::ClosedBeforeReply { .. })), "{r:?}");
     // ...while the established connection keeps working.
     smol::block_on(async {
@@ -400,7 +403,7 @@ fn reload_without_health_table_stops_the_checks_and_keeps_the_state() {
     let up = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
     let lab = lab_over(&[up.addr], "", &health("100ms", "80ms", 1, 2, ""));
     let g = lab.server.current();
-    let checks = |g: &tlb::core::server::Generation| {
+    let checks = |g: &tlb::core::proxy::server::Generation| {
         let s = upstream(g, up.addr).health.snapshot();
         s.checks_ok + s.checks_failed
     };

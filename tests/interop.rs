@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tlb::core::lab::Lab;
+use tlb::core::tools::lab::Lab;
 
 /// Limit for one external client run.
 const RUN: Duration = Duration::from_secs(20);

@@ -1497,7 +1497,7 @@ fn library_show_lists_every_certificate() {
     // The SPKI pin matches what the config would check.
     let der = fs::read(pki.client("client1").0).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&der).unwrap();
-    let pin = tlb::core::identity::spki_sha256(&pem.contents).unwrap();
+    let pin = tlb::core::tls::identity::spki_sha256(&pem.contents).unwrap();
     assert_eq!(hex::encode(pin), info[3].spki_sha256);
 }
 

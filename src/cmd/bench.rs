@@ -10,11 +10,11 @@ use clap::builder::RangedU64ValueParser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::ServerName;
 
-use crate::core::bench::{BenchOptions, Live, Mode, render, run as run_bench};
-use crate::core::client::ClientOptions;
-use crate::core::lab::{Lab, LabOptions};
-use crate::core::runtime::default_threads;
+use crate::core::rt::default_threads;
 use crate::core::tls::ClientTlsFiles;
+use crate::core::tools::bench::{BenchOptions, Live, Mode, render, run as run_bench};
+use crate::core::tools::client::ClientOptions;
+use crate::core::tools::lab::{Lab, LabOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -82,7 +82,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::core::runtime::raise_fd_limit();
+    crate::core::rt::raise_fd_limit();
     let cores = default_threads();
     let (_lab, client, threads) = match &args.target {
         Some(target) if args.plain => (None, plain_client(target)?, args.threads),

@@ -11,7 +11,7 @@ pub mod upstream;
 
 use clap::{Parser, Subcommand};
 
-use crate::core::logging::LogFormat;
+use crate::core::ops::logging::LogFormat;
 
 /// tlb: a mutual-TLS layer-4 load balancer, with its own PKI, echo
 /// upstreams, client and load generator.
@@ -64,7 +64,7 @@ impl Cli {
 /// parsing ([`UsageError`]), 3 = TLS handshake refused, 4 = closed by the
 /// balancer before any reply, 1 = anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    use crate::core::client::ClientError;
+    use crate::core::tools::client::ClientError;
     if e.downcast_ref::<UsageError>().is_some() {
         return 2;
     }

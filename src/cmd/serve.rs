@@ -8,8 +8,8 @@ use futures_lite::StreamExt;
 use tracing::{error, info};
 
 use crate::core::config::Config;
-use crate::core::runtime::{Runtime, raise_fd_limit};
-use crate::core::server::Server;
+use crate::core::proxy::server::Server;
+use crate::core::rt::{Runtime, raise_fd_limit};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

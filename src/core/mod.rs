@@ -1,23 +1,11 @@
-//! The reusable library behind every `tlb` subcommand.
+//! The library behind every `tlb` subcommand, in the order a connection
+//! meets it (see the crate docs for the whole layout).
 
-pub mod admin;
-pub mod balancer;
-pub mod bench;
-pub mod client;
-pub mod clock;
 pub mod config;
-pub mod connection;
-pub mod gate;
-pub mod health;
-pub mod identity;
-pub mod lab;
-pub mod limiter;
-pub mod logging;
-pub mod metrics;
-pub mod net;
+pub mod ops;
 pub mod pki;
-pub mod relay;
-pub mod runtime;
-pub mod server;
+pub mod pool;
+pub mod proxy;
+pub mod rt;
 pub mod tls;
-pub mod upstream;
+pub mod tools;

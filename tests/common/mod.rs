@@ -14,9 +14,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
-use tlb::core::client::{ClientError, ClientOptions, exchange};
-use tlb::core::lab::{Lab, LabOptions, LabPaths};
-use tlb::core::runtime::timeout;
+use tlb::core::rt::timeout;
+use tlb::core::tools::client::{ClientError, ClientOptions, exchange};
+use tlb::core::tools::lab::{Lab, LabOptions, LabPaths};
 
 /// Limit for one network wait in a test (connect, handshake, a reply).
 pub const T: Duration = Duration::from_secs(10);
@@ -337,7 +337,7 @@ impl Echo {
     pub fn start(addr: SocketAddr, name: &str) -> Echo {
         let deadline = Instant::now() + T;
         let listener = loop {
-            match tlb::core::server::bind_listener(addr) {
+            match tlb::core::proxy::server::bind_listener(addr) {
                 Ok(l) => break l,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -348,15 +348,17 @@ impl Echo {
         };
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = smol::channel::bounded::<()>(1);
-        let opts = tlb::core::upstream::EchoOptions {
+        let opts = tlb::core::tools::echo::EchoOptions {
             name: name.to_string(),
             greet: true,
         };
         let thread = std::thread::spawn(move || {
             let ex = std::sync::Arc::new(smol::Executor::new());
-            let _ = smol::block_on(ex.run(tlb::core::upstream::serve_echo(&ex, listener, opts, async move {
-                let _ = rx.recv().await;
-            })));
+            let _ = smol::block_on(
+                ex.run(tlb::core::tools::echo::serve_echo(&ex, listener, opts, async move {
+                    let _ = rx.recv().await;
+                })),
+            );
             // Dropping `ex` here drops every connection task: all its
             // connections close, as when a process dies.
         });

@@ -33,9 +33,9 @@ use smol::{Async, Executor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 use tracing::{debug, info, warn};
 
-use super::metrics;
-use super::runtime::timeout;
-use super::server::Server;
+use crate::core::ops::metrics;
+use crate::core::proxy::server::Server;
+use crate::core::rt::timeout;
 
 /// Admin connections open at once; more get a 503 and are closed.
 const MAX_CONNECTIONS: usize = 64;

@@ -35,10 +35,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use smol::Timer;
 use tracing::{info, warn};
 
-use super::balancer::Upstream;
-use super::config::HealthSettings;
-use super::net::TcpConn;
-use super::runtime::timeout;
+use crate::core::config::HealthSettings;
+use crate::core::pool::balancer::Upstream;
+use crate::core::rt::net::TcpConn;
+use crate::core::rt::timeout;
 
 /// Consecutive passive failures that open the circuit when the app has no
 /// `[app.health]` table.

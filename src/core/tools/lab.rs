@@ -16,14 +16,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use smol::channel;
 
-use super::client::ClientOptions;
-use super::clock::Clock;
-use super::config::Config;
-use super::pki::{InitOptions, KeyType, Pki};
-use super::runtime::Runtime;
-use super::server::{Server, bind_listener};
-use super::tls::ClientTlsFiles;
-use super::upstream::{EchoOptions, serve_echo};
+use crate::core::config::Config;
+use crate::core::pki::{InitOptions, KeyType, Pki};
+use crate::core::proxy::server::{Server, bind_listener};
+use crate::core::rt::Runtime;
+use crate::core::rt::clock::Clock;
+use crate::core::tls::ClientTlsFiles;
+use crate::core::tools::client::ClientOptions;
+use crate::core::tools::echo::{EchoOptions, serve_echo};
 
 /// What the lab's config may refer to.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ pub struct LabOptions {
     /// Bind an admin listener too (its address is in [`LabPaths::admin`]).
     pub admin: bool,
     /// The balancer's wall clock (certificate validity, ticket age); tests
-    /// pass a [`ManualClock`](super::clock::ManualClock) to move it.
+    /// pass a [`ManualClock`](crate::core::rt::clock::ManualClock) to move it.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -116,7 +116,7 @@ impl Default for LabOptions {
             threads: 0,
             key_type: KeyType::EcdsaP256,
             admin: false,
-            clock: super::clock::system(),
+            clock: crate::core::rt::clock::system(),
         }
     }
 }

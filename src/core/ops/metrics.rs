@@ -19,8 +19,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::gate::CloseReason;
-use super::server::Server;
+use crate::core::proxy::server::Server;
+use crate::core::tls::gate::CloseReason;
 
 /// Why a handshake did not complete (the `reason` label of
 /// `tlb_handshake_failures_total`).
@@ -439,7 +439,7 @@ impl Collector for ServerCollector {
                 e,
                 "crl_next_update_timestamp_seconds",
                 "nextUpdate of [tls] crl (Unix time); re-sign it with `tlb pki crl` before then",
-                i64::try_from(super::clock::unix_secs(t)).unwrap_or(i64::MAX),
+                i64::try_from(crate::core::rt::clock::unix_secs(t)).unwrap_or(i64::MAX),
             )?;
         }
         m.handshake_seconds.encode(

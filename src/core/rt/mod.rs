@@ -5,6 +5,9 @@
 //! tlb instead owns its executor so `--threads` means what it says. Worker
 //! threads stop when the [`Runtime`] is dropped.
 
+pub mod clock;
+pub mod net;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::config::{Client, Limits};
-use super::metrics::Refusal;
+use crate::core::config::{Client, Limits};
+use crate::core::ops::metrics::Refusal;
 
 #[derive(Debug)]
 struct Bucket {

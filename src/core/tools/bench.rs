@@ -29,9 +29,11 @@ use smol::Timer;
 
 use std::net::SocketAddr;
 
-use super::client::{ClientError, ClientOptions, ClientStream, connect_tcp, connect_to, refused_or_io, resolve};
-use super::net::TcpConn;
-use super::runtime::{Runtime, timeout};
+use crate::core::rt::net::TcpConn;
+use crate::core::rt::{Runtime, timeout};
+use crate::core::tools::client::{
+    ClientError, ClientOptions, ClientStream, connect_tcp, connect_to, refused_or_io, resolve,
+};
 
 /// What each connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -14,9 +14,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use super::net::TcpConn;
-use super::runtime::timeout;
-use super::tls::{ClientTlsFiles, client_config, describe_tls_error};
+use crate::core::rt::net::TcpConn;
+use crate::core::rt::timeout;
+use crate::core::tls::{ClientTlsFiles, client_config, describe_tls_error};
 
 /// The TLS client stream type.
 pub type ClientStream = futures_rustls::client::TlsStream<TcpConn>;
@@ -124,7 +124,7 @@ pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
     match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
         Some(TE::AlertReceived(a)) => ClientError::TlsRefused {
             addr,
-            detail: format!("server sent alert {}", super::tls::alert_name(*a)),
+            detail: format!("server sent alert {}", crate::core::tls::alert_name(*a)),
             hint: match a {
                 AD::AccessDenied => {
                     " (this certificate's identity is not authorized for the app; check [[client]] in the server config)"

@@ -5,7 +5,7 @@
 //! picks spread exactly; ties are broken round-robin from a rotating start,
 //! never always the first; DOWN upstreams are skipped, except for one
 //! half-open trial at a time when the app is passive-only and the cooldown
-//! is over (see [`super::health`]); the returned [`UpstreamGuard`] gives the
+//! is over (see [`crate::core::pool::health`]); the returned [`UpstreamGuard`] gives the
 //! slot back on drop, on every exit path, and releases an unfinished trial.
 //!
 //! Outcomes of real connections go through [`Balancer::connected`] (TCP
@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::config::UpstreamAddr;
-use super::health::{HealthPolicy, UpstreamHealth};
+use crate::core::config::UpstreamAddr;
+use crate::core::pool::health::{HealthPolicy, UpstreamHealth};
 
 /// One upstream server and its live counters. Kept across reloads while the
 /// app and address stay the same.

@@ -1,6 +1,6 @@
 //! TLS set-up: loading PEM material, the per-app server configs whose
 //! client-certificate verifier and session tickets are the app's
-//! [`Gate`](super::gate::Gate), and client configs for `tlb client` and
+//! [`Gate`](crate::core::tls::gate::Gate), and client configs for `tlb client` and
 //! `tlb bench`. (TLS towards upstreams is not built yet; a config asking
 //! for it is refused when the server is built.)
 //!
@@ -15,6 +15,9 @@
 //!   at most `session_lifetime` after the full handshake, never across apps
 //!   or config generations.
 //! - `[tls] crl` is checked at load: signed by `tls.ca`, nextUpdate known.
+
+pub mod gate;
+pub mod identity;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,9 +34,9 @@ use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{Error as TlsError, RootCertStore, ServerConfig};
 
-use super::clock::{Clock, RustlsTime};
-use super::config::{Config, TlsSettings, TlsVersion};
-use super::gate::{AppPolicy, AuthorizingVerifier, Gate, GatedTickets};
+use crate::core::config::{Config, TlsSettings, TlsVersion};
+use crate::core::rt::clock::{Clock, RustlsTime};
+use crate::core::tls::gate::{AppPolicy, AuthorizingVerifier, Gate, GatedTickets};
 
 /// The process's one crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {

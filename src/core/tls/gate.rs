@@ -32,9 +32,9 @@ use rustls::server::ProducesTickets;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 
-use super::clock::{Clock, unix_secs};
-use super::config::Client;
-use super::identity;
+use crate::core::config::Client;
+use crate::core::rt::clock::{Clock, unix_secs};
+use crate::core::tls::identity;
 
 /// Why a client was refused by the policy (for logs and metrics; never
 /// sent to the client, which only sees an alert).
@@ -61,7 +61,7 @@ pub enum DenialReason {
 
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let who = super::logging::escaped(self.identity.as_deref().unwrap_or("-"));
+        let who = crate::core::ops::logging::escaped(self.identity.as_deref().unwrap_or("-"));
         match self.reason {
             DenialReason::NoIdentity => write!(f, "certificate has no subject CN (app {})", self.app),
             DenialReason::UnknownClient => {
@@ -190,7 +190,7 @@ impl Refused {
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refused::Certificate(e) => write!(f, "certificate refused: {}", super::tls::describe_rustls_error(e)),
+            Refused::Certificate(e) => write!(f, "certificate refused: {}", crate::core::tls::describe_rustls_error(e)),
             Refused::Policy(d) => d.fmt(f),
         }
     }

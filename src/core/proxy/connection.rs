@@ -27,18 +27,18 @@ use rustls::ServerConfig;
 use smol::channel;
 use tracing::{debug, info, warn};
 
-use super::balancer::{Balancer, Upstream, UpstreamGuard};
-use super::config::Timeouts;
-use super::gate::{self, CloseReason};
-use super::health;
-use super::identity;
-use super::logging::escaped;
-use super::metrics::{HandshakeFailureKind, Refusal};
-use super::net::TcpConn;
-use super::relay::{RelayEnd, Side, Transferred, relay};
-use super::runtime::timeout;
-use super::server::{Accepted, AppRuntime, Generation, ListenerApps, Open, Server, Slot};
-use super::tls;
+use crate::core::config::Timeouts;
+use crate::core::ops::logging::escaped;
+use crate::core::ops::metrics::{HandshakeFailureKind, Refusal};
+use crate::core::pool::balancer::{Balancer, Upstream, UpstreamGuard};
+use crate::core::pool::health;
+use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
+use crate::core::proxy::server::{Accepted, AppRuntime, Generation, ListenerApps, Open, Server, Slot};
+use crate::core::rt::net::TcpConn;
+use crate::core::rt::timeout;
+use crate::core::tls;
+use crate::core::tls::gate::{self, CloseReason};
+use crate::core::tls::identity;
 
 /// The handshake did not complete.
 #[derive(Debug)]

@@ -1056,7 +1056,7 @@ fn cert_info(name: &str, role: Role, path: &Path, revoked: &[Vec<u8>]) -> Result
                 .join(","),
             _ => String::new(),
         },
-        _ => super::identity::common_name(&der).unwrap_or_default(),
+        _ => crate::core::tls::identity::common_name(&der).unwrap_or_default(),
     };
     let serial = cert.raw_serial().to_vec();
     let not_after = cert.validity().not_after;
@@ -1068,7 +1068,9 @@ fn cert_info(name: &str, role: Role, path: &Path, revoked: &[Vec<u8>]) -> Result
         not_after: not_after.to_datetime().date().to_string(),
         expired: !cert.validity().is_valid(),
         revoked: revoked.contains(&serial),
-        spki_sha256: super::identity::spki_sha256(&der).map(hex::encode).unwrap_or_default(),
+        spki_sha256: crate::core::tls::identity::spki_sha256(&der)
+            .map(hex::encode)
+            .unwrap_or_default(),
         path: path.to_path_buf(),
     })
 }

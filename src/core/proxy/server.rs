@@ -6,7 +6,7 @@
 //! [`Config`] (loading certificates); [`Server::run`] serves
 //! already-bound listeners until a shutdown future resolves, then drains.
 //! Tests bind `127.0.0.1:0` themselves and need no sleeps. What happens to
-//! one connection is in [`super::connection`].
+//! one connection is in [`crate::core::proxy::connection`].
 //!
 //! The same `run` also serves the admin endpoint (when one of the listeners
 //! is `[admin] listen`) and runs the active health checks of the current
@@ -35,16 +35,16 @@ use rustls::pki_types::CertificateDer;
 use smol::{Async, Executor, Task, Timer, channel};
 use tracing::{info, warn};
 
-use super::balancer::{Balancer, Upstream};
-use super::clock::{self, Clock};
-use super::config::{App, Config};
-use super::gate::{CloseReason, Gate};
-use super::health::{self, HealthPolicy};
-use super::limiter::Limiter;
-use super::logging::{Throttle, escaped};
-use super::metrics::{AppStats, Cap, Metrics};
-use super::runtime::timeout;
-use super::tls::{ServerTls, TicketKeys};
+use crate::core::config::{App, Config};
+use crate::core::ops::logging::{Throttle, escaped};
+use crate::core::ops::metrics::{AppStats, Cap, Metrics};
+use crate::core::pool::balancer::{Balancer, Upstream};
+use crate::core::pool::health::{self, HealthPolicy};
+use crate::core::proxy::limiter::Limiter;
+use crate::core::rt::clock::{self, Clock};
+use crate::core::rt::timeout;
+use crate::core::tls::gate::{CloseReason, Gate};
+use crate::core::tls::{ServerTls, TicketKeys};
 
 /// One app as the data path sees it.
 pub struct AppRuntime {
@@ -391,7 +391,7 @@ impl Server {
             let l = Async::new(l).with_context(|| format!("registering listener {addr}"))?;
             if Some(addr) == admin_addr {
                 info!("admin endpoint on http://{addr} (/metrics /healthz /status)");
-                admin = Some(ex.spawn(super::admin::serve(self.clone(), ex.clone(), l)));
+                admin = Some(ex.spawn(crate::core::ops::admin::serve(self.clone(), ex.clone(), l)));
                 continue;
             }
             if !generation.listeners.contains_key(&addr) {
@@ -525,7 +525,7 @@ impl Server {
                     let server = self.clone();
                     ex.spawn(async move {
                         let _held = held;
-                        let work = std::panic::AssertUnwindSafe(super::connection::handle(
+                        let work = std::panic::AssertUnwindSafe(crate::core::proxy::connection::handle(
                             server, generation, slot, stream, local, peer,
                         ))
                         .catch_unwind();

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::{Async, Executor, Timer};
 
-use super::runtime::timeout;
+use crate::core::rt::timeout;
 use tracing::{debug, warn};
 
 /// How one echo server behaves.

@@ -1,0 +1,7 @@
+//! What stands a system up on one laptop and measures it: echo upstreams,
+//! the mTLS client, the load generator and the in-process lab.
+
+pub mod bench;
+pub mod client;
+pub mod echo;
+pub mod lab;
