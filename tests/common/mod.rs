@@ -459,3 +459,119 @@ pub fn foreign_client(lab: &Lab) -> (ClientOptions, tempfile::TempDir) {
     .expect("client config");
     (opts, dir)
 }
+
+// ---------------------------------------------------------------------------
+// Connections from a chosen source address, and how a peer closed
+
+/// A TCP connection to `dst` from `src` (any port), connected within `T`.
+/// Any 127.x.y.z works as a source on Linux loopback, so tests can play
+/// several clients with distinct addresses.
+pub fn tcp_from(src: std::net::IpAddr, dst: SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)).expect("creating a socket");
+    s.bind(&SocketAddr::new(src, 0).into())
+        .unwrap_or_else(|e| panic!("binding {src}:0: {e}"));
+    s.connect_timeout(&dst.into(), T)
+        .unwrap_or_else(|e| panic!("connecting {src} -> {dst}: {e}"));
+    s.into()
+}
+
+/// An mTLS connection to the balancer of `opts` from source address
+/// `src`: TCP connect, then the client handshake, each within `T`.
+pub async fn tls_from(
+    src: std::net::IpAddr,
+    opts: &ClientOptions,
+) -> Result<tlb::core::client::ClientStream, ClientError> {
+    let addr = tlb::core::client::resolve(&opts.connect)?;
+    let tcp = tcp_from(src, addr);
+    tcp.set_nonblocking(true).expect("non-blocking socket");
+    let tcp = tlb::core::net::TcpConn::new(smol::Async::new(tcp).expect("registering a socket"));
+    let connector = futures_rustls::TlsConnector::from(opts.tls.clone());
+    within("TLS handshake", T, connector.connect(opts.server_name.clone(), tcp))
+        .await
+        .map_err(|e| tlb::core::client::refused_or_io(addr, e))
+}
+
+/// Like [`exchange`] from source address `src`: sends `msg`, half-closes,
+/// returns everything received until EOF (all within `T`).
+pub async fn exchange_from(src: std::net::IpAddr, opts: &ClientOptions, msg: &[u8]) -> Result<Vec<u8>, ClientError> {
+    use futures_lite::AsyncWriteExt;
+    let mut tls = tls_from(src, opts).await?;
+    let addr = tlb::core::client::resolve(&opts.connect)?;
+    let mut out = Vec::new();
+    within("exchange", T, async {
+        tls.write_all(msg).await?;
+        tls.close().await?;
+        tls.read_to_end(&mut out).await
+    })
+    .await
+    .map_err(|e| tlb::core::client::refused_or_io(addr, e))?;
+    Ok(out)
+}
+
+/// How a peer ended a connection, as the reading side saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerClose {
+    /// A clean EOF (FIN).
+    Eof,
+    /// A reset (or another read error).
+    Reset,
+}
+
+/// Reads `s` until the peer closes, for at most `limit`: (every byte
+/// received, how it closed). Panics if the connection is still open then.
+pub fn read_until_closed(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, PeerClose) {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the peer neither closed nor reset within {limit:?} (received {got:02x?})"
+        );
+        s.set_read_timeout(Some(left)).expect("read timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return (got, PeerClose::Eof),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (got, PeerClose::Reset),
+        }
+    }
+}
+
+/// Asserts that the peer closes `s` (EOF or reset) within `limit` without
+/// sending a single byte; returns how long it took from `start`.
+pub fn assert_closed_silently(what: &str, s: &mut std::net::TcpStream, start: Instant, limit: Duration) -> Duration {
+    let (got, _) = read_until_closed(s, limit);
+    assert!(got.is_empty(), "{what}: the balancer sent {got:02x?} before closing");
+    start.elapsed()
+}
+
+/// The admin endpoint's `/metrics` text (the lab must have `admin: true`).
+pub fn scrape(lab: &Lab) -> String {
+    let admin = lab
+        .paths
+        .admin
+        .expect("the lab has no admin endpoint (LabOptions { admin: true, .. })");
+    let (code, body) = http_get(admin, "/metrics");
+    assert_eq!(code, 200, "/metrics: {body}");
+    body
+}
+
+/// The sum of every sample of metric `name` (any labels) in an exposition.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.split_once("} ")?.1
+            } else {
+                rest.strip_prefix(' ')?
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}

@@ -46,7 +46,8 @@ pub struct HandshakeFailure {
     pub kind: HandshakeFailureKind,
     pub detail: String,
     /// No alert was sent (rustls gives none for a ClientHello over its
-    /// buffer): the caller sends `decode_error` before closing.
+    /// buffer, and a few others: see `unanswered_by_rustls`): the caller
+    /// sends `decode_error` before closing.
     pub unanswered: bool,
 }
 
@@ -365,12 +366,9 @@ async fn handshake_inline<'c>(
     let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn).await {
         Ok(start) => start,
         Err(e) => {
-            // rustls answers a ClientHello it cannot parse with an alert; one
-            // over its 64 KiB buffer gets none ("message buffer full"): send
-            // decode_error ourselves, so no client sees a bare reset.
-            let unanswered =
-                e.kind() == io::ErrorKind::InvalidData && e.get_ref().is_none_or(|i| !i.is::<rustls::Error>());
-            if unanswered {
+            // Where rustls refuses the first flight without an alert, send
+            // decode_error ourselves, so no client sees a bare close or reset.
+            if unanswered_by_rustls(&e) {
                 return Err(HandshakeFailure {
                     kind: HandshakeFailureKind::NotTls,
                     detail: format!("ClientHello too large or malformed ({e}); sent decode_error"),
@@ -442,6 +440,31 @@ async fn handshake_inline<'c>(
         not_after,
         sni,
     })
+}
+
+/// Whether rustls's acceptor refused the client's first flight without
+/// queuing an alert. It answers most malformed ClientHellos with one, but
+/// (rustls 0.23) not: a ClientHello over its 64 KiB buffer ("message buffer
+/// full", an I/O error with no rustls error inside), a handshake header
+/// claiming more than 64 KiB, a first record that is not a handshake
+/// (application data, alert, change_cipher_spec), a first handshake
+/// message that is not a ClientHello, or another record interleaved with a
+/// fragmented ClientHello.
+fn unanswered_by_rustls(e: &io::Error) -> bool {
+    use rustls::{Error as TE, InvalidMessage as IM, PeerMisbehaved as PM};
+    if e.kind() != io::ErrorKind::InvalidData {
+        return false;
+    }
+    match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
+        None => true,
+        Some(
+            TE::InvalidMessage(IM::HandshakePayloadTooLarge)
+            | TE::InappropriateMessage { .. }
+            | TE::InappropriateHandshakeMessage { .. }
+            | TE::PeerMisbehaved(PM::MessageInterleavedWithHandshakeMessage),
+        ) => true,
+        Some(_) => false,
+    }
 }
 
 /// Closes a connection that will not be relayed: after a failed handshake
