@@ -141,7 +141,7 @@ fn fragmented_client_hello(body_len: u32, send: usize) -> Vec<u8> {
 
 /// Sends `bytes` to the balancer (write errors ignored: the balancer may
 /// stop reading), then reads until it closes: (received, how it closed).
-fn send_raw(lab: &tlb::core::lab::Lab, bytes: &[u8]) -> (Vec<u8>, PeerClose) {
+fn send_raw(lab: &tlb::core::tools::lab::Lab, bytes: &[u8]) -> (Vec<u8>, PeerClose) {
     let mut s = TcpStream::connect_timeout(&lab.addr(), T).expect("TCP connect");
     s.set_write_timeout(Some(T)).expect("write timeout");
     let _ = s.write_all(bytes);

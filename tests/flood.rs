@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use tlb::core::lab::{Lab, LabOptions};
+use tlb::core::tools::lab::{Lab, LabOptions};
 
 use common::*;
 
@@ -74,7 +74,7 @@ fn silent_from(lab: &Lab, src: &[IpAddr], expect_handshakes: u64) -> Vec<TcpStre
 }
 
 /// Sends `msg` from `src` through the balancer; asserts the greeting and echo.
-async fn assert_echo_from(src: IpAddr, opts: &tlb::core::client::ClientOptions, msg: &str) {
+async fn assert_echo_from(src: IpAddr, opts: &tlb::core::tools::client::ClientOptions, msg: &str) {
     let reply = exchange_from(src, opts, msg.as_bytes())
         .await
         .unwrap_or_else(|e| panic!("exchange from {src}: {e}"));
@@ -145,7 +145,10 @@ fn global_handshake_cap_applies_across_source_addresses() {
     // A real client from yet another address is refused the same way (no TLS alert: no TLS at all).
     let refused = smol::block_on(exchange_from(ip(7), &opts, b"hello\n"));
     assert!(
-        !matches!(refused, Ok(_) | Err(tlb::core::client::ClientError::TlsRefused { .. })),
+        !matches!(
+            refused,
+            Ok(_) | Err(tlb::core::tools::client::ClientError::TlsRefused { .. })
+        ),
         "a client over max_handshakes: {refused:?}"
     );
     assert_eq!(handshakes_active(&lab), 3);

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use rlimit::Resource;
-use tlb::core::client::{ClientError, exchange};
-use tlb::core::lab::LabOptions;
+use tlb::core::tools::client::{ClientError, exchange};
+use tlb::core::tools::lab::LabOptions;
 
 use common::*;
 

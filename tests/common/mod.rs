@@ -481,15 +481,15 @@ pub fn tcp_from(src: std::net::IpAddr, dst: SocketAddr) -> std::net::TcpStream {
 pub async fn tls_from(
     src: std::net::IpAddr,
     opts: &ClientOptions,
-) -> Result<tlb::core::client::ClientStream, ClientError> {
-    let addr = tlb::core::client::resolve(&opts.connect)?;
+) -> Result<tlb::core::tools::client::ClientStream, ClientError> {
+    let addr = tlb::core::tools::client::resolve(&opts.connect)?;
     let tcp = tcp_from(src, addr);
     tcp.set_nonblocking(true).expect("non-blocking socket");
-    let tcp = tlb::core::net::TcpConn::new(smol::Async::new(tcp).expect("registering a socket"));
+    let tcp = tlb::core::rt::net::TcpConn::new(smol::Async::new(tcp).expect("registering a socket"));
     let connector = futures_rustls::TlsConnector::from(opts.tls.clone());
     within("TLS handshake", T, connector.connect(opts.server_name.clone(), tcp))
         .await
-        .map_err(|e| tlb::core::client::refused_or_io(addr, e))
+        .map_err(|e| tlb::core::tools::client::refused_or_io(addr, e))
 }
 
 /// Like [`exchange`] from source address `src`: sends `msg`, half-closes,
@@ -497,7 +497,7 @@ pub async fn tls_from(
 pub async fn exchange_from(src: std::net::IpAddr, opts: &ClientOptions, msg: &[u8]) -> Result<Vec<u8>, ClientError> {
     use futures_lite::AsyncWriteExt;
     let mut tls = tls_from(src, opts).await?;
-    let addr = tlb::core::client::resolve(&opts.connect)?;
+    let addr = tlb::core::tools::client::resolve(&opts.connect)?;
     let mut out = Vec::new();
     within("exchange", T, async {
         tls.write_all(msg).await?;
@@ -505,7 +505,7 @@ pub async fn exchange_from(src: std::net::IpAddr, opts: &ClientOptions, msg: &[u
         tls.read_to_end(&mut out).await
     })
     .await
-    .map_err(|e| tlb::core::client::refused_or_io(addr, e))?;
+    .map_err(|e| tlb::core::tools::client::refused_or_io(addr, e))?;
     Ok(out)
 }
 
