@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -35,11 +35,12 @@ use tracing::{debug, info, warn};
 
 use crate::core::ops::metrics;
 use crate::core::proxy::server::Server;
+use crate::core::rt::net::source_of;
 use crate::core::rt::timeout;
 
 /// Admin connections open at once; more get a 503 and are closed.
 const MAX_CONNECTIONS: usize = 64;
-/// Admin connections open at once from one source (see [`source_of`]).
+/// Admin connections open at once from one source (see [`source_of`](crate::core::rt::net::source_of)).
 const MAX_PER_SOURCE: usize = 8;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,15 +118,6 @@ async fn busy(mut stream: Async<TcpStream>, peer: SocketAddr, why: &str) {
         futures_lite::AsyncWriteExt::write_all(&mut stream, busy),
     )
     .await;
-}
-
-/// The source a connection counts against: its IPv4 address, or the /64 of
-/// an IPv6 one (one host usually holds a whole /64).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        v4 => v4,
-    }
 }
 
 /// Open admin connections per source: at most one entry per open

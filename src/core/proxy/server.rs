@@ -42,6 +42,7 @@ use crate::core::pool::balancer::{Balancer, Upstream};
 use crate::core::pool::health::{self, HealthPolicy};
 use crate::core::proxy::limiter::Limiter;
 use crate::core::rt::clock::{self, Clock};
+use crate::core::rt::net::source_of;
 use crate::core::rt::timeout;
 use crate::core::tls::gate::{CloseReason, Gate};
 use crate::core::tls::{ServerTls, TicketKeys};
@@ -500,7 +501,7 @@ impl Server {
                 Ok((stream, peer)) => {
                     self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let generation = self.current();
-                    let slot = match self.admit_preauth(&generation, peer.ip()) {
+                    let slot = match self.admit_preauth(&generation, source_of(peer.ip())) {
                         Ok(slot) => slot,
                         Err(cap) => {
                             self.metrics.count_cap(cap);
@@ -562,7 +563,8 @@ impl Server {
     }
 
     /// Takes a connection slot and a handshake slot for a new connection
-    /// from `ip`, or names the `[limits]` cap that refuses it.
+    /// from source `ip` ([`source_of`]: an IPv4 address or an IPv6 /64), or
+    /// names the `[limits]` cap that refuses it.
     fn admit_preauth(self: &Arc<Self>, g: &Generation, ip: IpAddr) -> Result<Slot, Cap> {
         let limits = &g.config.limits;
         let m = &self.metrics;

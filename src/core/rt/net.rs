@@ -71,3 +71,14 @@ impl AsyncWrite for TcpConn {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The source a connection counts against in per-source caps: its IPv4
+/// address (also when written as IPv4-mapped IPv6), or the /64 of an IPv6
+/// one (one host usually holds a whole /64).
+pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
