@@ -1,21 +1,26 @@
-//! The wall clock as the gate sees it: certificate validity, ticket age and
-//! connection deadlines are read from an injected [`Clock`], so tests can
-//! move time forward instead of waiting for it.
+//! Time as the balancer sees it: certificate validity, ticket age,
+//! connection deadlines (wall clock), token buckets and health cooldowns
+//! (monotonic clock) are read from an injected [`Clock`], so tests can move
+//! time forward instead of waiting for it.
 //!
 //! Promises: [`SystemClock`] is the real time; [`ManualClock`] is the real
-//! time plus an offset that only a test moves. Nothing else in the gate
-//! reads `SystemTime::now()` directly.
+//! time plus an offset that only a test moves, the same offset for both
+//! clocks. Code that decides by time takes a `Clock` rather than calling
+//! `SystemTime::now()` or `Instant::now()`.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::UnixTime;
 
-/// A source of wall-clock time.
+/// A source of wall-clock and monotonic time.
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// Wall-clock time (certificate validity, tickets).
     fn now(&self) -> SystemTime;
+    /// Monotonic time (rates, cooldowns, deadlines).
+    fn instant(&self) -> Instant;
 }
 
 /// The system's real time.
@@ -25,6 +30,9 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+    fn instant(&self) -> Instant {
+        Instant::now()
     }
 }
 
@@ -49,11 +57,20 @@ impl ManualClock {
     }
 }
 
+impl ManualClock {
+    fn ahead(&self) -> Duration {
+        Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed))
+    }
+}
+
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        let ahead = Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed));
         let now = SystemTime::now();
-        now.checked_add(ahead).unwrap_or(now)
+        now.checked_add(self.ahead()).unwrap_or(now)
+    }
+    fn instant(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.ahead()).unwrap_or(now)
     }
 }
 
