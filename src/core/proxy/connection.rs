@@ -28,12 +28,12 @@ use smol::channel;
 use tracing::{debug, info, warn};
 
 use crate::core::config::Timeouts;
-use crate::core::ops::logging::escaped;
 use crate::core::ops::metrics::{HandshakeFailureKind, Refusal};
 use crate::core::pool::balancer::{Balancer, Upstream, UpstreamGuard};
 use crate::core::pool::health;
 use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
 use crate::core::proxy::server::{Accepted, AppRuntime, Generation, ListenerApps, Open, Server, Slot};
+use crate::core::rt::log::escaped;
 use crate::core::rt::net::TcpConn;
 use crate::core::rt::timeout;
 use crate::core::tls;

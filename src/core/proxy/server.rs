@@ -36,12 +36,12 @@ use smol::{Async, Executor, Task, Timer, channel};
 use tracing::{info, warn};
 
 use crate::core::config::{App, Config};
-use crate::core::ops::logging::{Throttle, escaped};
 use crate::core::ops::metrics::{AppStats, Cap, Metrics};
 use crate::core::pool::balancer::{Balancer, Upstream};
 use crate::core::pool::health::{self, HealthPolicy};
 use crate::core::proxy::limiter::Limiter;
 use crate::core::rt::clock::{self, Clock};
+use crate::core::rt::log::{Throttle, escaped};
 use crate::core::rt::net::source_of;
 use crate::core::rt::timeout;
 use crate::core::tls::gate::{CloseReason, Gate};

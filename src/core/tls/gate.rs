@@ -19,8 +19,6 @@
 //! read is refused (fail closed); refusal reasons go to logs and metrics,
 //! never to the client beyond the alert.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,127 +30,10 @@ use rustls::server::ProducesTickets;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 
-use crate::core::config::Client;
 use crate::core::rt::clock::{Clock, unix_secs};
-use crate::core::tls::identity;
-
-/// Why a client was refused by the policy (for logs and metrics; never
-/// sent to the client, which only sees an alert).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    /// Certificate CN, if it had one.
-    pub identity: Option<String>,
-    pub app: String,
-    pub reason: DenialReason,
-}
-
-/// The authorization verdicts that are not a certificate error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenialReason {
-    /// Valid certificate without a CN.
-    NoIdentity,
-    /// The identity has no `[[client]]` entry.
-    UnknownClient,
-    /// The client exists but the app is not in its `apps`.
-    AppNotAllowed,
-    /// The public key does not match the client's `spki_sha256` pin.
-    PinMismatch,
-}
-
-impl fmt::Display for Denial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let who = crate::core::ops::logging::escaped(self.identity.as_deref().unwrap_or("-"));
-        match self.reason {
-            DenialReason::NoIdentity => write!(f, "certificate has no subject CN (app {})", self.app),
-            DenialReason::UnknownClient => {
-                write!(f, "identity {who} is not a configured [[client]] (app {})", self.app)
-            }
-            DenialReason::AppNotAllowed => write!(f, "identity {who} is not allowed on app {}", self.app),
-            DenialReason::PinMismatch => write!(f, "identity {who}: public key does not match spki_sha256 pin"),
-        }
-    }
-}
-
-thread_local! {
-    static LAST_DENIAL: RefCell<Option<Denial>> = const { RefCell::new(None) };
-}
-
-/// Takes the denial recorded by an authorizing verifier on this thread.
-///
-/// The verifier runs inside the `poll` of the handshake future that then
-/// returns the error, on the same thread, with no other task in between; so
-/// a caller that polls the handshake and, on error, calls this in the same
-/// `poll` gets that connection's denial. Call `clear_denial` before polling.
-pub fn take_denial() -> Option<Denial> {
-    LAST_DENIAL.with(|d| d.borrow_mut().take())
-}
-
-/// Forgets any recorded denial on this thread.
-pub fn clear_denial() {
-    LAST_DENIAL.with(|d| *d.borrow_mut() = None);
-}
-
-fn record_denial(d: Denial) {
-    LAST_DENIAL.with(|slot| *slot.borrow_mut() = Some(d));
-}
-
-/// Who may use one app: identity -> optional SPKI pin.
-#[derive(Debug, Default, Clone)]
-pub struct AppPolicy {
-    pub app: String,
-    allowed: HashMap<String, Option<[u8; 32]>>,
-    known: HashSet<String>,
-}
-
-impl AppPolicy {
-    /// The policy of app `app` under `clients`.
-    pub fn new(app: &str, clients: &[Client]) -> AppPolicy {
-        let mut allowed = HashMap::new();
-        let mut known = HashSet::new();
-        for c in clients {
-            known.insert(c.name.clone());
-            if c.apps.iter().any(|a| a == app) {
-                allowed.insert(c.name.clone(), c.spki_sha256);
-            }
-        }
-        AppPolicy {
-            app: app.to_string(),
-            allowed,
-            known,
-        }
-    }
-
-    /// Checks an already chain-verified end-entity certificate; the
-    /// identity (CN) when admitted.
-    pub fn authorize(&self, end_entity: &[u8]) -> Result<String, Denial> {
-        let deny = |identity: Option<String>, reason| Denial {
-            identity,
-            app: self.app.clone(),
-            reason,
-        };
-        // One parse for the CN and, when pinned, the SPKI digest.
-        let verdict = identity::parsed(end_entity, |cert| {
-            let cn = identity::cn_of(cert)?;
-            Some(match self.allowed.get(&cn) {
-                Some(None) => Ok(cn),
-                Some(Some(pin)) if identity::spki_of(cert).as_ref() == Some(pin) => Ok(cn),
-                Some(Some(_)) => Err(deny(Some(cn), DenialReason::PinMismatch)),
-                None if self.known.contains(&cn) => Err(deny(Some(cn), DenialReason::AppNotAllowed)),
-                None => Err(deny(Some(cn), DenialReason::UnknownClient)),
-            })
-        });
-        verdict.flatten().unwrap_or_else(|| Err(self.no_identity()))
-    }
-
-    /// The denial for a certificate without a usable subject CN.
-    pub fn no_identity(&self) -> Denial {
-        Denial {
-            identity: None,
-            app: self.app.clone(),
-            reason: DenialReason::NoIdentity,
-        }
-    }
-}
+use crate::core::tls::policy::{AppPolicy, Denial, record_denial};
+// The handshake reads a refusal's reason through these (see policy).
+pub use crate::core::tls::policy::{clear_denial, take_denial};
 
 /// Why the gate refused a chain.
 #[derive(Debug, Clone)]
@@ -190,7 +71,11 @@ impl Refused {
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refused::Certificate(e) => write!(f, "certificate refused: {}", crate::core::tls::describe_rustls_error(e)),
+            Refused::Certificate(e) => write!(
+                f,
+                "certificate refused: {}",
+                crate::core::tls::alerts::describe_rustls_error(e)
+            ),
             Refused::Policy(d) => d.fmt(f),
         }
     }
@@ -472,7 +357,8 @@ pub fn deadline(
 
 #[cfg(test)]
 mod tests {
-    use super::{Denial, DenialReason, session_chain};
+    use super::session_chain;
+    use crate::core::tls::policy::{Denial, DenialReason};
 
     #[test]
     fn a_denial_cannot_forge_log_lines() {
