@@ -5,16 +5,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cmd;
+
 fn main() -> ExitCode {
-    let cli = match tlb::cmd::Cli::try_parse() {
+    let cli = match cmd::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return tlb::cmd::usage_error(e),
+        Err(e) => return cmd::usage_error(e),
     };
-    if let Err(e) = tlb::core::ops::logging::init(cli.verbose, cli.log_format, cli.quiet_by_default()) {
+    if let Err(e) = tlb::core::ops::logging::init(cli.verbose, cli.log_format.into(), cli.quiet_by_default()) {
         eprintln!("tlb: error: {e:#}");
         return ExitCode::from(2);
     }
-    let json = cli.log_format == tlb::core::ops::logging::LogFormat::Json;
+    let json = cli.log_format == cmd::LogFormatArg::Json;
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("tlb: error: {e:#}");
             }
-            ExitCode::from(tlb::cmd::exit_code(&e))
+            ExitCode::from(cmd::exit_code(&e))
         }
     }
 }

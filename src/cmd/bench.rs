@@ -10,11 +10,12 @@ use clap::builder::RangedU64ValueParser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::ServerName;
 
-use crate::core::rt::default_threads;
-use crate::core::tls::ClientTlsFiles;
-use crate::core::tools::bench::{BenchOptions, Live, Mode, render, run as run_bench};
-use crate::core::tools::client::ClientOptions;
-use crate::core::tools::lab::{Lab, LabOptions};
+use crate::cmd::ModeArg;
+use tlb::core::rt::default_threads;
+use tlb::core::tls::ClientTlsFiles;
+use tlb::core::tools::bench::{BenchOptions, Live, render, run as run_bench};
+use tlb::core::tools::client::ClientOptions;
+use tlb::core::tools::lab::{Lab, LabOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,8 +28,8 @@ pub struct Args {
     pub certs: super::ClientCertArgs,
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
-    #[arg(long, value_enum, default_value_t = Mode::Rr)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = ModeArg::Rr)]
+    pub mode: ModeArg,
     /// Concurrent connections, 1-1000000.
     #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub connections: usize,
@@ -82,7 +83,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::core::rt::raise_fd_limit();
+    tlb::core::rt::raise_fd_limit();
     let cores = default_threads();
     let (_lab, client, threads) = match &args.target {
         Some(target) if args.plain => (None, plain_client(target)?, args.threads),
@@ -118,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let opts = BenchOptions {
         client,
-        mode: args.mode,
+        mode: args.mode.into(),
         connections: args.connections,
         duration: args.duration,
         size: args.size,
@@ -184,7 +185,7 @@ fn target_client(args: &Args, target: &str) -> Result<ClientOptions> {
 /// Options for `--plain`: only the address is used.
 fn plain_client(target: &str) -> Result<ClientOptions> {
     let tls = Arc::new(
-        rustls::ClientConfig::builder_with_provider(crate::core::tls::provider())
+        rustls::ClientConfig::builder_with_provider(tlb::core::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("configuring TLS")?
             .with_root_certificates(rustls::RootCertStore::empty())

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures_lite::{AsyncRead, AsyncWrite};
 
-use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
-use crate::core::tls::ClientTlsFiles;
-use crate::core::tools::client::{ClientOptions, connect, exchange, refused_or_io};
+use tlb::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
+use tlb::core::tls::ClientTlsFiles;
+use tlb::core::tools::client::{ClientOptions, connect, exchange, refused_or_io};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -76,7 +76,7 @@ async fn interactive(opts: &ClientOptions) -> Result<()> {
         RelayEnd::Done | RelayEnd::Idle | RelayEnd::Deadline => Ok(()),
         RelayEnd::Error(Side::B, e) => {
             if moved.b_to_a == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof {
-                return Err(crate::core::tools::client::ClientError::ClosedBeforeReply { addr }.into());
+                return Err(tlb::core::tools::client::ClientError::ClosedBeforeReply { addr }.into());
             }
             Err(refused_or_io(addr, e).into())
         }

@@ -1,7 +1,8 @@
 //! One module per subcommand: its clap `Args` and `run(args)`.
 //!
-//! These are thin: they turn flags into calls of [`crate::core`] and print
-//! results for people. Anything reusable belongs in `core`.
+//! These are thin: they turn flags into calls of `tlb::core` and print
+//! results for people. Anything reusable belongs in `core`, which has no
+//! clap: the flag-facing enums below mirror the library's.
 
 pub mod bench;
 pub mod client;
@@ -11,7 +12,73 @@ pub mod upstream;
 
 use clap::{Parser, Subcommand};
 
-use crate::core::ops::logging::LogFormat;
+use tlb::core::ops::logging::LogFormat;
+use tlb::core::pki::KeyType;
+use tlb::core::tools::bench::Mode;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> LogFormat {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// `--key-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyTypeArg {
+    /// ECDSA on P-256 with SHA-256 (default; accepted everywhere).
+    #[value(name = "ecdsa-p256")]
+    EcdsaP256,
+    /// Ed25519 (smaller, faster to sign; needs OpenSSL >= 1.1.1 on peers).
+    #[value(name = "ed25519")]
+    Ed25519,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(k: KeyTypeArg) -> KeyType {
+        match k {
+            KeyTypeArg::EcdsaP256 => KeyType::EcdsaP256,
+            KeyTypeArg::Ed25519 => KeyType::Ed25519,
+        }
+    }
+}
+
+/// `tlb bench --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// New mTLS connection per exchange.
+    Handshake,
+    /// Persistent connections, ping-pong of --size bytes.
+    Rr,
+    /// Bulk bytes through the echo, both directions.
+    Stream,
+    /// Open --connections connections (at --rate per second if given), one
+    /// echo each, then hold them idle until the end (memory per idle
+    /// connection, connection capacity).
+    Idle,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Handshake => Mode::Handshake,
+            ModeArg::Rr => Mode::Rr,
+            ModeArg::Stream => Mode::Stream,
+            ModeArg::Idle => Mode::Idle,
+        }
+    }
+}
 
 /// tlb: a mutual-TLS layer-4 load balancer, with its own PKI, echo
 /// upstreams, client and load generator.
@@ -22,8 +89,8 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text, global = true)]
+    pub log_format: LogFormatArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -64,7 +131,7 @@ impl Cli {
 /// parsing ([`UsageError`]), 3 = TLS handshake refused, 4 = closed by the
 /// balancer before any reply, 1 = anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    use crate::core::tools::client::ClientError;
+    use tlb::core::tools::client::ClientError;
     if e.downcast_ref::<UsageError>().is_some() {
         return 2;
     }
@@ -144,7 +211,7 @@ pub struct ClientCertFiles {
 impl ClientCertArgs {
     /// Turns the flags into files; a `--cert NAME` whose file is missing is an error.
     pub fn resolve(&self) -> anyhow::Result<ClientCertFiles> {
-        let pki = crate::core::pki::Pki::new(&self.pki);
+        let pki = tlb::core::pki::Pki::new(&self.pki);
         let cert_key = match (&self.cert, &self.cert_file, &self.key_file) {
             (Some(name), None, None) => {
                 let (c, k) = pki.client(name);

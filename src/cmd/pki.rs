@@ -6,8 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use clap::builder::RangedU64ValueParser;
 
-use crate::core::config::{Config, example_toml};
-use crate::core::pki::{CRL_DAYS, InitOptions, KeyType, MAX_CRL_DAYS, MAX_DAYS, Pki, Role, Validity};
+use crate::cmd::KeyTypeArg;
+use tlb::core::config::{Config, example_toml};
+use tlb::core::pki::{CRL_DAYS, InitOptions, KeyType, MAX_CRL_DAYS, MAX_DAYS, Pki, Role, Validity};
 
 /// `--days` of a certificate: 1 to [`MAX_DAYS`] (out of range: a usage error).
 fn cert_days() -> RangedU64ValueParser<u32> {
@@ -34,8 +35,8 @@ pub enum Action {
         #[arg(long = "server-name")]
         server_names: Vec<String>,
         /// Key algorithm.
-        #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
-        key_type: KeyType,
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::EcdsaP256)]
+        key_type: KeyTypeArg,
         /// Validity of server and client certificates, 1-36500 (the CA gets at least 10 years).
         #[arg(long, default_value_t = 365, value_parser = cert_days())]
         days: u32,
@@ -58,8 +59,8 @@ pub enum Action {
         /// Validity in days, 1-36500 (capped at the CA's expiry).
         #[arg(long, default_value_t = 365, value_parser = cert_days())]
         days: u32,
-        #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
-        key_type: KeyType,
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::EcdsaP256)]
+        key_type: KeyTypeArg,
         /// Replace an existing certificate of that name; the old one is revoked in crl.pem first.
         #[arg(long)]
         force: bool,
@@ -103,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
             days,
             force,
             config,
-        } => init(&dir, clients, server_names, key_type, days, force, &config),
+        } => init(&dir, clients, server_names, key_type.into(), days, force, &config),
         Action::Issue {
             name,
             dir,
@@ -114,7 +115,7 @@ pub fn run(args: Args) -> Result<()> {
         } => {
             let role = if server { Role::Server } else { Role::Client };
             let pki = Pki::new(&dir);
-            let issued = pki.issue(&name, role, key_type, Validity::days(days), force)?;
+            let issued = pki.issue(&name, role, key_type.into(), Validity::days(days), force)?;
             if let Some(old) = &issued.replaced {
                 if old.already_revoked {
                     println!(
@@ -226,7 +227,7 @@ fn init(
     } else {
         let pki_ref = pki_path_for_config(dir, config)?;
         let text = example_toml(&pki_ref, &opts.clients);
-        crate::core::pki::write_file(config, text.as_bytes(), 0o644)?;
+        tlb::core::pki::write_file(config, text.as_bytes(), 0o644)?;
         // Prove the file we just wrote is valid.
         Config::load(config)
             .with_context(|| format!("the generated {} does not validate (a bug in tlb)", config.display()))?;

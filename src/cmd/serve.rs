@@ -7,9 +7,9 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use tracing::{error, info};
 
-use crate::core::config::Config;
-use crate::core::proxy::server::Server;
-use crate::core::rt::{Runtime, raise_fd_limit};
+use tlb::core::config::Config;
+use tlb::core::proxy::server::Server;
+use tlb::core::rt::{Runtime, raise_fd_limit};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,8 +32,8 @@ pub fn run(args: Args) -> Result<()> {
         config.listeners().len(),
         config.clients.len(),
         match config.tls.min_version {
-            crate::core::config::TlsVersion::V1_2 => "1.2",
-            crate::core::config::TlsVersion::V1_3 => "1.3",
+            tlb::core::config::TlsVersion::V1_2 => "1.2",
+            tlb::core::config::TlsVersion::V1_3 => "1.3",
         }
     );
     // Raised first: the default [limits] max_connections derives from it.

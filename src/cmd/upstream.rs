@@ -7,9 +7,9 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use tracing::info;
 
-use crate::core::proxy::server::bind_listener;
-use crate::core::rt::{Runtime, raise_fd_limit};
-use crate::core::tools::echo::{EchoOptions, serve_echo};
+use tlb::core::proxy::server::bind_listener;
+use tlb::core::rt::{Runtime, raise_fd_limit};
+use tlb::core::tools::echo::{EchoOptions, serve_echo};
 
 use super::UsageError;
 

@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow};
 use tracing_subscriber::EnvFilter;
 
 /// Output format of log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

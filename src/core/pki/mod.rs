@@ -31,14 +31,12 @@ use time::{Duration as TimeDuration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Key algorithm for newly generated keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyType {
     /// ECDSA on P-256 with SHA-256 (default; accepted everywhere).
     #[default]
-    #[value(name = "ecdsa-p256")]
     EcdsaP256,
     /// Ed25519 (smaller, faster to sign; needs OpenSSL >= 1.1.1 on peers).
-    #[value(name = "ed25519")]
     Ed25519,
 }
 
@@ -921,7 +919,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `bytes` to `path` with `mode`, through a temporary file and a rename.
-pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

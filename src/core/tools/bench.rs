@@ -36,7 +36,7 @@ use crate::core::tools::client::{
 };
 
 /// What each connection does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// New mTLS connection per exchange.
