@@ -7,7 +7,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use tracing::info;
 
-use crate::core::proxy::server::bind_listener;
+use crate::core::proxy::listener::bind_listener;
 use crate::core::rt::{Runtime, raise_fd_limit};
 use crate::core::tools::echo::{EchoOptions, serve_echo};
 

@@ -6,6 +6,7 @@
 //! threads stop when the [`Runtime`] is dropped.
 
 pub mod clock;
+pub mod log;
 pub mod net;
 
 use std::future::Future;
