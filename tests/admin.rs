@@ -167,7 +167,7 @@ fn metrics_count_every_refusal_reason() {
     let no_healthy = || {
         lab.server
             .metrics
-            .refused_for(tlb::core::ops::metrics::Refusal::NoHealthyUpstream)
+            .refused_for(tlb::core::proxy::outcome::Refusal::NoHealthyUpstream)
     };
     let before = no_healthy();
     // 3 connect failures open the circuit; then refusals are immediate (a

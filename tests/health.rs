@@ -67,7 +67,7 @@ fn greeters(lab: &Lab, n: usize) -> Vec<String> {
 }
 
 fn upstream(
-    g: &tlb::core::proxy::server::Generation,
+    g: &tlb::core::proxy::generation::Generation,
     addr: SocketAddr,
 ) -> &std::sync::Arc<tlb::core::pool::balancer::Upstream> {
     g.app("echo")
@@ -261,7 +261,7 @@ fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
     let before = lab
         .server
         .metrics
-        .refused_for(tlb::core::ops::metrics::Refusal::NoHealthyUpstream);
+        .refused_for(tlb::core::proxy::outcome::Refusal::NoHealthyUpstream);
     let started = Instant::now();
     let r = smol::block_on(tlb::core::tools::client::exchange(&opts, b"hello\n", T));
     let took = started.elapsed();
@@ -273,7 +273,7 @@ fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
     assert_eq!(
         lab.server
             .metrics
-            .refused_for(tlb::core::ops::metrics::Refusal::NoHealthyUpstream),
+            .refused_for(tlb::core::proxy::outcome::Refusal::NoHealthyUpstream),
         before + 1
     );
     let g = lab.server.current();
@@ -403,7 +403,7 @@ fn reload_without_health_table_stops_the_checks_and_keeps_the_state() {
     let up = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
     let lab = lab_over(&[up.addr], "", &health("100ms", "80ms", 1, 2, ""));
     let g = lab.server.current();
-    let checks = |g: &tlb::core::proxy::server::Generation| {
+    let checks = |g: &tlb::core::proxy::generation::Generation| {
         let s = upstream(g, up.addr).health.snapshot();
         s.checks_ok + s.checks_failed
     };

@@ -8,6 +8,7 @@ use futures_lite::StreamExt;
 use tracing::{error, info};
 
 use tlb::core::config::Config;
+use tlb::core::ops::admin;
 use tlb::core::proxy::server::Server;
 use tlb::core::rt::{Runtime, raise_fd_limit};
 
@@ -45,6 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let listeners = Server::bind(&config)?;
+    let admin_listener = admin::bind(&config)?;
     let rt = Runtime::new(args.threads).context("starting worker threads")?;
     info!(
         "tlb serve: {summary}; {} worker thread(s), open-file limit {fds}",
@@ -76,5 +78,10 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     };
-    rt.block_on(server.run(rt.executor(), listeners, shutdown))
+    let ex = rt.executor();
+    rt.block_on(async {
+        // Dropped once `run` returns: /healthz answers 503 during the drain.
+        let _admin = admin_listener.map(|l| admin::spawn(&server, ex, l)).transpose()?;
+        server.run(ex, listeners, shutdown).await
+    })
 }

@@ -7,7 +7,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use tracing::info;
 
-use tlb::core::proxy::server::bind_listener;
+use tlb::core::proxy::listener::bind_listener;
 use tlb::core::rt::{Runtime, raise_fd_limit};
 use tlb::core::tools::echo::{EchoOptions, serve_echo};
 

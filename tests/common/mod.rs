@@ -337,7 +337,7 @@ impl Echo {
     pub fn start(addr: SocketAddr, name: &str) -> Echo {
         let deadline = Instant::now() + T;
         let listener = loop {
-            match tlb::core::proxy::server::bind_listener(addr) {
+            match tlb::core::proxy::listener::bind_listener(addr) {
                 Ok(l) => break l,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;

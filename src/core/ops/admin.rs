@@ -14,13 +14,18 @@
 //! probes. A listen address that is not loopback, without a token, is
 //! warned about at start. `/healthz` is 200 while serving and 503 once
 //! draining.
+//!
+//! `Server::run` does not serve it: callers [`bind`] `[admin] listen` and
+//! [`spawn`] the endpoint next to `run`, dropping it once `run` returns.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -29,12 +34,17 @@ use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use smol::lock::Semaphore;
-use smol::{Async, Executor, Timer};
+use smol::{Async, Executor, Task};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 use tracing::{debug, info, warn};
 
+use crate::core::config::Config;
 use crate::core::ops::metrics;
+use crate::core::pool::balancer::{Balancer, Upstream};
+use crate::core::proxy::generation::Generation;
+use crate::core::proxy::listener::{Listener, bind_listener};
 use crate::core::proxy::server::Server;
+use crate::core::rt::log::Throttle;
 use crate::core::rt::net::source_of;
 use crate::core::rt::timeout;
 
@@ -45,21 +55,30 @@ const MAX_PER_SOURCE: usize = 8;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Binds `[admin] listen`, when the config has one (SO_REUSEADDR, backlog
+/// 1024), for [`spawn`].
+pub fn bind(config: &Config) -> Result<Option<TcpListener>> {
+    config.admin.as_ref().map(|a| bind_listener(a.listen)).transpose()
+}
+
+/// Serves the admin endpoint of `server` on `listener` (bound by [`bind`])
+/// in a task of `ex`, until the returned task is dropped. Spawn it next to
+/// [`Server::run`] and drop it once `run` returns, so `/healthz` answers
+/// 503 during the drain.
+pub fn spawn(server: &Arc<Server>, ex: &Arc<Executor<'static>>, listener: TcpListener) -> Result<Task<()>> {
+    let listener = Listener::new(listener)?;
+    Ok(ex.spawn(serve(server.clone(), ex.clone(), listener)))
+}
+
 /// Serves the admin endpoint on `listener` until the returned future is dropped.
-pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: Async<TcpListener>) {
+pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: Listener) {
     announce(&server, &listener);
     let registry = Arc::new(metrics::registry(&server));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let sources = Arc::new(Sources::default());
+    let accept_errors = Throttle::new(Duration::from_secs(1));
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!("admin accept failed: {e}");
-                Timer::after(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = listener.accept(&accept_errors).await;
         let Some(slot) = slots.try_acquire_arc() else {
             busy(stream, peer, "all admin connection slots are taken").await;
             continue;
@@ -92,11 +111,12 @@ pub async fn serve(server: Arc<Server>, ex: Arc<Executor<'static>>, listener: As
 }
 
 /// Logs, once at start, who can reach the endpoint and what it asks of them.
-fn announce(server: &Server, listener: &Async<TcpListener>) {
+fn announce(server: &Server, listener: &Listener) {
+    let addr = listener.local_addr();
+    info!("admin endpoint on http://{addr} (/metrics /healthz /status)");
     let Some(admin) = server.current().config.admin.clone() else {
         return;
     };
-    let addr = listener.get_ref().local_addr().unwrap_or(admin.listen);
     if admin.token.is_some() {
         info!(
             "admin endpoint on {addr}: /metrics and /status need the bearer token of [admin] token_file; /healthz is open"
@@ -311,7 +331,6 @@ fn rfc3339(t: SystemTime) -> String {
 pub fn status(server: &Server) -> Status {
     let g = server.current();
     let m = &server.metrics;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let apps = g
         .apps
         .iter()
@@ -327,38 +346,60 @@ pub fn status(server: &Server) -> Status {
                 .balancer
                 .upstreams()
                 .iter()
-                .map(|u| {
-                    let h = u.health.snapshot();
-                    let passive = a.balancer.policy().active.is_none();
-                    UpstreamStatus {
-                        name: u.name.clone(),
-                        address: u.addr.to_string(),
-                        state: if h.up { "up" } else { "down" },
-                        active_connections: u.active(),
-                        connections: u.total(),
-                        consecutive_failures: h.consecutive_failures,
-                        last_error: h.last_error,
-                        last_check: h.last_check.map(|c| CheckStatus {
-                            at: rfc3339(c.at),
-                            ok: c.ok,
-                            detail: c.detail,
-                            took_ms: (c.took.as_secs_f64() * 1e6).round() / 1e3,
-                        }),
-                        last_change: h.last_change.map(rfc3339),
-                        consecutive_successes: h.consecutive_successes,
-                        retry_in_ms: h
-                            .retry_in
-                            .filter(|_| passive)
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                        bytes_to_upstream: load(&u.bytes_to_upstream),
-                        bytes_to_client: load(&u.bytes_to_client),
-                    }
-                })
+                .map(|u| upstream_status(&a.balancer, u))
                 .collect(),
         })
         .collect();
-    let clients = g
-        .config
+    let clients = client_statuses(&g);
+    Status {
+        state: if server.is_draining() { "draining" } else { "serving" },
+        uptime_seconds: server.uptime().as_secs(),
+        connections: ConnectionStatus {
+            active: load(&m.active),
+            accepted: load(&m.accepted),
+            proxied: load(&m.proxied),
+            handshake_failures: m.handshake_failures(),
+            refused: m.refused(),
+        },
+        apps,
+        clients,
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn upstream_status(balancer: &Balancer, u: &Upstream) -> UpstreamStatus {
+    let h = u.health.snapshot();
+    let passive = balancer.policy().active.is_none();
+    UpstreamStatus {
+        name: u.name.clone(),
+        address: u.addr.to_string(),
+        state: if h.up { "up" } else { "down" },
+        active_connections: u.active(),
+        connections: u.total(),
+        consecutive_failures: h.consecutive_failures,
+        last_error: h.last_error,
+        last_check: h.last_check.map(|c| CheckStatus {
+            at: rfc3339(c.at),
+            ok: c.ok,
+            detail: c.detail,
+            took_ms: (c.took.as_secs_f64() * 1e6).round() / 1e3,
+        }),
+        last_change: h.last_change.map(rfc3339),
+        consecutive_successes: h.consecutive_successes,
+        retry_in_ms: h
+            .retry_in
+            .filter(|_| passive)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        bytes_to_upstream: load(&u.bytes_to_upstream),
+        bytes_to_client: load(&u.bytes_to_client),
+    }
+}
+
+fn client_statuses(g: &Generation) -> Vec<ClientStatus> {
+    g.config
         .clients
         .iter()
         .filter_map(|c| {
@@ -374,20 +415,7 @@ pub fn status(server: &Server) -> Status {
                 refused: s.refused(),
             })
         })
-        .collect();
-    Status {
-        state: if server.is_draining() { "draining" } else { "serving" },
-        uptime_seconds: server.uptime().as_secs(),
-        connections: ConnectionStatus {
-            active: load(&m.active),
-            accepted: load(&m.accepted),
-            proxied: load(&m.proxied),
-            handshake_failures: m.handshake_failures(),
-            refused: m.refused(),
-        },
-        apps,
-        clients,
-    }
+        .collect()
 }
 
 #[cfg(test)]

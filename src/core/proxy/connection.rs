@@ -1,66 +1,48 @@
-//! One client connection, start to end: mTLS handshake with the app chosen
-//! by listener + SNI (decided by the app's gate), per-client limits,
-//! least-connections upstream with retries, relay, one access-log line.
+//! One client connection, start to end: the handshake (see
+//! [`handshake`](super::handshake)), then admission by the client's limits,
+//! connect to the least-loaded healthy upstream with retries, relay, close,
+//! and one access-log line.
 //!
 //! Promises: every network wait has a timeout (handshake, connect, idle);
-//! an unauthorized client gets a TLS alert and never reaches an upstream;
 //! a failed handshake lingers briefly so its alert arrives (never a bare
 //! reset); a limited client is closed before any upstream is contacted;
 //! when every upstream of the app is DOWN the client is refused at once;
 //! an admitted connection is registered for reload re-checks and closed at
 //! its certificate's expiry (unless `keep_deauthorized`) or after
 //! `max_lifetime`; per-client and per-upstream slots are released on every
-//! exit path (drop guards).
+//! exit path (drop guards). Every log line of the connection is in its
+//! `conn` span (`peer`, then `identity` and `app` once known), except the
+//! access log, which carries those fields itself; the span is entered
+//! around the handshake, the upstream connect and each log line, never
+//! while relaying (entering a span costs the subscriber a lookup).
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncWriteExt, FutureExt};
-use futures_rustls::LazyConfigAcceptor;
-use rustls::ServerConfig;
-use smol::channel;
-use tracing::{debug, info, warn};
+use smol::{Async, channel};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::core::config::Timeouts;
-use crate::core::ops::metrics::{HandshakeFailureKind, Refusal};
 use crate::core::pool::balancer::{Balancer, Upstream, UpstreamGuard};
 use crate::core::pool::health;
+use crate::core::proxy::admission::Slot;
+use crate::core::proxy::generation::{AppRuntime, Generation};
+use crate::core::proxy::handshake::{ClientTls, DECODE_ERROR_ALERT, HandshakeFailure, Handshaken, handshake};
+use crate::core::proxy::linger::close_and_drain;
+use crate::core::proxy::outcome::{HandshakeFailureKind, Refusal};
+use crate::core::proxy::registry::{Open, Tracked};
 use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
-use crate::core::proxy::server::{Accepted, AppRuntime, Generation, ListenerApps, Open, Server, Slot};
+use crate::core::proxy::server::Server;
 use crate::core::rt::log::escaped;
-use crate::core::rt::net::TcpConn;
+use crate::core::rt::net::{TcpConn, is_disconnect};
 use crate::core::rt::timeout;
 use crate::core::tls;
 use crate::core::tls::gate::{self, CloseReason};
-use crate::core::tls::identity;
-
-/// The handshake did not complete.
-#[derive(Debug)]
-pub struct HandshakeFailure {
-    pub kind: HandshakeFailureKind,
-    pub detail: String,
-    /// No alert was sent (rustls gives none for a ClientHello over its
-    /// buffer, and a few others: see `unanswered_by_rustls`): the caller
-    /// sends `decode_error` before closing.
-    pub unanswered: bool,
-}
-
-type ClientTls<'c> = futures_rustls::server::TlsStream<&'c mut TcpConn>;
-
-struct Handshaken<'c> {
-    /// Boxed so moves of it stay pointer-sized in the connection task.
-    tls: Box<ClientTls<'c>>,
-    app: Arc<AppRuntime>,
-    identity: String,
-    not_after: Option<SystemTime>,
-    sni: Option<String>,
-}
 
 /// Serves one accepted connection; `slot` holds its `[limits]` share.
 /// `generation` is the one current at accept.
@@ -68,7 +50,7 @@ pub(super) async fn handle(
     server: Arc<Server>,
     generation: Arc<Generation>,
     mut slot: Slot,
-    stream: Accepted,
+    stream: Async<TcpStream>,
     local: SocketAddr,
     peer: SocketAddr,
 ) {
@@ -77,25 +59,23 @@ pub(super) async fn handle(
     let Some(apps) = generation.listeners.get(&local) else {
         return;
     };
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        identity = tracing::field::Empty,
+        app = tracing::field::Empty
+    );
     let mut conn = TcpConn::new(stream);
-    let result = timeout(timeouts.handshake, handshake(&mut conn, apps, &generation.reject)).await;
+    let result = timeout(timeouts.handshake, handshake(&mut conn, apps, &generation.reject))
+        .instrument(span.clone())
+        .await;
     slot.handshake_done();
     let hs = match result {
         Ok(Ok(hs)) => hs,
-        Ok(Err(f)) => {
-            server.metrics.count_handshake_failure(f.kind);
-            info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail);
-            if f.unanswered {
-                let _ = timeout(Duration::from_secs(1), conn.write_all(&DECODE_ERROR_ALERT)).await;
-            }
-            if f.kind != HandshakeFailureKind::Eof {
-                close_and_drain_boxed(&mut conn).await;
-            }
-            return;
-        }
+        Ok(Err(f)) => return handshake_failed(&server, f, &mut conn, local, peer, &span).await,
         Err(_) => {
             server.metrics.count_handshake_failure(HandshakeFailureKind::Timeout);
-            info!(%peer, %local, reason = HandshakeFailureKind::Timeout.label(), "handshake failed: not completed within {:?}", timeouts.handshake);
+            span.in_scope(|| info!(%peer, %local, reason = HandshakeFailureKind::Timeout.label(), "handshake failed: not completed within {:?}", timeouts.handshake));
             return;
         }
     };
@@ -106,33 +86,11 @@ pub(super) async fn handle(
         not_after,
         sni,
     } = hs;
-    let handshake_done = started.elapsed();
-    server.metrics.handshake_seconds.observe(handshake_done);
-    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    if resumed {
-        server.metrics.resumed.fetch_add(1, Ordering::Relaxed);
-    }
-    app.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-    let _app_active = ActiveGuard::new(&app.stats.active);
-    debug!(%peer, identity = %escaped(&identity), app = %app.name, resumed, "handshake done in {handshake_done:?}");
-
+    span.record("identity", tracing::field::display(escaped(&identity)));
+    span.record("app", tracing::field::display(&app.name));
+    let _app_active = span.in_scope(|| admitted(&server, &app, &tls, &identity, started, peer));
     // Registered for reload re-checks until this function returns.
-    let (kill_tx, kill_rx) = channel::bounded::<CloseReason>(1);
-    let chain = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
-    let _tracked = server.track(
-        Open {
-            app: app.name.clone(),
-            identity: identity.clone(),
-            chain,
-            kill: kill_tx,
-        },
-        &generation,
-    );
+    let (_tracked, kill_rx) = span.in_scope(|| register(&server, &generation, &app, &tls, &identity));
     let keep = generation.config.tls.keep_deauthorized;
     let deadline = gate::deadline(
         not_after.filter(|_| !keep),
@@ -150,26 +108,78 @@ pub(super) async fn handle(
         started,
         moved: Transferred::default(),
     };
-    let proxied = proxy(&server, &generation, &app, &mut tls, &mut log, deadline);
+    let proxied = proxy(&server, &generation, &app, &mut tls, &mut log, deadline, &span);
     let killed = async { kill_rx.recv().await.map_or(Outcome::Gone, Outcome::Closed) };
-    match proxied.or(killed).await {
-        Outcome::Refused(r) => {
-            server.metrics.count_refusal(r);
-            log.close(r.access_reason());
-            close_and_drain_boxed(&mut *tls).await;
-        }
-        Outcome::Relayed(reason) => log.close(&reason),
-        Outcome::Closed(reason) => {
-            server.metrics.count_closed(reason);
-            if reason != CloseReason::MaxLifetime {
-                info!(%peer, identity = %escaped(&identity), app = %app.name, reason = reason.label(), "connection closed by the gate");
-            }
-            log.close(reason.label());
-            let _ = timeout(Duration::from_millis(100), tls.close()).await;
-        }
-        Outcome::Gone => log.close("done"),
-    }
+    let outcome = proxied.or(killed).await;
+    finish(&server, outcome, &mut tls, &log, &span).await;
     server.metrics.connection_seconds.observe(started.elapsed());
+}
+
+/// Counts a failed handshake, logs it, and closes: with `decode_error`
+/// first when rustls sent no alert, lingering unless the client is gone.
+async fn handshake_failed(
+    server: &Server,
+    f: HandshakeFailure,
+    conn: &mut TcpConn,
+    local: SocketAddr,
+    peer: SocketAddr,
+    span: &Span,
+) {
+    server.metrics.count_handshake_failure(f.kind);
+    span.in_scope(|| info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail));
+    if f.unanswered {
+        let _ = timeout(Duration::from_secs(1), conn.write_all(&DECODE_ERROR_ALERT)).await;
+    }
+    if f.kind != HandshakeFailureKind::Eof {
+        close_and_drain(conn).await;
+    }
+}
+
+/// Counts a completed handshake; the returned guard holds the app's
+/// "open now" share.
+fn admitted<'a>(
+    server: &Server,
+    app: &'a AppRuntime,
+    tls: &ClientTls<'_>,
+    identity: &str,
+    started: Instant,
+    peer: SocketAddr,
+) -> ActiveGuard<'a> {
+    let handshake_done = started.elapsed();
+    server.metrics.handshake_seconds.observe(handshake_done);
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if resumed {
+        server.metrics.resumed.fetch_add(1, Ordering::Relaxed);
+    }
+    app.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+    let active = ActiveGuard::new(&app.stats.active);
+    debug!(%peer, identity = %escaped(identity), app = %app.name, resumed, "handshake done in {handshake_done:?}");
+    active
+}
+
+/// Registers the connection for reload re-checks; the receiver says when
+/// (and why) it must close.
+fn register(
+    server: &Server,
+    generation: &Arc<Generation>,
+    app: &AppRuntime,
+    tls: &ClientTls<'_>,
+    identity: &str,
+) -> (Tracked, channel::Receiver<CloseReason>) {
+    let (kill_tx, kill_rx) = channel::bounded::<CloseReason>(1);
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    let open = Open {
+        app: app.name.clone(),
+        identity: identity.to_owned(),
+        chain,
+        kill: kill_tx,
+    };
+    (server.track(open, generation), kill_rx)
 }
 
 /// How the part after the handshake ended.
@@ -185,6 +195,27 @@ enum Outcome {
     Gone,
 }
 
+/// Counts how the connection ended, writes the access log, and closes.
+async fn finish(server: &Server, outcome: Outcome, tls: &mut ClientTls<'_>, log: &AccessLog<'_>, span: &Span) {
+    match outcome {
+        Outcome::Refused(r) => {
+            server.metrics.count_refusal(r);
+            log.close(r.access_reason());
+            close_and_drain(tls).await;
+        }
+        Outcome::Relayed(reason) => log.close(&reason),
+        Outcome::Closed(reason) => {
+            server.metrics.count_closed(reason);
+            if reason != CloseReason::MaxLifetime {
+                span.in_scope(|| info!(peer = %log.peer, identity = %escaped(log.identity), app = %log.app, reason = reason.label(), "connection closed by the gate"));
+            }
+            log.close(reason.label());
+            let _ = timeout(Duration::from_millis(100), tls.close()).await;
+        }
+        Outcome::Gone => log.close("done"),
+    }
+}
+
 /// Limits, upstream connect with retries, relay, passive health verdicts.
 async fn proxy(
     server: &Server,
@@ -193,6 +224,7 @@ async fn proxy(
     tls: &mut ClientTls<'_>,
     log: &mut AccessLog<'_>,
     deadline: Option<(Instant, CloseReason)>,
+    span: &Span,
 ) -> Outcome {
     let timeouts = generation.config.timeouts;
     // Limits: before any upstream is contacted. (An identity the gate
@@ -206,7 +238,8 @@ async fn proxy(
         Ok(slot) => slot,
         Err(r) => return Outcome::Refused(r),
     };
-    let (mut guard, upstream_stream) = match connect_upstream(&app.balancer, timeouts).await {
+    let connected = connect_upstream(&app.balancer, timeouts).instrument(span.clone()).await;
+    let (mut guard, upstream_stream) = match connected {
         Ok(x) => x,
         Err(r) => return Outcome::Refused(r), // `slot` drops: not held while the refusal lingers
     };
@@ -228,25 +261,7 @@ async fn proxy(
         RelayEnd::Error(Side::B, e) => Outcome::Relayed(format!("upstream_error: {e}").into()),
     };
     if log.moved.b_to_a == 0 {
-        // The upstream never answered. A reset is a passive failure (an
-        // upstream that accepts and dies), like a refused connect; so is
-        // a half-open trial the upstream closed although the client had
-        // spoken (a proxy in front of a dead backend). Otherwise the
-        // guard's drop leaves a trial without a verdict.
-        let reset = matches!(&end, RelayEnd::Error(Side::B, e) if matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
-        ));
-        let silent_trial = guard.is_trial() && log.moved.a_to_b > 0 && matches!(end, RelayEnd::Done);
-        if reset || silent_trial {
-            let what = if reset {
-                "reset before any byte"
-            } else {
-                "closed before any byte"
-            };
-            let n = app.balancer.failed(&mut guard, what);
-            warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream {what}");
-        }
+        span.in_scope(|| judge_silent_upstream(app, &mut guard, &end, log.moved));
     }
     upstream
         .bytes_to_upstream
@@ -255,6 +270,26 @@ async fn proxy(
     drop(guard);
     drop(slot);
     outcome
+}
+
+/// The upstream never answered (`moved.b_to_a == 0`). A reset is a passive
+/// failure (an upstream that accepts and dies), like a refused connect; so
+/// is a half-open trial the upstream closed although the client had spoken
+/// (a proxy in front of a dead backend). Otherwise the guard's drop leaves
+/// a trial without a verdict.
+fn judge_silent_upstream(app: &AppRuntime, guard: &mut UpstreamGuard, end: &RelayEnd, moved: Transferred) {
+    let reset = matches!(end, RelayEnd::Error(Side::B, e) if is_disconnect(e));
+    let silent_trial = guard.is_trial() && moved.a_to_b > 0 && matches!(end, RelayEnd::Done);
+    if reset || silent_trial {
+        let what = if reset {
+            "reset before any byte"
+        } else {
+            "closed before any byte"
+        };
+        let n = app.balancer.failed(guard, what);
+        let upstream = guard.upstream();
+        warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream {what}");
+    }
 }
 
 /// The upstream side of a relay: the first byte the upstream sends is
@@ -270,7 +305,7 @@ impl futures_lite::AsyncRead for Answered<'_> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut [u8],
-    ) -> std::task::Poll<io::Result<usize>> {
+    ) -> std::task::Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.conn).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &r
             && *n > 0
@@ -287,13 +322,13 @@ impl futures_lite::AsyncWrite for Answered<'_> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
+    ) -> std::task::Poll<std::io::Result<usize>> {
         Pin::new(&mut self.conn).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         Pin::new(&mut self.conn).poll_flush(cx)
     }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         Pin::new(&mut self.conn).poll_close(cx)
     }
 }
@@ -314,7 +349,9 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// One access-log line at close.
+/// One access-log line at close. It carries the connection's fields itself
+/// (it is written outside the connection's span): one self-contained
+/// record per connection.
 struct AccessLog<'a> {
     peer: SocketAddr,
     identity: &'a str,
@@ -341,186 +378,6 @@ impl AccessLog<'_> {
             reason,
             "access"
         );
-    }
-}
-
-/// The handshake, on the heap: its state (acceptor, buffers, verifier
-/// calls) is only needed until it completes, and inline it would size every
-/// connection task, idle ones included.
-fn handshake<'c>(
-    conn: &'c mut TcpConn,
-    apps: &'c ListenerApps,
-    reject: &'c Arc<ServerConfig>,
-) -> Pin<Box<dyn Future<Output = Result<Handshaken<'c>, HandshakeFailure>> + Send + 'c>> {
-    Box::pin(handshake_inline(conn, apps, reject))
-}
-
-/// A plaintext fatal `decode_error` alert record (before any key exists).
-const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
-
-async fn handshake_inline<'c>(
-    conn: &'c mut TcpConn,
-    apps: &'c ListenerApps,
-    reject: &'c Arc<ServerConfig>,
-) -> Result<Handshaken<'c>, HandshakeFailure> {
-    let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn).await {
-        Ok(start) => start,
-        Err(e) => {
-            // Where rustls refuses the first flight without an alert, send
-            // decode_error ourselves, so no client sees a bare close or reset.
-            if unanswered_by_rustls(&e) {
-                return Err(HandshakeFailure {
-                    kind: HandshakeFailureKind::NotTls,
-                    detail: format!("ClientHello too large or malformed ({e}); sent decode_error"),
-                    unanswered: true,
-                });
-            }
-            return Err(classify_io(e));
-        }
-    };
-    let sni = start.client_hello().server_name().map(str::to_owned);
-    let Some(app) = apps.select(sni.as_deref()).cloned() else {
-        // Complete the refusal with an alert (access_denied) rather than a bare close.
-        let _ = start.into_stream(reject.clone()).into_fallible().await;
-        return Err(HandshakeFailure {
-            kind: HandshakeFailureKind::UnknownSni,
-            detail: format!(
-                "no app for server name {:?} on this listener",
-                sni.as_deref().unwrap_or("")
-            ),
-            unanswered: false,
-        });
-    };
-    let mut accept = start.into_stream(app.server_config.clone()).into_fallible();
-    // Poll the handshake ourselves so a denial recorded by the verifier is
-    // read in the same poll that returns the error (see gate::take_denial).
-    let result = std::future::poll_fn(|cx| {
-        gate::clear_denial();
-        match Pin::new(&mut accept).poll(cx) {
-            std::task::Poll::Ready(Err((e, _io))) => std::task::Poll::Ready(Err((e, gate::take_denial()))),
-            std::task::Poll::Ready(Ok(s)) => std::task::Poll::Ready(Ok(s)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
-    .await;
-    let tls = match result {
-        Ok(s) => s,
-        Err((_, Some(denial))) => {
-            return Err(HandshakeFailure {
-                kind: HandshakeFailureKind::Unauthorized,
-                detail: denial.to_string(),
-                unanswered: false,
-            });
-        }
-        Err((e, None)) => return Err(classify_io(e)),
-    };
-    // Admitted by the gate: in the verifier (full handshake) or in the
-    // ticket check (resumption). Read the identity and expiry once.
-    let session = tls.get_ref().1;
-    let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
-        return Err(HandshakeFailure {
-            kind: HandshakeFailureKind::NoCertificate,
-            detail: "no client certificate on the session".into(),
-            unanswered: false,
-        });
-    };
-    let Some((Some(identity), not_after)) = identity::parsed(cert, |c| (identity::cn_of(c), identity::not_after_of(c)))
-    else {
-        let denial = app.gate.policy.no_identity();
-        return Err(HandshakeFailure {
-            kind: HandshakeFailureKind::Unauthorized,
-            detail: denial.to_string(),
-            unanswered: false,
-        });
-    };
-    Ok(Handshaken {
-        tls: Box::new(tls),
-        app,
-        identity,
-        not_after,
-        sni,
-    })
-}
-
-/// Whether rustls's acceptor refused the client's first flight without
-/// queuing an alert. It answers most malformed ClientHellos with one, but
-/// (rustls 0.23) not: a ClientHello over its 64 KiB buffer ("message buffer
-/// full", an I/O error with no rustls error inside), a handshake header
-/// claiming more than 64 KiB, a first record that is not a handshake
-/// (application data, alert, change_cipher_spec), a first handshake
-/// message that is not a ClientHello, or another record interleaved with a
-/// fragmented ClientHello.
-fn unanswered_by_rustls(e: &io::Error) -> bool {
-    use rustls::{Error as TE, InvalidMessage as IM, PeerMisbehaved as PM};
-    if e.kind() != io::ErrorKind::InvalidData {
-        return false;
-    }
-    match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
-        None => true,
-        Some(
-            TE::InvalidMessage(IM::HandshakePayloadTooLarge)
-            | TE::InappropriateMessage { .. }
-            | TE::InappropriateHandshakeMessage { .. }
-            | TE::PeerMisbehaved(PM::MessageInterleavedWithHandshakeMessage),
-        ) => true,
-        Some(_) => false,
-    }
-}
-
-/// Closes a connection that will not be relayed: after a failed handshake
-/// (the alert is already written) or a refusal after it (close_notify +
-/// FIN), then discards what the client still sends for a moment, so it sees
-/// the alert or a clean "closed before any reply" instead of a reset (the
-/// kernel resets a connection closed with unread data). Boxed: a rare path
-/// whose state would otherwise size every connection task, idle ones too.
-fn close_and_drain_boxed<'s, S>(io: &'s mut S) -> Pin<Box<dyn Future<Output = ()> + Send + 's>>
-where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + ?Sized,
-{
-    Box::pin(close_and_drain(io))
-}
-
-/// Closes the write side (at most 1 s), then reads and discards up to
-/// 64 KiB for at most 1 s.
-async fn close_and_drain<S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + ?Sized>(io: &mut S) {
-    use futures_lite::AsyncReadExt;
-    const LINGER: Duration = Duration::from_secs(1);
-    const MAX_DISCARD: usize = 64 * 1024;
-    let _ = timeout(LINGER, io.close()).await;
-    let _ = timeout(LINGER, async {
-        let mut scratch = [0u8; 2048];
-        let mut total = 0;
-        while total < MAX_DISCARD {
-            match io.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-}
-
-fn classify_io(e: io::Error) -> HandshakeFailure {
-    use HandshakeFailureKind as K;
-    use rustls::{CertificateError as CE, Error as TE};
-    let detail = tls::describe_tls_error(&e);
-    let kind = match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
-        Some(TE::NoCertificatesPresented) => K::NoCertificate,
-        Some(TE::InvalidCertificate(CE::ApplicationVerificationFailure)) => K::Unauthorized,
-        Some(TE::InvalidCertificate(_)) | Some(TE::InvalidCertRevocationList(_)) => K::BadCertificate,
-        Some(TE::PeerIncompatible(_)) => K::Protocol,
-        Some(TE::InvalidMessage(_))
-        | Some(TE::InappropriateHandshakeMessage { .. })
-        | Some(TE::InappropriateMessage { .. }) => K::NotTls,
-        Some(TE::AlertReceived(_)) => K::ClientAlert,
-        Some(_) => K::Other,
-        None if e.kind() == io::ErrorKind::UnexpectedEof => K::Eof,
-        None => K::Other,
-    };
-    HandshakeFailure {
-        kind,
-        detail,
-        unanswered: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::core::config::{Client, Limits};
-use crate::core::ops::metrics::Refusal;
+use crate::core::proxy::outcome::Refusal;
 
 #[derive(Debug)]
 struct Bucket {

@@ -1,7 +1,28 @@
-//! The data path: listeners, the per-connection path (handshake, admission,
-//! connect, relay, close), per-client limits.
+//! The data path, in the order a connection meets it, each module using
+//! only those above it:
+//!
+//! - [`outcome`]: why a connection ended short of a relay (fixed enums);
+//! - [`stats`]: the counters the data path records;
+//! - [`limiter`]: per-client limits; [`relay`]: the byte relay;
+//!   [`listener`]: binding and accepting; [`linger`]: closing without a reset;
+//! - [`generation`]: what one config builds, swapped whole on reload;
+//! - [`registry`]: open connections, for reload re-checks;
+//! - [`server`]: the balancer's state, reloads;
+//! - [`admission`]: the `[limits]` caps at accept;
+//! - [`handshake`]: the mTLS handshake, app chosen by SNI;
+//! - [`connection`]: one connection, accept to access log;
+//! - [`serve`]: [`Server::run`](server::Server::run), the accept loops and the drain.
 
+pub mod admission;
 pub mod connection;
+pub mod generation;
+pub mod handshake;
 pub mod limiter;
+pub mod linger;
+pub mod listener;
+pub mod outcome;
+pub mod registry;
 pub mod relay;
+pub mod serve;
 pub mod server;
+pub mod stats;

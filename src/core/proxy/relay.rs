@@ -19,11 +19,13 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use smol::Timer;
+
+use crate::core::rt::net::is_disconnect;
 
 /// Size of one relay buffer: four maximal TLS records of plaintext, so a
 /// bulk transfer makes one syscall per 64 KiB on the plain side and one
@@ -115,40 +117,10 @@ impl Pipe {
                 return Poll::Ready(Ok(()));
             }
             // 1. Drain what we hold.
-            while self.pos < self.len {
-                let Some(buf) = self.buf.as_ref() else { break };
-                match Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.len]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err((false, io::ErrorKind::WriteZero.into())));
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.pos += n;
-                        self.moved += n as u64;
-                        self.need_flush = true;
-                        *progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            ready!(self.poll_drain(cx, w, progress))?;
             // 2. Reader finished: flush and shut the writer down.
             if self.read_eof {
-                if let Some(b) = self.buf.take() {
-                    give_buf(b);
-                }
-                match Pin::new(&mut *w).poll_close(cx) {
-                    Poll::Ready(Ok(())) => {
-                        self.done = true;
-                        return Poll::Ready(Ok(()));
-                    }
-                    // The peer may already be gone; its own direction reports that.
-                    Poll::Ready(Err(e)) if is_disconnect(&e) => {
-                        self.done = true;
-                        return Poll::Ready(Ok(()));
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
-                    Poll::Pending => return Poll::Pending,
-                }
+                return self.poll_shutdown(cx, w);
             }
             if budget == 0 {
                 // Let other tasks run; come back at once.
@@ -156,52 +128,130 @@ impl Pipe {
                 return Poll::Pending;
             }
             // 3. Read more.
-            let buf = self.buf.get_or_insert_with(take_buf);
-            match Pin::new(&mut *r).poll_read(cx, buf) {
-                Poll::Ready(Ok(0)) => {
-                    self.read_eof = true;
-                }
-                Poll::Ready(Ok(n)) => {
-                    self.pos = 0;
-                    self.len = n;
-                    budget = budget.saturating_sub(n);
-                    *progress = true;
-                    // Gather what is already queued behind a full record, so
-                    // the other side gets one larger write instead of several.
-                    let mut last = n;
-                    while last >= RECORD && buf.len() - self.len >= RECORD {
-                        match Pin::new(&mut *r).poll_read(cx, &mut buf[self.len..]) {
-                            Poll::Ready(Ok(0)) => {
-                                self.read_eof = true;
-                                break;
-                            }
-                            Poll::Ready(Ok(m)) => {
-                                self.len += m;
-                                budget = budget.saturating_sub(m);
-                                last = m;
-                            }
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
-                            Poll::Pending => break,
-                        }
-                    }
-                }
+            match self.poll_fill(cx, r, &mut budget, progress) {
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
-                Poll::Pending => {
-                    // Nothing in flight: give the buffer back while idle.
-                    if let Some(b) = self.buf.take() {
-                        give_buf(b);
-                    }
-                    if self.need_flush {
-                        match Pin::new(&mut *w).poll_flush(cx) {
-                            Poll::Ready(Ok(())) => self.need_flush = false,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
-                            Poll::Pending => {}
-                        }
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.poll_idle(cx, w),
             }
         }
+    }
+
+    /// Writes what the buffer holds; Ready(Ok) once it is all written.
+    #[inline]
+    fn poll_drain<W>(&mut self, cx: &mut Context<'_>, w: &mut W, progress: &mut bool) -> Poll<PipeResult>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        while self.pos < self.len {
+            let Some(buf) = self.buf.as_ref() else { break };
+            match Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.len]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err((false, io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pos += n;
+                    self.moved += n as u64;
+                    self.need_flush = true;
+                    *progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// After the reader's EOF: gives the buffer back and shuts the writer
+    /// down; Ready(Ok) once this direction is done.
+    #[inline]
+    fn poll_shutdown<W>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<PipeResult>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if let Some(b) = self.buf.take() {
+            give_buf(b);
+        }
+        match Pin::new(&mut *w).poll_close(cx) {
+            Poll::Ready(Ok(())) => {
+                self.done = true;
+                Poll::Ready(Ok(()))
+            }
+            // The peer may already be gone; its own direction reports that.
+            Poll::Ready(Err(e)) if is_disconnect(&e) => {
+                self.done = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err((false, e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads into the (empty) buffer, then, behind a full record, what is
+    /// already queued, so the other side gets one larger write instead of
+    /// several. Ready(Ok) when something was read or EOF was seen.
+    #[inline]
+    fn poll_fill<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        budget: &mut usize,
+        progress: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let buf = self.buf.get_or_insert_with(take_buf);
+        let n = match Pin::new(&mut *r).poll_read(cx, buf) {
+            Poll::Ready(Ok(0)) => {
+                self.read_eof = true;
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.pos = 0;
+        self.len = n;
+        *budget = budget.saturating_sub(n);
+        *progress = true;
+        let mut last = n;
+        while last >= RECORD && buf.len() - self.len >= RECORD {
+            match Pin::new(&mut *r).poll_read(cx, &mut buf[self.len..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.read_eof = true;
+                    break;
+                }
+                Poll::Ready(Ok(m)) => {
+                    self.len += m;
+                    *budget = budget.saturating_sub(m);
+                    last = m;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Nothing to read now and nothing in flight: gives the buffer back
+    /// while idle and flushes what was written. Pending unless the flush
+    /// fails.
+    #[inline]
+    fn poll_idle<W>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<PipeResult>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if let Some(b) = self.buf.take() {
+            give_buf(b);
+        }
+        if self.need_flush {
+            match Pin::new(&mut *w).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 
     fn release(&mut self) {
@@ -215,13 +265,6 @@ impl Drop for Pipe {
     fn drop(&mut self) {
         self.release();
     }
-}
-
-fn is_disconnect(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    )
 }
 
 /// Relays between `a` and `b` until both directions end, one side fails,

@@ -1,15 +1,21 @@
-//! Log-line helpers used on the data path: escaping names taken from the
-//! network, and throttling repeated warnings.
+//! Log-line hygiene every layer shares: text taken from the network is
+//! escaped before it is logged, and a repeated event is logged at most once
+//! per interval, the next line saying how many it stands for.
 //!
-//! Promises: an escaped name holds no control character; a throttled event
-//! writes at most one line per interval and counts the rest.
+//! Promises: [`escaped`] borrows plain text (no allocation unless a control
+//! character is present); [`Throttle`] holds its lock for a comparison and
+//! two stores only.
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// `s` for a text log line: control characters (newline, ESC, ...) are
 /// written as escapes (`\n`, `\u{1b}`), so a name taken from a certificate
 /// or a ClientHello cannot forge or hide log lines. Plain text is borrowed.
-pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+pub fn escaped(s: &str) -> Cow<'_, str> {
     if !s.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(s);
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
@@ -19,28 +25,28 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
             out.push(c);
         }
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// At most one log line per `every` for a repeated event; the others are
 /// counted, so the next line can say how many it stands for.
 #[derive(Debug)]
 pub struct Throttle {
-    every: std::time::Duration,
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    every: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Throttle {
-    pub const fn new(every: std::time::Duration) -> Throttle {
+    pub const fn new(every: Duration) -> Throttle {
         Throttle {
             every,
-            state: std::sync::Mutex::new((None, 0)),
+            state: Mutex::new((None, 0)),
         }
     }
 
     /// `Some(n)` when a line may be written at `now` (`n` events were
     /// suppressed since the last line); `None` when this one is counted only.
-    pub fn allow(&self, now: std::time::Instant) -> Option<u64> {
+    pub fn allow(&self, now: Instant) -> Option<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match st.0 {
             Some(last) if now.saturating_duration_since(last) < self.every => {
@@ -57,7 +63,7 @@ impl Throttle {
 
     /// Events suppressed since the last line, if any and if a line may be
     /// written at `now` (for a periodic summary).
-    pub fn flush(&self, now: std::time::Instant) -> Option<u64> {
+    pub fn flush(&self, now: Instant) -> Option<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match st.0 {
             Some(last) if st.1 > 0 && now.saturating_duration_since(last) >= self.every => {

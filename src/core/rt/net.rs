@@ -82,3 +82,18 @@ pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
         v4 => v4,
     }
 }
+
+/// The peer went away: reset, aborted, broken pipe, not connected, or EOF
+/// in the middle of a stream (a TLS peer gone without close_notify). The
+/// one "peer disconnected" test: relay shutdowns, upstreams that die before
+/// answering, clients refused without a reply.
+pub fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+    )
+}

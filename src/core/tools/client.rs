@@ -14,7 +14,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use crate::core::rt::net::TcpConn;
+use crate::core::rt::net::{TcpConn, is_disconnect};
 use crate::core::rt::timeout;
 use crate::core::tls::{ClientTlsFiles, client_config, describe_tls_error};
 
@@ -158,14 +158,6 @@ pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
     }
 }
 
-/// The peer went away (EOF without close_notify, reset, broken pipe).
-fn is_closed(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
-}
-
 /// Sends `message`, half-closes, and returns everything received until EOF.
 /// An empty reply to a non-empty message, or EOF without close_notify
 /// before any byte, is [`ClientError::ClosedBeforeReply`].
@@ -186,7 +178,7 @@ pub async fn exchange(opts: &ClientOptions, message: &[u8], read_timeout: Durati
             return Err(match tls.read(&mut probe).await {
                 Err(read_err) => match io_err(read_err) {
                     refused @ ClientError::TlsRefused { .. } => refused,
-                    _ if is_closed(&e) => ClientError::ClosedBeforeReply { addr },
+                    _ if is_disconnect(&e) => ClientError::ClosedBeforeReply { addr },
                     _ => io_err(e),
                 },
                 Ok(0) => ClientError::ClosedBeforeReply { addr },
@@ -196,7 +188,7 @@ pub async fn exchange(opts: &ClientOptions, message: &[u8], read_timeout: Durati
         match tls.read_to_end(&mut out).await {
             Ok(_) => Ok(()),
             // Other balancers reset or close without close_notify when they refuse.
-            Err(e) if is_closed(&e) && out.is_empty() => Err(ClientError::ClosedBeforeReply { addr }),
+            Err(e) if is_disconnect(&e) && out.is_empty() => Err(ClientError::ClosedBeforeReply { addr }),
             Err(e) => Err(io_err(e)),
         }
     };

@@ -10,12 +10,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use smol::{Async, Executor, Timer};
+use smol::{Async, Executor};
+use tracing::debug;
 
+use crate::core::proxy::listener::Listener;
+use crate::core::rt::log::Throttle;
 use crate::core::rt::timeout;
-use tracing::{debug, warn};
 
 /// How one echo server behaves.
 #[derive(Debug, Clone)]
@@ -36,28 +38,19 @@ pub async fn serve_echo<S>(
 where
     S: std::future::Future<Output = ()>,
 {
-    listener
-        .set_nonblocking(true)
-        .context("setting the listener non-blocking")?;
-    let listener = Async::new(listener).context("registering the listener")?;
+    let listener = Listener::new(listener)?;
     let opts = Arc::new(opts);
+    let accept_errors = Throttle::new(Duration::from_secs(1));
     let accept = async {
         loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let opts = opts.clone();
-                    ex.spawn(async move {
-                        if let Err(e) = echo(stream, peer, &opts).await {
-                            debug!(name = %opts.name, %peer, "echo connection ended: {e}");
-                        }
-                    })
-                    .detach();
+            let (stream, peer) = listener.accept(&accept_errors).await;
+            let opts = opts.clone();
+            ex.spawn(async move {
+                if let Err(e) = echo(stream, peer, &opts).await {
+                    debug!(name = %opts.name, %peer, "echo connection ended: {e}");
                 }
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    Timer::after(Duration::from_millis(50)).await;
-                }
-            }
+            })
+            .detach();
         }
     };
     accept.or(shutdown).await;

@@ -17,8 +17,10 @@ use anyhow::{Context, Result, anyhow};
 use smol::channel;
 
 use crate::core::config::Config;
+use crate::core::ops::admin;
 use crate::core::pki::{InitOptions, KeyType, Pki};
-use crate::core::proxy::server::{Server, bind_listener};
+use crate::core::proxy::listener::bind_listener;
+use crate::core::proxy::server::Server;
 use crate::core::rt::Runtime;
 use crate::core::rt::clock::Clock;
 use crate::core::tls::ClientTlsFiles;
@@ -203,8 +205,8 @@ impl Lab {
                         })
                         .detach();
                     }
-                    let listeners = std::iter::once(listener).chain(admin_listener).collect();
-                    srv.run(&ex, listeners, async move {
+                    let _admin = admin_listener.map(|l| admin::spawn(&srv, &ex, l)).transpose()?;
+                    srv.run(&ex, vec![listener], async move {
                         let _ = stop_rx.recv().await;
                     })
                     .await

@@ -1,0 +1,205 @@
+//! Serving: [`Server::run`] accepts on the app listeners, applies the
+//! `[limits]` caps at accept, spawns one task per admitted connection, runs
+//! the active health checks of the current generation (restarting them on
+//! reload), and drains on shutdown.
+//!
+//! Promises: a connection over a cap is closed before any TLS work (see
+//! [`admission`](super::admission)); accept errors back off and are logged
+//! at most once a second (see [`listener`](super::listener)); a panicking
+//! connection task is logged and closed, never taking the server down;
+//! after shutdown, open connections get `timeouts.drain`, then are cut.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures_lite::FutureExt;
+use smol::{Executor, Task, Timer, channel};
+use tracing::{info, warn};
+
+use crate::core::pool::health;
+use crate::core::proxy::connection;
+use crate::core::proxy::generation::Generation;
+use crate::core::proxy::listener::Listener;
+use crate::core::proxy::server::Server;
+use crate::core::rt::timeout;
+
+/// How long connections still open after the drain get to notice the cut.
+const CUT_GRACE: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Serves `listeners` until `shutdown` resolves; then stops accepting,
+    /// lets open connections finish for `timeouts.drain`, and returns.
+    /// Each listener's local address must be an app's `listen` address
+    /// ([`Server::bind`] binds them). Active health checks run meanwhile.
+    /// The admin endpoint is the caller's: spawn `ops::admin::serve` next
+    /// to this (its `/healthz` reads [`Server::is_draining`]).
+    pub async fn run<S>(
+        self: &Arc<Self>,
+        ex: &Arc<Executor<'static>>,
+        listeners: Vec<TcpListener>,
+        shutdown: S,
+    ) -> Result<()>
+    where
+        S: Future<Output = ()>,
+    {
+        let generation = self.current();
+        log_limits(&generation);
+        // Open connections hold a sender; when all are dropped, `recv` ends.
+        let (conn_tx, conn_rx) = channel::bounded::<()>(1);
+        // Closing `hard_tx` cuts every connection still open after the drain.
+        let (hard_tx, hard_rx) = channel::bounded::<()>(1);
+        let (stop_tx, stop_rx) = channel::bounded::<()>(1);
+        let mut accepts = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let l = app_listener(&generation, l)?;
+            let accept = self
+                .clone()
+                .accept_loop(ex.clone(), l, conn_tx.clone(), hard_rx.clone());
+            let stop_rx = stop_rx.clone();
+            accepts.push(ex.spawn(accept.or(async move {
+                let _ = stop_rx.recv().await;
+            })));
+        }
+        drop(conn_tx);
+        let checks = ex.spawn(self.clone().supervise_health_checks(ex.clone()));
+        let summaries = ex.spawn(self.clone().log_summaries());
+        shutdown.await;
+        self.draining.store(true, Ordering::Relaxed);
+        drop(stop_tx);
+        for a in accepts {
+            a.await;
+        }
+        self.drain(conn_rx, hard_tx).await;
+        drop(checks);
+        drop(summaries);
+        info!("stopped");
+        Ok(())
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        ex: Arc<Executor<'static>>,
+        listener: Listener,
+        conn_tx: channel::Sender<()>,
+        hard_rx: channel::Receiver<()>,
+    ) {
+        let local = listener.local_addr();
+        loop {
+            let (stream, peer) = listener.accept(&self.accept_log).await;
+            self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            let generation = self.current();
+            let slot = match self.admit(&generation, peer) {
+                Ok(slot) => slot,
+                Err(cap) => {
+                    self.refused_at_accept(cap, peer);
+                    drop(stream);
+                    continue;
+                }
+            };
+            let held = conn_tx.clone();
+            let hard = hard_rx.clone();
+            let server = self.clone();
+            ex.spawn(async move {
+                let _held = held;
+                let work =
+                    std::panic::AssertUnwindSafe(connection::handle(server, generation, slot, stream, local, peer))
+                        .catch_unwind();
+                let cut = async {
+                    let _ = hard.recv().await;
+                    Ok(())
+                };
+                if work.or(cut).await.is_err() {
+                    tracing::error!(%peer, "connection task panicked (a bug); connection closed");
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Waits up to `timeouts.drain` for the open connections (holders of
+    /// `conn_rx`'s senders) to end; then cuts the rest by closing `hard_tx`.
+    async fn drain(&self, conn_rx: channel::Receiver<()>, hard_tx: channel::Sender<()>) {
+        let drain = self.current().config.timeouts.drain;
+        let open = self.metrics.active.load(Ordering::Relaxed);
+        if open > 0 {
+            info!("draining {open} open connection(s) for up to {drain:?}");
+        }
+        if timeout(drain, conn_rx.recv()).await.is_err() {
+            warn!(
+                "drain period over: closing {} connection(s)",
+                self.metrics.active.load(Ordering::Relaxed)
+            );
+            drop(hard_tx);
+            // Connections notice the closed channel at once; wait for them.
+            let _ = timeout(CUT_GRACE, conn_rx.recv()).await;
+        }
+    }
+
+    /// Runs the active checks of the current generation; on each reload,
+    /// cancels them and starts the new generation's (upstream state is kept).
+    async fn supervise_health_checks(self: Arc<Self>, ex: Arc<Executor<'static>>) {
+        loop {
+            let generation = self.current();
+            let mut tasks: Vec<Task<()>> = Vec::new();
+            for app in &generation.apps {
+                let policy = app.balancer.policy();
+                if policy.active.is_none() {
+                    continue;
+                }
+                for u in app.balancer.upstreams() {
+                    tasks.push(ex.spawn(health::check_loop(
+                        app.balancer.app().clone(),
+                        u.clone(),
+                        policy.clone(),
+                    )));
+                }
+            }
+            if self.reloaded_rx.recv().await.is_err() {
+                return;
+            }
+            drop(tasks);
+        }
+    }
+
+    /// Once a second: the summary of throttled log lines (caps, accept errors).
+    async fn log_summaries(self: Arc<Self>) {
+        loop {
+            Timer::after(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            self.log_cap_summary(now);
+            if let Some(n) = self.accept_log.flush(now) {
+                warn!("accept failed {n} more time(s) in the last second");
+            }
+        }
+    }
+}
+
+/// `l`, registered, if it listens on an app's address.
+fn app_listener(g: &Generation, l: TcpListener) -> Result<Listener> {
+    let l = Listener::new(l)?.with_exhausted_hint("raise the open-file limit or lower [limits] max_connections");
+    let addr = l.local_addr();
+    if !g.listeners.contains_key(&addr) {
+        bail!("listener {addr} is not the listen address of any [[app]] (serve [admin] listen with ops::admin::serve)");
+    }
+    info!("listening on {addr} (apps: {})", g.app_names_on(addr));
+    Ok(l)
+}
+
+fn log_limits(g: &Generation) {
+    let l = &g.config.limits;
+    info!(
+        "limits: max_connections {}{}, max_handshakes {}, max_handshakes_per_ip {}",
+        g.max_connections,
+        if l.max_connections.is_none() {
+            " (from the open-file limit)"
+        } else {
+            ""
+        },
+        l.max_handshakes,
+        l.max_handshakes_per_ip
+    );
+}
