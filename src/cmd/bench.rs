@@ -10,6 +10,7 @@ use clap::builder::RangedU64ValueParser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::ServerName;
 
+use crate::core::config::writer::{GlobalLimitsSection, LimitsSection, TimeoutsSection};
 use crate::core::rt::default_threads;
 use crate::core::tls::ClientTlsFiles;
 use crate::core::tools::bench::{BenchOptions, Live, Mode, render, run as run_bench};
@@ -95,9 +96,22 @@ pub fn run(args: Args) -> Result<()> {
                     ..LabOptions::default()
                 },
                 |p| {
-                    p.default_config(
-                        "\n[defaults]\nmax_connections = 1000000\nconnection_rate = 1000000\nburst = 1000000\n[limits]\nmax_handshakes = 100000\nmax_handshakes_per_ip = 100000\n[timeouts]\ndrain = \"2s\"\n",
-                    )
+                    p.sample()
+                        .defaults(LimitsSection {
+                            max_connections: Some(1_000_000),
+                            connection_rate: Some(1e6),
+                            burst: Some(1_000_000),
+                        })
+                        .limits(GlobalLimitsSection {
+                            max_connections: None,
+                            max_handshakes: Some(100_000),
+                            max_handshakes_per_ip: Some(100_000),
+                        })
+                        .timeouts(TimeoutsSection {
+                            drain: Some(Duration::from_secs(2)),
+                            ..TimeoutsSection::default()
+                        })
+                        .render()
                 },
             )
             .context("starting the self-hosted system")?;
