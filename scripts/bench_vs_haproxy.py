@@ -64,30 +64,40 @@ def rss_kib(pid):
 def write_tlb_config(work, port, ups, path=None, preauth_caps=True):
     """The balancer config both scripts use: limits out of the way, one app.
     preauth_caps=False leaves out [limits] (for A/B runs against builds that
-    predate it; their defaults do not bind at those loads)."""
-    caps = ("[limits]\nmax_connections = 100000\nmax_handshakes = 100000\n"
+    predate it; their defaults do not bind at those loads).
+
+    The text is exactly what tlb's config writer (src/core/config/writer.rs)
+    renders for these values: tests/samples.rs runs this function and compares
+    byte for byte, so change both together. It is written here rather than
+    asked of a tlb binary so that A/B runs work with any two builds."""
+    q = json.dumps  # a JSON string of ASCII text is a TOML basic string
+    caps = ("\n[limits]\nmax_connections = 100000\nmax_handshakes = 100000\n"
             "max_handshakes_per_ip = 100000\n") if preauth_caps else ""
     with open(path or f"{work}/tlb.toml", "w") as f:
-        f.write(f'''{caps}[tls]
-ca = "{work}/pki/ca.crt"
-cert = "{work}/pki/server.crt"
-key = "{work}/pki/server.key"
-crl = "{work}/pki/crl.pem"
+        f.write(f"""[tls]
+ca = {q(f"{work}/pki/ca.crt")}
+cert = {q(f"{work}/pki/server.crt")}
+key = {q(f"{work}/pki/server.key")}
+crl = {q(f"{work}/pki/crl.pem")}
+{caps}
 [defaults]
 max_connections = 100000
 connection_rate = 1000000
 burst = 1000000
+
 [timeouts]
 idle = "10m"
 drain = "1s"
+
 [[app]]
 name = "echo"
-listen = "127.0.0.1:{port}"
-upstreams = [{", ".join(f'"{u}"' for u in ups)}]
+listen = {q(f"127.0.0.1:{port}")}
+upstreams = [{", ".join(q(u) for u in ups)}]
+
 [[client]]
 name = "client1"
 apps = ["echo"]
-''')
+""")
 
 
 def ensure_haproxy():

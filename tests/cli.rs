@@ -15,6 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use tlb::core::config::writer::{
+    AdminSection, AppSection, ClientSection, ConfigWriter, HealthSection, TimeoutsSection, TlsSection,
+};
 
 /// Limit for one short `tlb` command.
 const CMD: Duration = Duration::from_secs(30);
@@ -272,41 +275,29 @@ fn serve_json_logs_each_health_change_once_and_serves_admin() {
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let base = free_consecutive_ports(2);
     let ups: Vec<String> = (0..2).map(|i| format!("127.0.0.1:{}", base + i)).collect();
-    fs::write(
-        &config,
-        format!(
-            r#"[tls]
-ca = "pki/ca.crt"
-cert = "pki/server.crt"
-key = "pki/server.key"
-
-[admin]
-listen = "{admin}"
-
-[timeouts]
-drain = "1s"
-
-[[app]]
-name = "echo"
-listen = "{listen}"
-upstreams = ["{u1}", "{u2}"]
-  [app.health]
-  interval = "250ms"
-  timeout = "200ms"
-  rise = 1
-  fall = 2
-  send = "ping\n"
-  expect = "ping"
-
-[[client]]
-name = "client1"
-apps = ["echo"]
-"#,
-            u1 = ups[0],
-            u2 = ups[1]
-        ),
-    )
-    .expect("writing the config");
+    let text = ConfigWriter::new(TlsSection {
+        crl: None,
+        ..TlsSection::pki("pki")
+    })
+    .timeouts(TimeoutsSection {
+        drain: Some(Duration::from_secs(1)),
+        ..TimeoutsSection::default()
+    })
+    .admin(AdminSection::new(admin))
+    .app(AppSection {
+        health: Some(HealthSection {
+            interval: Some(Duration::from_millis(250)),
+            timeout: Some(Duration::from_millis(200)),
+            rise: Some(1),
+            fall: Some(2),
+            send: Some("ping\n".into()),
+            expect: Some("ping".into()),
+        }),
+        ..AppSection::new("echo", listen.parse().expect("addr"), &ups)
+    })
+    .client(ClientSection::new("client1", ["echo"]))
+    .render();
+    fs::write(&config, text).expect("writing the config");
 
     let up_log = d.join("upstream.log");
     let serve_log = d.join("serve.log");

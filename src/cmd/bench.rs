@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::ServerName;
 
 use crate::cmd::ModeArg;
+use tlb::core::config::writer::{GlobalLimitsSection, LimitsSection, TimeoutsSection};
 use tlb::core::rt::default_threads;
 use tlb::core::tls::ClientTlsFiles;
 use tlb::core::tools::bench::{BenchOptions, Live, render, run as run_bench};
@@ -96,9 +97,22 @@ pub fn run(args: Args) -> Result<()> {
                     ..LabOptions::default()
                 },
                 |p| {
-                    p.default_config(
-                        "\n[defaults]\nmax_connections = 1000000\nconnection_rate = 1000000\nburst = 1000000\n[limits]\nmax_handshakes = 100000\nmax_handshakes_per_ip = 100000\n[timeouts]\ndrain = \"2s\"\n",
-                    )
+                    p.sample()
+                        .defaults(LimitsSection {
+                            max_connections: Some(1_000_000),
+                            connection_rate: Some(1e6),
+                            burst: Some(1_000_000),
+                        })
+                        .limits(GlobalLimitsSection {
+                            max_connections: None,
+                            max_handshakes: Some(100_000),
+                            max_handshakes_per_ip: Some(100_000),
+                        })
+                        .timeouts(TimeoutsSection {
+                            drain: Some(Duration::from_secs(2)),
+                            ..TimeoutsSection::default()
+                        })
+                        .render()
                 },
             )
             .context("starting the self-hosted system")?;

@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt};
+use tlb::core::config::writer::{AdminSection, AppSection, ClientSection, ConfigWriter, TimeoutsSection, TlsSection};
 use tlb::core::rt::timeout;
 use tlb::core::tools::client::{ClientError, ClientOptions, exchange};
 use tlb::core::tools::lab::{Lab, LabOptions, LabPaths};
@@ -36,38 +37,90 @@ pub fn lab(opts: LabOptions, config: impl FnOnce(&LabPaths) -> String) -> Lab {
     Lab::start_with(opts, config).unwrap_or_else(|e| panic!("starting the lab: {e:#}"))
 }
 
-/// `[tls]` for the lab PKI, and `[timeouts]` with a short drain (so a lab
-/// stops quickly, unless `timeouts` sets its own) plus `timeouts` (more
-/// `key = value` lines), and `[admin]` when the lab has one.
+/// The typed start of most test configs: `[tls]` for the lab PKI,
+/// `[timeouts]` with a short drain (so a lab stops quickly, unless
+/// `timeouts` sets its own) plus `timeouts` (`key = value` lines), and
+/// `[admin]` when the lab has one.
+pub fn base(p: &LabPaths, timeouts: &str) -> ConfigWriter {
+    let mut t = timeouts_from(timeouts);
+    t.drain = t.drain.or(Some(Duration::from_secs(1)));
+    let mut w = ConfigWriter::new(TlsSection::pki(&p.pki_dir.display().to_string())).timeouts(t);
+    if let Some(a) = p.admin {
+        w = w.admin(AdminSection::new(a));
+    }
+    w
+}
+
+/// [`base`] rendered: `[tls]`, then `[timeouts]`, then `[admin]` (so text
+/// inserted before `[timeouts]` lands in `[tls]`).
 pub fn base_config(p: &LabPaths, timeouts: &str) -> String {
-    let d = p.pki_dir.display();
-    let drain = if timeouts.contains("drain") {
-        ""
-    } else {
-        "drain = \"1s\"\n"
-    };
-    format!(
-        "[tls]\nca = \"{d}/ca.crt\"\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\ncrl = \"{d}/crl.pem\"\n\n\
-         [timeouts]\n{drain}{timeouts}\n{}",
-        p.admin_table()
-    )
+    base(p, timeouts).render()
 }
 
-/// One `[[app]]` table.
+/// One `[[app]]` table (`server_names` always written, even empty).
 pub fn app(name: &str, listen: SocketAddr, server_names: &[&str], upstreams: &[String]) -> String {
-    let q = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-    let names: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
-    format!(
-        "\n[[app]]\nname = \"{name}\"\nlisten = \"{listen}\"\nserver_names = [{}]\nupstreams = [{}]\n",
-        q(&names),
-        q(upstreams)
-    )
+    app_section(name, listen, server_names, upstreams).to_string()
 }
 
-/// One `[[client]]` table; `extra` holds more `key = value` lines.
+/// The section [`app`] renders.
+pub fn app_section(name: &str, listen: SocketAddr, server_names: &[&str], upstreams: &[String]) -> AppSection {
+    AppSection {
+        server_names: Some(server_names.iter().map(|s| s.to_string()).collect()),
+        ..AppSection::new(name, listen, upstreams)
+    }
+}
+
+/// One `[[client]]` table; `extra` holds more `key = value` lines (limits,
+/// `spki_sha256`).
 pub fn client(name: &str, apps: &[&str], extra: &str) -> String {
-    let apps = apps.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    format!("\n[[client]]\nname = \"{name}\"\napps = [{apps}]\n{extra}\n")
+    client_section(name, apps, extra).to_string()
+}
+
+/// The section [`client`] renders.
+pub fn client_section(name: &str, apps: &[&str], extra: &str) -> ClientSection {
+    let mut c = ClientSection::new(name, apps);
+    for (key, v) in key_values("[[client]]", extra) {
+        let n = || u32::try_from(v.as_integer().unwrap_or(-1)).unwrap_or_else(|_| panic!("{key}: {v}"));
+        match key.as_str() {
+            "max_connections" => c.limits.max_connections = Some(n()),
+            "burst" => c.limits.burst = Some(n()),
+            "connection_rate" => {
+                let r = v.as_float().or(v.as_integer().map(|i| i as f64));
+                c.limits.connection_rate = Some(r.unwrap_or_else(|| panic!("{key}: {v}")));
+            }
+            "spki_sha256" => {
+                let pin: String = v.as_str().unwrap_or_default().chars().filter(|c| *c != ':').collect();
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(pin, &mut out).unwrap_or_else(|e| panic!("{key}: {e}"));
+                c.spki_sha256 = Some(out);
+            }
+            other => panic!("client(): no [[client]] key {other:?} in the writer"),
+        }
+    }
+    c
+}
+
+/// `[timeouts]` from `key = value` lines (durations as `"10s"`).
+pub fn timeouts_from(lines: &str) -> TimeoutsSection {
+    let mut t = TimeoutsSection::default();
+    for (key, v) in key_values("[timeouts]", lines) {
+        let d = v.as_str().and_then(|s| humantime::parse_duration(s).ok());
+        let d = Some(d.unwrap_or_else(|| panic!("[timeouts] {key}: {v} is not a duration")));
+        match key.as_str() {
+            "handshake" => t.handshake = d,
+            "connect" => t.connect = d,
+            "idle" => t.idle = d,
+            "drain" => t.drain = d,
+            "max_lifetime" => t.max_lifetime = d,
+            other => panic!("no [timeouts] key {other:?} in the writer"),
+        }
+    }
+    t
+}
+
+/// `key = value` lines parsed as TOML (a test's mistake panics, naming `table`).
+fn key_values(table: &str, lines: &str) -> toml::Table {
+    toml::from_str(lines).unwrap_or_else(|e| panic!("{table} lines {lines:?}: {e}"))
 }
 
 /// The lab's upstream addresses as strings.
@@ -78,11 +131,9 @@ pub fn ups(p: &LabPaths) -> Vec<String> {
 /// Like `pki init` writes: app `echo` over every lab upstream, clients 1-3
 /// allowed (client4 not), short drain, `timeouts` and `extra` appended.
 pub fn standard_config(p: &LabPaths, timeouts: &str, extra: &str) -> String {
-    let mut s = base_config(p, timeouts);
-    s.push_str(&app("echo", p.listen, &[], &ups(p)));
-    for c in ["client1", "client2", "client3"] {
-        s.push_str(&client(c, &["echo"], ""));
-    }
+    let w = base(p, timeouts).app(app_section("echo", p.listen, &[], &ups(p)));
+    let clients: Vec<String> = (1..=4).map(|i| format!("client{i}")).collect();
+    let mut s = tlb::core::config::demo_clients(w, "echo", &clients).render();
     s.push_str(extra);
     s
 }

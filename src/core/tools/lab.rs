@@ -17,6 +17,8 @@ use anyhow::{Context, Result, anyhow};
 use smol::channel;
 
 use crate::core::config::Config;
+use crate::core::config::demo_clients;
+use crate::core::config::writer::{AdminSection, AppSection, ConfigWriter, TlsSection};
 use crate::core::ops::admin;
 use crate::core::pki::{InitOptions, KeyType, Pki};
 use crate::core::proxy::listener::bind_listener;
@@ -41,56 +43,28 @@ pub struct LabPaths {
 }
 
 impl LabPaths {
-    /// `[admin]\nlisten = "..."` when the lab has an admin listener, else "".
+    /// `[admin]\nlisten = "..."` (as the writer renders the section) when
+    /// the lab has an admin listener, else "".
     pub fn admin_table(&self) -> String {
-        self.admin
-            .map(|a| format!("\n[admin]\nlisten = \"{a}\"\n"))
-            .unwrap_or_default()
+        self.admin.map(|a| AdminSection::new(a).to_string()).unwrap_or_default()
     }
 
-    /// `"127.0.0.1:a", "127.0.0.1:b", ...` for a TOML array.
-    pub fn upstream_list(&self) -> String {
-        self.upstreams
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// A config like `pki init` writes (app `echo` over the lab's upstreams,
+    /// clients 1-3 allowed, client4 not), plus `[admin]` when the lab has
+    /// one; add sections before rendering it.
+    pub fn sample(&self) -> ConfigWriter {
+        let tls = TlsSection::pki(&self.pki_dir.display().to_string());
+        let mut w = ConfigWriter::new(tls).app(AppSection::new("echo", self.listen, &self.upstreams));
+        if let Some(a) = self.admin {
+            w = w.admin(AdminSection::new(a));
+        }
+        demo_clients(w, "echo", &lab_clients())
     }
+}
 
-    /// A config like `pki init` writes (clients 1-3 on app `echo`), with
-    /// `extra` TOML appended (more `[[client]]`s, `[defaults]`...).
-    pub fn default_config(&self, extra: &str) -> String {
-        let p = self.pki_dir.display();
-        format!(
-            r#"[tls]
-ca = "{p}/ca.crt"
-cert = "{p}/server.crt"
-key = "{p}/server.key"
-crl = "{p}/crl.pem"
-{admin}
-[[app]]
-name = "echo"
-listen = "{listen}"
-upstreams = [{ups}]
-
-[[client]]
-name = "client1"
-apps = ["echo"]
-
-[[client]]
-name = "client2"
-apps = ["echo"]
-
-[[client]]
-name = "client3"
-apps = ["echo"]
-{extra}
-"#,
-            listen = self.listen,
-            ups = self.upstream_list(),
-            admin = self.admin_table(),
-        )
-    }
+/// The client certificates every lab PKI has: client1 to client4.
+fn lab_clients() -> Vec<String> {
+    (1..=4).map(|i| format!("client{i}")).collect()
 }
 
 /// How to build a lab.
@@ -144,7 +118,7 @@ impl Lab {
             .context("creating a temporary directory")?;
         let pki = Pki::new(dir.path().join("pki"));
         pki.init(&InitOptions {
-            clients: (1..=4).map(|i| format!("client{i}")).collect(),
+            clients: lab_clients(),
             server_names: vec![],
             key_type: opts.key_type,
             days: 30,

@@ -1,0 +1,247 @@
+//! The typed `tlb.toml` model (SPEC §2): what a loaded, validated config is.
+//!
+//! Promises: every value here is already defaulted and checked (ranges,
+//! addresses resolved, paths made relative to the config's directory), so
+//! the rest of tlb never re-validates; the admin token is kept only as its
+//! SHA-256 and is never shown.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Lowest TLS version the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 (AEAD + ECDHE suites only) and 1.3.
+    V1_2,
+    /// TLS 1.3 only (the default).
+    V1_3,
+}
+
+/// `[tls]`: the listener's certificate and the trust root for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub crl: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    /// How long a TLS session may be resumed after the full handshake that
+    /// created it (zero: no resumption). Never beyond what the gate admits:
+    /// every resumption is decided again (validity now, CRL, policy).
+    pub session_lifetime: Duration,
+    /// A reload leaves open connections of identities it no longer admits
+    /// alone (and an open connection is not closed at certificate expiry).
+    pub keep_deauthorized: bool,
+}
+
+/// Default `[tls] session_lifetime`.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// `[limits]`: caps applied at accept, before any TLS work (flood resistance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalLimits {
+    /// Concurrent client connections, all listeners together; `None`: derived
+    /// from the open-file limit when the server starts.
+    pub max_connections: Option<u32>,
+    /// TLS handshakes in progress, all listeners together.
+    pub max_handshakes: u32,
+    /// TLS handshakes in progress from one source IP address.
+    pub max_handshakes_per_ip: u32,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        GlobalLimits {
+            max_connections: None,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 64,
+        }
+    }
+}
+
+/// `[admin]`: the plain-HTTP admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// From `token_file`: the bearer token `/metrics` and `/status` require.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token, kept only as its SHA-256 (never shown, not even
+/// by `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub fn new(token: &[u8]) -> AdminToken {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token).as_ref());
+        AdminToken(out)
+    }
+
+    /// Whether `presented` is the token, in constant time (digests of equal
+    /// length are compared, so not even the token's length leaks).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, presented);
+        aws_lc_rs::constant_time::verify_slices_are_equal(d.as_ref(), &self.0).is_ok()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Per-client limits (`[defaults]`, overridable per `[[client]]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Concurrent connections per client identity, across all apps.
+    pub max_connections: u32,
+    /// New connections per second (token-bucket refill rate).
+    pub connection_rate: f64,
+    /// Token-bucket capacity.
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10,
+            connection_rate: 20.0,
+            burst: 40,
+        }
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP accept to TLS handshake done.
+    pub handshake: Duration,
+    /// Connecting to an upstream (all retries together).
+    pub connect: Duration,
+    /// No bytes either way.
+    pub idle: Duration,
+    /// On SIGTERM/SIGINT: how long established connections may finish.
+    pub drain: Duration,
+    /// Optional: any connection older than this is closed.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(5),
+            connect: Duration::from_secs(2),
+            idle: Duration::from_secs(600),
+            drain: Duration::from_secs(30),
+            max_lifetime: None,
+        }
+    }
+}
+
+/// `[app.health]`: active checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub send: Vec<u8>,
+    pub expect: Vec<u8>,
+}
+
+impl Default for HealthSettings {
+    /// What an empty `[app.health]` table means: a TCP connect every 5 s,
+    /// 1 s timeout, back after 2 good checks, out after 3 failures.
+    fn default() -> Self {
+        HealthSettings {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            send: Vec::new(),
+            expect: Vec::new(),
+        }
+    }
+}
+
+/// `[app.upstream_tls]`: TLS (optionally mutual) towards the upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// One upstream address, as written and as resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// As written in the config (used as its name in logs and metrics).
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// `[[app]]`: a group of upstreams reached through one listener (+ SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Lower-cased SNI names; empty = the listener's default app.
+    pub server_names: Vec<String>,
+    pub upstreams: Vec<UpstreamAddr>,
+    pub proxy_protocol: bool,
+    pub health: Option<HealthSettings>,
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// `[[client]]`: an identity (certificate CN) and what it may reach.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Client {
+    pub name: String,
+    pub apps: Vec<String>,
+    pub limits: Limits,
+    /// SHA-256 of the client's SubjectPublicKeyInfo, if pinned.
+    pub spki_sha256: Option<[u8; 32]>,
+}
+
+/// A whole, validated `tlb.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (for messages and reloads).
+    pub path: PathBuf,
+    pub tls: TlsSettings,
+    pub admin: Option<AdminSettings>,
+    pub limits: GlobalLimits,
+    pub defaults: Limits,
+    pub timeouts: Timeouts,
+    pub apps: Vec<App>,
+    pub clients: Vec<Client>,
+}
+
+impl Config {
+    /// The app called `name`.
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// The client whose identity is `name`.
+    pub fn client(&self, name: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+
+    /// Distinct listen addresses, in the order apps name them.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for app in &self.apps {
+            if !out.contains(&app.listen) {
+                out.push(app.listen);
+            }
+        }
+        out
+    }
+}
