@@ -39,10 +39,11 @@ use crate::core::config::{App, Config};
 use crate::core::ops::logging::{Throttle, escaped};
 use crate::core::ops::metrics::{AppStats, Cap, Metrics};
 use crate::core::pool::balancer::{Balancer, Upstream};
-use crate::core::pool::health::{self, HealthPolicy};
+use crate::core::pool::checker;
+use crate::core::pool::policy::HealthPolicy;
 use crate::core::proxy::limiter::Limiter;
 use crate::core::rt::clock::{self, Clock};
-use crate::core::rt::net::source_of;
+use crate::core::rt::net::{is_local_error, source_of};
 use crate::core::rt::timeout;
 use crate::core::tls::gate::{CloseReason, Gate};
 use crate::core::tls::{ServerTls, TicketKeys};
@@ -127,8 +128,9 @@ impl Generation {
                 name: app.name.clone(),
                 balancer: Balancer::new(
                     &app.name,
-                    upstreams_for(app, previous),
+                    upstreams_for(app, previous, &server.clock),
                     HealthPolicy::new(app.health.as_ref()),
+                    server.clock.clone(),
                 ),
                 server_config,
                 gate,
@@ -166,7 +168,7 @@ impl Generation {
 
 /// Upstream states are kept across reloads when the app and address match,
 /// so active counts and health survive.
-fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>> {
+fn upstreams_for(app: &App, previous: Option<&Generation>, clock: &Arc<dyn Clock>) -> Vec<Arc<Upstream>> {
     let old = previous.and_then(|p| p.app(&app.name));
     app.upstreams
         .iter()
@@ -178,7 +180,7 @@ fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>>
                     .find(|x| x.name == u.name && x.addr == u.addr)
                     .cloned()
             })
-            .unwrap_or_else(|| Arc::new(Upstream::new(u)))
+            .unwrap_or_else(|| Arc::new(Upstream::new(u, clock.clone())))
         })
         .collect()
 }
@@ -455,10 +457,11 @@ impl Server {
                     continue;
                 }
                 for u in app.balancer.upstreams() {
-                    tasks.push(ex.spawn(health::check_loop(
+                    tasks.push(ex.spawn(checker::check_loop(
                         app.balancer.app().clone(),
                         u.clone(),
                         policy.clone(),
+                        self.clock().clone(),
                     )));
                 }
             }
@@ -544,7 +547,7 @@ impl Server {
                     // EMFILE and friends: back off instead of spinning, and
                     // say so at most once a second.
                     if let Some(more) = self.accept_log.allow(Instant::now()) {
-                        let hint = if health::is_local_error(&e) {
+                        let hint = if is_local_error(&e) {
                             " (out of file descriptors or buffers: raise the open-file limit or lower [limits] max_connections)"
                         } else {
                             ""
