@@ -5,11 +5,45 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use tlb::core::pool::policy::{COOLDOWN_BASE, PASSIVE_FALL, Transition, cooldown};
+use tlb::core::rt::clock::{self, Clock};
 use tlb::core::tools::client::ClientError;
 use tlb::core::tools::lab::Lab;
+
+/// A clock that stands still unless the test moves it. (A `ManualClock` is
+/// real time plus an offset: a 1 s cooldown would still pass by itself on a
+/// slow machine.) With this one, "before the cooldown" and "exactly when it
+/// is over" are the test's to say.
+#[derive(Debug)]
+struct StoppedClock {
+    at: (Instant, SystemTime),
+    ahead: Mutex<Duration>,
+}
+
+impl StoppedClock {
+    fn new() -> Arc<StoppedClock> {
+        Arc::new(StoppedClock {
+            at: (Instant::now(), SystemTime::now()),
+            ahead: Mutex::new(Duration::ZERO),
+        })
+    }
+    fn advance(&self, by: Duration) {
+        *self.ahead.lock().unwrap() += by;
+    }
+}
+
+impl Clock for StoppedClock {
+    fn now(&self) -> SystemTime {
+        self.at.1 + *self.ahead.lock().unwrap()
+    }
+    fn instant(&self) -> Instant {
+        self.at.0 + *self.ahead.lock().unwrap()
+    }
+}
 
 /// `[app.health]` lines for an app table.
 fn health(interval: &str, timeout: &str, rise: u32, fall: u32, extra: &str) -> String {
@@ -20,10 +54,16 @@ fn health(interval: &str, timeout: &str, rise: u32, fall: u32, extra: &str) -> S
 
 /// A lab (no lab upstreams, admin on) whose app `echo` balances over `upstreams`.
 fn lab_over(upstreams: &[SocketAddr], timeouts: &str, app_extra: &str) -> Lab {
+    lab_on(clock::system(), upstreams, timeouts, app_extra)
+}
+
+/// [`lab_over`] on `clock`.
+fn lab_on(clock: Arc<dyn Clock>, upstreams: &[SocketAddr], timeouts: &str, app_extra: &str) -> Lab {
     let ups: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
     lab(
         tlb::core::tools::lab::LabOptions {
             admin: true,
+            clock,
             ..opts(0, true)
         },
         |p| {
@@ -112,9 +152,14 @@ fn killed_upstream_is_ejected_within_interval_times_fall_and_returns_after_rise(
         "ejection took {took:?}, bound {bound:?}"
     );
     let st = upstream_status(adm, "echo", &addr2.to_string());
-    assert_eq!(
-        st["consecutive_failures"], fall,
-        "ejected after exactly `fall` failed checks: {st}"
+    // The live count goes on rising while DOWN (each failed check counts),
+    // so it may be past `fall` by now; the count at the ejection is the one
+    // its transition reported, recorded once and never changed after.
+    assert!(st["consecutive_failures"].as_u64() >= Some(u64::from(fall)), "{st}");
+    let snap = upstream(&lab.server.current(), addr2).health.snapshot();
+    assert!(
+        matches!(&snap.last_transition, Some(Transition::Down { failures, .. }) if *failures == fall),
+        "ejected after exactly `fall` failed checks: {snap:?}"
     );
     assert_eq!(st["last_check"]["ok"], false, "{st}");
     assert!(
@@ -206,9 +251,12 @@ fn failing_send_expect_ejects_although_tcp_connects() {
 fn passive_only_refusals_open_the_circuit_and_a_half_open_trial_closes_it() {
     let good = Echo::start("127.0.0.1:0".parse().unwrap(), "good");
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let lab = lab_over(&[good.addr, dead], "", "");
+    // Cooldowns are over when the test advances the clock, never by themselves.
+    let clock = StoppedClock::new();
+    let lab = lab_on(clock.clone(), &[good.addr, dead], "", "");
     let g = lab.server.current();
     assert_eq!(g.app("echo").expect("app").balancer.policy().mode(), "passive");
+    let snap = || upstream(&g, dead).health.snapshot();
 
     // Every client is served (the balancer retries the next upstream), while
     // the dead one collects passive failures until the circuit opens.
@@ -217,26 +265,50 @@ fn passive_only_refusals_open_the_circuit_and_a_half_open_trial_closes_it() {
         assert!(spread.iter().all(|s| s == "good"), "{spread:?}");
         state(&lab, dead) == "down"
     });
-    let snap = upstream(&g, dead).health.snapshot();
-    // 3 opened it; a 4th only if the 1 s cooldown passed meanwhile (a trial).
-    assert!((3..=4).contains(&snap.passive_failures), "{snap:?}");
-    assert!(snap.retry_in.is_some(), "a half-open retry is scheduled");
+    let opened = snap();
+    // Exactly `fall` opened it; no trial since (the clock has not moved).
+    assert_eq!(opened.passive_failures, u64::from(PASSIVE_FALL), "{opened:?}");
+    assert_eq!(opened.retry_in, Some(COOLDOWN_BASE), "a half-open retry is scheduled");
+    let st = upstream_status(admin(&lab), "echo", &dead.to_string());
+    assert_eq!(st["retry_in_ms"], 1000, "{st}");
 
-    // Open: no attempts on it until the cooldown is over.
+    // Open: no attempts on it until the cooldown is over, to the millisecond.
     let spread = greeters(&lab, 3);
     assert!(spread.iter().all(|s| s == "good"));
-    let snap2 = upstream(&g, dead).health.snapshot();
-    if snap2.passive_failures > snap.passive_failures {
-        // Only possible if the 1 s cooldown elapsed meanwhile (slow machine): a trial.
-        assert!(snap2.retry_in.is_some(), "{snap2:?}");
-    }
+    clock.advance(COOLDOWN_BASE - Duration::from_millis(1));
+    let spread = greeters(&lab, 3);
+    assert!(spread.iter().all(|s| s == "good"));
+    let before = snap();
+    assert_eq!(before.passive_failures, opened.passive_failures, "{before:?}");
+    assert_eq!(before.retry_in, Some(Duration::from_millis(1)), "{before:?}");
 
-    // The upstream comes back; after the cooldown one trial closes the circuit.
+    // Over, the upstream still dead: the next client is the one trial (then
+    // served by the retry), which fails and doubles the cooldown.
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(greeters(&lab, 1), ["good"]);
+    let failed = snap();
+    assert_eq!(failed.passive_failures, opened.passive_failures + 1, "{failed:?}");
+    assert_eq!(failed.retry_in, Some(cooldown(1)), "{failed:?}");
+    assert!(greeters(&lab, 3).iter().all(|s| s == "good"));
+    assert_eq!(
+        snap().passive_failures,
+        failed.passive_failures,
+        "one trial per cooldown"
+    );
+
+    // The upstream comes back: still DOWN until the cooldown is over; then
+    // the very next client is the trial, and it closes the circuit.
     let _revived = Echo::start(dead, "revived");
-    wait_until("half-open trial closes the circuit", T, || {
-        let _ = greeters(&lab, 1);
-        state(&lab, dead) == "up"
-    });
+    assert!(greeters(&lab, 2).iter().all(|s| s == "good"));
+    assert_eq!(state(&lab, dead), "down");
+    clock.advance(cooldown(1));
+    assert_eq!(greeters(&lab, 1), ["revived"], "the due trial goes first");
+    assert_eq!(state(&lab, dead), "up", "half-open trial closes the circuit");
+    assert!(
+        matches!(snap().last_transition, Some(Transition::Up { .. })),
+        "{:?}",
+        snap()
+    );
     wait_until("the revived upstream serves", T, || {
         greeters(&lab, 2).iter().any(|g| g == "revived")
     });

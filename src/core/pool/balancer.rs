@@ -1,96 +1,48 @@
-//! Least-connections balancing over an app's upstreams, with health.
+//! Least-connections balancing over an app's upstreams, with health, and
+//! the connect to the chosen one with retries.
 //!
 //! Promises: a pick increments the chosen upstream's active count at once
 //! (under a short lock that is never held across an await), so concurrent
 //! picks spread exactly; ties are broken round-robin from a rotating start,
 //! never always the first; DOWN upstreams are skipped, except for one
 //! half-open trial at a time when the app is passive-only and the cooldown
-//! is over (see [`crate::core::pool::health`]); the returned [`UpstreamGuard`] gives the
+//! is over (see `pool::health`); the returned [`UpstreamGuard`] gives the
 //! slot back on drop, on every exit path, and releases an unfinished trial.
+//! [`Balancer::connect`] retries at most twice within one connect budget,
+//! refuses at once when no upstream is UP, and never blames an upstream
+//! for the balancer's own resource errors.
 //!
 //! Outcomes of real connections go through [`Balancer::connected`] (TCP
 //! established: counted), [`Balancer::answered`] (the upstream sent its
 //! first byte: a passive success) and [`Balancer::failed`] (a passive
 //! failure), which feed the health state and log each state change once.
+//! The connect budget is measured on the injected [`Clock`]; the wait for a
+//! connect is a real timer.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
-use crate::core::config::UpstreamAddr;
-use crate::core::pool::health::{HealthPolicy, UpstreamHealth};
+use tracing::warn;
 
-/// One upstream server and its live counters. Kept across reloads while the
-/// app and address stay the same.
-#[derive(Debug)]
-pub struct Upstream {
-    pub name: String,
-    pub addr: SocketAddr,
-    active: AtomicU32,
-    total: AtomicU64,
-    /// Bytes relayed client -> upstream, counted when a connection closes.
-    pub bytes_to_upstream: AtomicU64,
-    /// Bytes relayed upstream -> client, counted when a connection closes.
-    pub bytes_to_client: AtomicU64,
-    pub health: UpstreamHealth,
-}
+use crate::core::pool::policy::HealthPolicy;
+use crate::core::rt::clock::Clock;
+use crate::core::rt::net::{TcpConn, describe_io, is_local_error};
+use crate::core::rt::timeout;
 
-impl Upstream {
-    pub fn new(u: &UpstreamAddr) -> Upstream {
-        Upstream {
-            name: u.name.clone(),
-            addr: u.addr,
-            active: AtomicU32::new(0),
-            total: AtomicU64::new(0),
-            bytes_to_upstream: AtomicU64::new(0),
-            bytes_to_client: AtomicU64::new(0),
-            health: UpstreamHealth::default(),
-        }
-    }
-    /// Connections currently proxied to it.
-    pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
-    }
-    /// Connections ever established to it (by the data path).
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-    pub fn is_healthy(&self) -> bool {
-        self.health.is_up()
-    }
-    /// Forces the health state (tests); not logged as a transition.
-    #[cfg(test)]
-    fn set_healthy(&self, up: bool) {
-        self.health.set_up(up);
-    }
-}
+/// What a pick hands out (defined in `pool::upstream`; re-exported so the
+/// data path imports the balancer alone).
+pub use crate::core::pool::upstream::{Upstream, UpstreamGuard};
 
-/// Gives the upstream's active slot back when dropped.
-#[derive(Debug)]
-pub struct UpstreamGuard {
-    upstream: Arc<Upstream>,
-    /// This connection is the half-open trial and its outcome is not known yet.
-    trial: bool,
-}
-
-impl UpstreamGuard {
-    pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.upstream
-    }
-    /// Whether this connection is a half-open trial still waiting for its outcome.
-    pub fn is_trial(&self) -> bool {
-        self.trial
-    }
-}
-
-impl Drop for UpstreamGuard {
-    fn drop(&mut self) {
-        self.upstream.active.fetch_sub(1, Ordering::Relaxed);
-        if self.trial {
-            self.upstream.health.abandon_trial();
-        }
-    }
+/// Why [`Balancer::connect`] found no upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    /// No upstream is UP (and no half-open trial is due): refused at once.
+    NoHealthyUpstream,
+    /// Every attempt failed (refused, timed out), or the budget ran out.
+    Failed,
+    /// The balancer's own resources ran out (file descriptors, ports,
+    /// memory): no upstream is blamed.
+    LocalResource,
 }
 
 /// The upstreams of one app and how their health is judged.
@@ -99,17 +51,21 @@ pub struct Balancer {
     app: Arc<str>,
     upstreams: Vec<Arc<Upstream>>,
     policy: HealthPolicy,
+    clock: Arc<dyn Clock>,
     /// Rotating start of the tie-break scan; the lock also serializes picks
     /// so concurrent ones see each other's active counts.
     next: Mutex<usize>,
 }
 
 impl Balancer {
-    pub fn new(app: &str, upstreams: Vec<Arc<Upstream>>, policy: HealthPolicy) -> Balancer {
+    /// `clock` measures connect budgets (the upstreams' health has its own,
+    /// the same server clock).
+    pub fn new(app: &str, upstreams: Vec<Arc<Upstream>>, policy: HealthPolicy, clock: Arc<dyn Clock>) -> Balancer {
         Balancer {
             app: Arc::from(app),
             upstreams,
             policy,
+            clock,
             next: Mutex::new(0),
         }
     }
@@ -134,7 +90,6 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        let now = Instant::now();
         // Poisoning cannot leave state inconsistent: a counter only.
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
         let start = *next % n;
@@ -151,7 +106,7 @@ impl Balancer {
                 if best.is_none_or(|(_, b)| a < b) {
                     best = Some((i, a));
                 }
-            } else if u.health.claim_trial(&self.policy, now) {
+            } else if u.health.claim_trial(&self.policy) {
                 // A due half-open trial goes first, so a recovered upstream
                 // is probed at once even while others carry the load.
                 return Some((i, self.take(i, true)));
@@ -171,54 +126,111 @@ impl Balancer {
     }
 
     fn take(&self, i: usize, trial: bool) -> UpstreamGuard {
-        let u = self.upstreams[i].clone();
-        u.active.fetch_add(1, Ordering::Relaxed);
-        UpstreamGuard { upstream: u, trial }
+        UpstreamGuard::acquire(self.upstreams[i].clone(), trial)
     }
 
     /// The TCP connection to the guard's upstream was established.
     pub fn connected(&self, guard: &UpstreamGuard) {
-        guard.upstream.total.fetch_add(1, Ordering::Relaxed);
+        guard.count_connected();
     }
 
     /// The upstream sent its first byte on this connection: a passive
     /// success (and, for a half-open trial, the circuit closes).
     pub fn answered(&self, guard: &mut UpstreamGuard) {
-        let trial = std::mem::take(&mut guard.trial);
-        if let Some(t) = guard.upstream.health.passive_success(&self.policy, trial) {
-            t.log(&self.app, &guard.upstream.name);
+        let trial = guard.take_trial();
+        if let Some(t) = guard.upstream().health.passive_success(&self.policy, trial) {
+            t.log(&self.app, &guard.upstream().name);
         }
     }
 
     /// A passive failure on the guard's upstream: connect refused or timed
     /// out, or reset before any byte. Returns the consecutive failure count.
     pub fn failed(&self, guard: &mut UpstreamGuard, reason: &str) -> u32 {
-        let trial = std::mem::take(&mut guard.trial);
-        let u = &guard.upstream;
-        if let Some(t) = u.health.passive_failure(&self.policy, reason, trial, Instant::now()) {
+        let trial = guard.take_trial();
+        let u = guard.upstream();
+        if let Some(t) = u.health.passive_failure(&self.policy, reason, trial) {
             t.log(&self.app, &u.name);
         }
         u.health.consecutive_failures()
+    }
+
+    /// Connects to the best healthy upstream; on failure tries the next
+    /// best, at most 2 retries, all within `budget`. Each attempt gets an
+    /// equal share of what is left among the attempts still possible (an
+    /// upstream that drops SYNs costs a third of the budget, not all of
+    /// it); the last candidate gets all that is left. Each failure counts
+    /// toward the upstream's `fall`; when no upstream is UP the refusal is
+    /// immediate; the balancer's own resource errors are
+    /// [`ConnectError::LocalResource`], never the upstream's fault.
+    pub async fn connect(&self, budget: Duration) -> Result<(UpstreamGuard, TcpConn), ConnectError> {
+        const MAX_ATTEMPTS: usize = 3;
+        let now = self.clock.instant();
+        let deadline = now
+            .checked_add(budget)
+            .unwrap_or(now + Duration::from_secs(86400 * 365));
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut last = ConnectError::NoHealthyUpstream;
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some((idx, mut guard)) = self.pick(&tried[..attempt]) else {
+                return Err(last);
+            };
+            tried[attempt] = idx;
+            let up = guard.upstream().clone();
+            let left = deadline.saturating_duration_since(self.clock.instant());
+            if left.is_zero() {
+                return Err(ConnectError::Failed);
+            }
+            let later = self
+                .healthy_excluding(&tried[..=attempt])
+                .min(MAX_ATTEMPTS - 1 - attempt);
+            let share = left / u32::try_from(later + 1).unwrap_or(1);
+            // A half-open trial gets at most a third of the budget.
+            let limit = if guard.is_trial() { share.min(budget / 3) } else { share };
+            let reason = match timeout(limit, TcpConn::connect(up.addr)).await {
+                Ok(Ok(s)) => {
+                    self.connected(&guard);
+                    return Ok((guard, s));
+                }
+                Ok(Err(e)) if is_local_error(&e) => {
+                    // Our own resources ran out: not the upstream's failure, and
+                    // another upstream would fail the same way.
+                    warn!(app = %self.app, upstream = %up.name, "upstream connect failed on the balancer's side (local_resource): {}", describe_io(&e));
+                    return Err(ConnectError::LocalResource);
+                }
+                Ok(Err(e)) => describe_io(&e),
+                Err(_) => format!("connect timed out after {limit:?}"),
+            };
+            let n = self.failed(&mut guard, &reason);
+            warn!(app = %self.app, upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");
+            last = ConnectError::Failed;
+        }
+        Err(last)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::config::UpstreamAddr;
+    use crate::core::pool::policy::COOLDOWN_BASE;
+    use crate::core::pool::stopped::StoppedClock;
+    use std::net::SocketAddr;
+
+    fn bal_on(n: usize, clock: Arc<StoppedClock>) -> Balancer {
+        let upstreams = (0..n)
+            .map(|i| {
+                let addr = UpstreamAddr {
+                    name: format!("u{i}"),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                };
+                Arc::new(Upstream::new(&addr, clock.clone()))
+            })
+            .collect();
+        Balancer::new("app", upstreams, HealthPolicy::new(None), clock)
+    }
 
     fn bal(n: usize) -> Balancer {
-        Balancer::new(
-            "app",
-            (0..n)
-                .map(|i| {
-                    Arc::new(Upstream::new(&UpstreamAddr {
-                        name: format!("u{i}"),
-                        addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-                    }))
-                })
-                .collect(),
-            HealthPolicy::new(None),
-        )
+        bal_on(n, StoppedClock::new())
     }
 
     #[test]
@@ -263,5 +275,23 @@ mod tests {
             assert_eq!(i, 2);
         }
         assert!(b.pick(&[2]).is_none());
+    }
+
+    #[test]
+    fn a_due_half_open_trial_goes_first_and_only_once() {
+        let clock = StoppedClock::new();
+        let b = bal_on(2, clock.clone());
+        b.upstreams()[0].set_healthy(false);
+        let (i, g) = b.pick(&[]).expect("an upstream");
+        assert_eq!((i, g.is_trial()), (1, false), "no trial before the cooldown");
+        drop(g);
+        clock.advance(COOLDOWN_BASE);
+        let (i, trial) = b.pick(&[]).expect("an upstream");
+        assert_eq!((i, trial.is_trial()), (0, true));
+        let (i, g) = b.pick(&[]).expect("an upstream");
+        assert_eq!((i, g.is_trial()), (1, false), "one trial at a time");
+        drop(trial);
+        // Abandoned: the next trial waits the base cooldown again.
+        assert_eq!(b.pick(&[]).map(|(i, _)| i), Some(1));
     }
 }

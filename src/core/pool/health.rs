@@ -1,6 +1,8 @@
-//! Upstream health: active checks (TCP connect, or send/expect) with
-//! rise/fall, and passive failures from real traffic feeding the same
-//! counter — a circuit breaker.
+//! Upstream health, the state machine: the state of one upstream
+//! ([`UpstreamHealth`]) under an app's [`HealthPolicy`], fed by active check
+//! results (from `pool::checker`) and by passive outcomes of real traffic
+//! (from `pool::balancer`) — rise/fall and a circuit breaker. No I/O here;
+//! time is read from the injected [`Clock`].
 //!
 //! Promises:
 //! - An upstream starts UP. `fall` consecutive failures (active checks and
@@ -24,88 +26,17 @@
 //!   connection; the state lock is taken only on failures, checks, and (for
 //!   a passive-only app with a DOWN upstream) to see whether its half-open
 //!   trial is due: a few assignments, never across an await.
-//! - A check is bounded by its `timeout` and never blocks the data path.
+//! - Every decision (cooldowns, whether a half-open trial is due,
+//!   `retry_in`) reads the monotonic time of the [`Clock`] the upstream was
+//!   built with, and every recorded time (`last_change`, a check's `at`) its
+//!   wall time: a test moves them with the clock instead of waiting.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use smol::Timer;
-use tracing::{info, warn};
-
-use crate::core::config::HealthSettings;
-use crate::core::pool::balancer::Upstream;
-use crate::core::rt::net::TcpConn;
-use crate::core::rt::timeout;
-
-/// Consecutive passive failures that open the circuit when the app has no
-/// `[app.health]` table.
-pub const PASSIVE_FALL: u32 = 3;
-/// First half-open retry delay after an ejection (passive only).
-pub const COOLDOWN_BASE: Duration = Duration::from_secs(1);
-/// Longest half-open retry delay.
-pub const COOLDOWN_MAX: Duration = Duration::from_secs(60);
-/// A send/expect check reads at most this much looking for `expect`.
-const MAX_CHECK_READ: usize = 16 * 1024;
-
-/// How an app judges its upstreams.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthPolicy {
-    /// Consecutive failures that eject.
-    pub fall: u32,
-    /// Consecutive successful active checks that bring an upstream back.
-    pub rise: u32,
-    /// Active checks, or `None` for passive only (half-open retries).
-    pub active: Option<HealthSettings>,
-}
-
-impl HealthPolicy {
-    pub fn new(settings: Option<&HealthSettings>) -> HealthPolicy {
-        match settings {
-            Some(s) => HealthPolicy {
-                fall: s.fall,
-                rise: s.rise,
-                active: Some(s.clone()),
-            },
-            None => HealthPolicy {
-                fall: PASSIVE_FALL,
-                rise: 1,
-                active: None,
-            },
-        }
-    }
-
-    /// `"active"` (checks) or `"passive"` (traffic only).
-    pub fn mode(&self) -> &'static str {
-        if self.active.is_some() { "active" } else { "passive" }
-    }
-}
-
-/// A state change, reported once to whoever caused it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transition {
-    Down { failures: u32, reason: String },
-    Up { why: String },
-}
-
-impl Transition {
-    /// Logs the change: `upstream up2 DOWN: 3 consecutive failures: connection refused`.
-    pub fn log(&self, app: &str, upstream: &str) {
-        match self {
-            Transition::Down { failures, reason } => {
-                warn!(
-                    app,
-                    upstream,
-                    state = "down",
-                    "upstream {upstream} DOWN: {failures} consecutive failures: {reason}"
-                )
-            }
-            Transition::Up { why } => info!(app, upstream, state = "up", "upstream {upstream} UP: {why}"),
-        }
-    }
-}
+use crate::core::pool::policy::{COOLDOWN_BASE, CheckFailure, HealthPolicy, Transition, cooldown};
+use crate::core::rt::clock::Clock;
 
 /// The last active check of an upstream.
 #[derive(Debug, Clone)]
@@ -129,6 +60,7 @@ struct Inner {
     last_error: Option<String>,
     last_check: Option<CheckRecord>,
     changed_at: Option<SystemTime>,
+    last_transition: Option<Transition>,
 }
 
 /// Health state of one upstream; survives reloads with the upstream.
@@ -142,10 +74,12 @@ pub struct UpstreamHealth {
     checks_failed: AtomicU64,
     passive_failures: AtomicU64,
     inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
-impl Default for UpstreamHealth {
-    fn default() -> Self {
+impl UpstreamHealth {
+    /// UP, no failures; decides and records time by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
         UpstreamHealth {
             up: AtomicBool::new(true),
             fails: AtomicU32::new(0),
@@ -153,6 +87,7 @@ impl Default for UpstreamHealth {
             checks_failed: AtomicU64::new(0),
             passive_failures: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
+            clock,
         }
     }
 }
@@ -166,6 +101,9 @@ pub struct HealthSnapshot {
     pub last_error: Option<String>,
     pub last_check: Option<CheckRecord>,
     pub last_change: Option<SystemTime>,
+    /// The last state change, as it was reported (for a `Down`, the failure
+    /// count at the moment of the ejection: later failures do not change it).
+    pub last_transition: Option<Transition>,
     /// Passive only, while DOWN: when the next half-open trial may start.
     pub retry_in: Option<Duration>,
     pub checks_ok: u64,
@@ -191,7 +129,7 @@ impl UpstreamHealth {
         self.fails.store(0, Ordering::Relaxed);
         g.rises = 0;
         g.failed_trials = 0;
-        g.retry_at = (!up).then(|| Instant::now() + cooldown(0));
+        g.retry_at = (!up).then(|| self.clock.instant() + cooldown(0));
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -200,7 +138,7 @@ impl UpstreamHealth {
 
     pub fn snapshot(&self) -> HealthSnapshot {
         let g = self.lock();
-        let now = Instant::now();
+        let now = self.clock.instant();
         HealthSnapshot {
             up: self.is_up(),
             consecutive_failures: self.consecutive_failures(),
@@ -208,6 +146,7 @@ impl UpstreamHealth {
             last_error: g.last_error.clone(),
             last_check: g.last_check.clone(),
             last_change: g.changed_at,
+            last_transition: g.last_transition.clone(),
             retry_in: if self.is_up() {
                 None
             } else {
@@ -231,17 +170,17 @@ impl UpstreamHealth {
     }
 
     /// Passive only: whether a half-open trial may start now (without claiming it).
-    pub fn trial_due(&self, policy: &HealthPolicy, now: Instant) -> bool {
-        self.trial_allowed(policy) && Self::due(&self.lock(), now)
+    pub fn trial_due(&self, policy: &HealthPolicy) -> bool {
+        self.trial_allowed(policy) && Self::due(&self.lock(), self.clock.instant())
     }
 
     /// Claims the half-open trial; false if it is not due or already taken.
-    pub fn claim_trial(&self, policy: &HealthPolicy, now: Instant) -> bool {
+    pub fn claim_trial(&self, policy: &HealthPolicy) -> bool {
         if !self.trial_allowed(policy) {
             return false;
         }
         let mut g = self.lock();
-        if !Self::due(&g, now) {
+        if !Self::due(&g, self.clock.instant()) {
             return false;
         }
         g.probing = true;
@@ -264,7 +203,7 @@ impl UpstreamHealth {
         let mut g = self.lock();
         g.probing = false;
         if !self.is_up() {
-            g.retry_at = Some(Instant::now() + COOLDOWN_BASE);
+            g.retry_at = Some(self.clock.instant() + COOLDOWN_BASE);
         }
     }
 
@@ -279,10 +218,7 @@ impl UpstreamHealth {
         if trial {
             g.probing = false;
             if !self.is_up() {
-                self.mark_up(&mut g);
-                return Some(Transition::Up {
-                    why: "half-open trial connection succeeded".into(),
-                });
+                return Some(self.mark_up(&mut g, "half-open trial connection succeeded".into()));
             }
         }
         if self.is_up() {
@@ -293,13 +229,7 @@ impl UpstreamHealth {
 
     /// A real connection failed (connect refused or timed out, reset before
     /// any byte). `trial`: it was the half-open trial.
-    pub fn passive_failure(
-        &self,
-        policy: &HealthPolicy,
-        reason: &str,
-        trial: bool,
-        now: Instant,
-    ) -> Option<Transition> {
+    pub fn passive_failure(&self, policy: &HealthPolicy, reason: &str, trial: bool) -> Option<Transition> {
         self.passive_failures.fetch_add(1, Ordering::Relaxed);
         let mut g = self.lock();
         g.last_error = Some(reason.to_string());
@@ -309,20 +239,19 @@ impl UpstreamHealth {
         if !self.is_up() {
             if trial {
                 g.failed_trials = g.failed_trials.saturating_add(1);
-                g.retry_at = Some(now + cooldown(g.failed_trials));
+                g.retry_at = Some(self.clock.instant() + cooldown(g.failed_trials));
             }
             return None;
         }
-        self.count_failure(&mut g, policy, reason, now)
+        self.count_failure(&mut g, policy, reason)
     }
 
-    /// The outcome of one active check.
+    /// The outcome of one active check, which took `took`.
     pub fn check_result(
         &self,
         policy: &HealthPolicy,
         result: Result<(), CheckFailure>,
         took: Duration,
-        now: Instant,
     ) -> Option<Transition> {
         let ok = result.is_ok();
         if ok {
@@ -332,7 +261,7 @@ impl UpstreamHealth {
         }
         let mut g = self.lock();
         g.last_check = Some(CheckRecord {
-            at: SystemTime::now(),
+            at: self.clock.now(),
             ok,
             detail: match &result {
                 Ok(()) => "ok".into(),
@@ -354,11 +283,8 @@ impl UpstreamHealth {
             Ok(()) => {
                 g.rises += 1;
                 if g.rises >= policy.rise {
-                    let n = g.rises;
-                    self.mark_up(&mut g);
-                    Some(Transition::Up {
-                        why: format!("{n} consecutive successful checks"),
-                    })
+                    let why = format!("{} consecutive successful checks", g.rises);
+                    Some(self.mark_up(&mut g, why))
                 } else {
                     None
                 }
@@ -366,7 +292,7 @@ impl UpstreamHealth {
             Err(e) => {
                 g.last_error = Some(e.clone());
                 if self.is_up() {
-                    self.count_failure(&mut g, policy, &e, now)
+                    self.count_failure(&mut g, policy, &e)
                 } else {
                     g.rises = 0;
                     self.fails
@@ -377,7 +303,7 @@ impl UpstreamHealth {
         }
     }
 
-    fn count_failure(&self, g: &mut Inner, policy: &HealthPolicy, reason: &str, now: Instant) -> Option<Transition> {
+    fn count_failure(&self, g: &mut Inner, policy: &HealthPolicy, reason: &str) -> Option<Transition> {
         let fails = self.consecutive_failures().saturating_add(1);
         self.fails.store(fails, Ordering::Relaxed);
         if fails < policy.fall {
@@ -387,159 +313,36 @@ impl UpstreamHealth {
         g.rises = 0;
         g.failed_trials = 0;
         // Half-open retries are for passive-only apps; active checks decide otherwise.
-        g.retry_at = policy.active.is_none().then(|| now + cooldown(0));
-        g.changed_at = Some(SystemTime::now());
-        Some(Transition::Down {
+        g.retry_at = policy.active.is_none().then(|| self.clock.instant() + cooldown(0));
+        g.changed_at = Some(self.clock.now());
+        let t = Transition::Down {
             failures: fails,
             reason: reason.to_string(),
-        })
+        };
+        g.last_transition = Some(t.clone());
+        Some(t)
     }
 
-    fn mark_up(&self, g: &mut Inner) {
+    fn mark_up(&self, g: &mut Inner, why: String) -> Transition {
         self.up.store(true, Ordering::Relaxed);
         self.fails.store(0, Ordering::Relaxed);
         g.rises = 0;
         g.failed_trials = 0;
         g.retry_at = None;
-        g.changed_at = Some(SystemTime::now());
-    }
-}
-
-/// Half-open retry delay after `failed_trials` failed trials.
-pub fn cooldown(failed_trials: u32) -> Duration {
-    let factor = 1u32 << failed_trials.min(16);
-    COOLDOWN_BASE.saturating_mul(factor).min(COOLDOWN_MAX)
-}
-
-/// A failed active check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckFailure {
-    pub detail: String,
-    /// The balancer's own resources failed (see [`is_local_error`]): not counted.
-    pub local: bool,
-}
-
-impl CheckFailure {
-    fn upstream(detail: String) -> CheckFailure {
-        CheckFailure { detail, local: false }
-    }
-    fn io(what: &str, e: &std::io::Error) -> CheckFailure {
-        CheckFailure {
-            detail: format!("{what}{}", describe_io(e)),
-            local: is_local_error(e),
-        }
-    }
-}
-
-/// Errors that are the balancer's own, not the upstream's: out of file
-/// descriptors (EMFILE, ENFILE), buffers (ENOBUFS), memory, or local ports
-/// (EADDRNOTAVAIL). They never count as an upstream failure.
-pub fn is_local_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind as K;
-    if matches!(e.kind(), K::AddrNotAvailable | K::OutOfMemory) {
-        return true;
-    }
-    // EMFILE and ENFILE are 24 and 23 on every Unix; ENOBUFS is 105 on Linux.
-    matches!(e.raw_os_error(), Some(23 | 24)) || (cfg!(target_os = "linux") && e.raw_os_error() == Some(105))
-}
-
-/// Short, stable wording for a connect or I/O error (logs, `/status`).
-pub fn describe_io(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => "connection refused".into(),
-        K::ConnectionReset => "connection reset".into(),
-        K::TimedOut => "timed out".into(),
-        K::UnexpectedEof => "closed by the upstream".into(),
-        K::AddrNotAvailable => "no local address or port available (balancer side)".into(),
-        _ => e.to_string(),
-    }
-}
-
-/// One active check: connect; with `send`, write it; with `expect`, read
-/// until those bytes appear. Bounded by `settings.timeout`.
-pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), CheckFailure> {
-    let run = async {
-        let mut conn = TcpConn::connect(addr).await.map_err(|e| CheckFailure::io("", &e))?;
-        if !settings.send.is_empty() {
-            conn.write_all(&settings.send)
-                .await
-                .map_err(|e| CheckFailure::io("sending the check payload: ", &e))?;
-        }
-        if !settings.expect.is_empty() {
-            let mut seen = Vec::with_capacity(256);
-            let mut buf = [0u8; 2048];
-            loop {
-                if contains(&seen, &settings.expect) {
-                    break;
-                }
-                if seen.len() >= MAX_CHECK_READ {
-                    return Err(CheckFailure::upstream(format!(
-                        "expected {:?}, got {} bytes without it",
-                        String::from_utf8_lossy(&settings.expect),
-                        seen.len()
-                    )));
-                }
-                let n = conn
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| CheckFailure::io("reading the check reply: ", &e))?;
-                if n == 0 {
-                    return Err(CheckFailure::upstream(format!(
-                        "expected {:?}, got {:?} before the upstream closed",
-                        String::from_utf8_lossy(&settings.expect),
-                        String::from_utf8_lossy(&seen[..seen.len().min(64)])
-                    )));
-                }
-                seen.extend_from_slice(&buf[..n]);
-            }
-        }
-        let _ = conn.close().await;
-        Ok(())
-    };
-    match timeout(settings.timeout, run).await {
-        Ok(r) => r,
-        Err(_) => Err(CheckFailure::upstream(format!(
-            "no {} within {}",
-            if settings.expect.is_empty() {
-                "connection"
-            } else {
-                "expected reply"
-            },
-            humantime::format_duration(settings.timeout)
-        ))),
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Checks `upstream` every `interval` forever (the caller cancels the task).
-/// The first check runs at once.
-pub async fn check_loop(app: Arc<str>, upstream: Arc<Upstream>, policy: HealthPolicy) {
-    let Some(settings) = policy.active.clone() else {
-        return;
-    };
-    loop {
-        let began = Instant::now();
-        let result = probe(upstream.addr, &settings).await;
-        if let Some(t) = upstream
-            .health
-            .check_result(&policy, result, began.elapsed(), Instant::now())
-        {
-            t.log(&app, &upstream.name);
-        }
-        match began.checked_add(settings.interval) {
-            Some(next) => Timer::at(next).await,
-            None => return, // an interval beyond the clock's range: one check only
-        };
+        g.changed_at = Some(self.clock.now());
+        let t = Transition::Up { why };
+        g.last_transition = Some(t.clone());
+        t
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::config::HealthSettings;
+    use crate::core::pool::policy::{COOLDOWN_MAX, PASSIVE_FALL};
+    use crate::core::pool::stopped::StoppedClock;
+    use crate::core::rt::clock::Clock;
 
     fn active(rise: u32, fall: u32) -> HealthPolicy {
         HealthPolicy::new(Some(&HealthSettings {
@@ -552,29 +355,10 @@ mod tests {
         }))
     }
 
-    #[test]
-    fn fall_ejects_once_and_rise_restores_once() {
-        let p = active(2, 3);
-        let h = UpstreamHealth::default();
-        let now = Instant::now();
-        let d = Duration::ZERO;
-        assert_eq!(h.check_result(&p, fail("x"), d, now), None);
-        assert_eq!(h.passive_failure(&p, "connection refused", false, now), None);
-        let t = h.check_result(&p, fail("timed out"), d, now);
-        assert!(matches!(t, Some(Transition::Down { failures: 3, .. })), "{t:?}");
-        assert!(!h.is_up());
-        // Further failures while down are not new transitions.
-        assert_eq!(h.check_result(&p, fail("x"), d, now), None);
-        assert_eq!(h.check_result(&p, Ok(()), d, now), None);
-        // A failure in between resets the rise count.
-        assert_eq!(h.check_result(&p, fail("x"), d, now), None);
-        assert_eq!(h.check_result(&p, Ok(()), d, now), None);
-        assert!(matches!(
-            h.check_result(&p, Ok(()), d, now),
-            Some(Transition::Up { .. })
-        ));
-        assert!(h.is_up());
-        assert_eq!(h.consecutive_failures(), 0);
+    /// A state machine on a clock that only the test moves.
+    fn health() -> (UpstreamHealth, Arc<StoppedClock>) {
+        let clock = StoppedClock::new();
+        (UpstreamHealth::new(clock.clone()), clock)
     }
 
     fn fail(detail: &str) -> Result<(), CheckFailure> {
@@ -582,34 +366,61 @@ mod tests {
     }
 
     #[test]
+    fn fall_ejects_once_and_rise_restores_once() {
+        let p = active(2, 3);
+        let (h, clock) = health();
+        let d = Duration::from_millis(7);
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(h.check_result(&p, fail("x"), d), None);
+        assert_eq!(h.passive_failure(&p, "connection refused", false), None);
+        let t = h.check_result(&p, fail("timed out"), d);
+        assert!(matches!(t, Some(Transition::Down { failures: 3, .. })), "{t:?}");
+        assert!(!h.is_up());
+        // Recorded times are the clock's.
+        let snap = h.snapshot();
+        assert_eq!(snap.last_change, Some(clock.now()));
+        assert_eq!(snap.last_check.map(|c| (c.at, c.took)), Some((clock.now(), d)));
+        // Further failures while down are not new transitions (the count
+        // goes on; the recorded transition keeps the count at the ejection).
+        assert_eq!(h.check_result(&p, fail("x"), d), None);
+        assert_eq!(h.consecutive_failures(), 4);
+        assert_eq!(h.snapshot().last_transition, t);
+        assert_eq!(h.check_result(&p, Ok(()), d), None);
+        // A failure in between resets the rise count.
+        assert_eq!(h.check_result(&p, fail("x"), d), None);
+        assert_eq!(h.check_result(&p, Ok(()), d), None);
+        assert!(matches!(h.check_result(&p, Ok(()), d), Some(Transition::Up { .. })));
+        assert!(h.is_up());
+        assert_eq!(h.consecutive_failures(), 0);
+    }
+
+    #[test]
     fn passive_only_success_resets_consecutive_failures() {
         let p = HealthPolicy::new(None);
-        let h = UpstreamHealth::default();
-        let now = Instant::now();
-        h.passive_failure(&p, "a", false, now);
-        h.passive_failure(&p, "b", false, now);
+        let (h, _) = health();
+        h.passive_failure(&p, "a", false);
+        h.passive_failure(&p, "b", false);
         assert_eq!(h.passive_success(&p, false), None);
         assert_eq!(h.consecutive_failures(), 0);
-        h.passive_failure(&p, "c", false, now);
+        h.passive_failure(&p, "c", false);
         assert!(h.is_up());
     }
 
     #[test]
     fn with_active_checks_traffic_does_not_mask_failing_checks() {
         let p = active(1, 3);
-        let h = UpstreamHealth::default();
-        let now = Instant::now();
+        let (h, _) = health();
         let d = Duration::ZERO;
-        h.check_result(&p, fail("expected reply"), d, now);
+        h.check_result(&p, fail("expected reply"), d);
         assert_eq!(h.passive_success(&p, false), None);
-        h.check_result(&p, fail("expected reply"), d, now);
+        h.check_result(&p, fail("expected reply"), d);
         assert_eq!(h.passive_success(&p, false), None);
         assert!(matches!(
-            h.check_result(&p, fail("expected reply"), d, now),
+            h.check_result(&p, fail("expected reply"), d),
             Some(Transition::Down { failures: 3, .. })
         ));
         // A good check does reset.
-        h.check_result(&p, Ok(()), d, now);
+        h.check_result(&p, Ok(()), d);
         assert!(h.is_up());
         assert_eq!(h.consecutive_failures(), 0);
     }
@@ -617,36 +428,40 @@ mod tests {
     #[test]
     fn local_errors_never_count() {
         let p = active(1, 1);
-        let h = UpstreamHealth::default();
-        let emfile = std::io::Error::from_raw_os_error(24);
-        assert!(is_local_error(&emfile));
-        assert!(!is_local_error(&std::io::ErrorKind::ConnectionRefused.into()));
-        let r = Err(CheckFailure::io("", &emfile));
-        assert_eq!(h.check_result(&p, r, Duration::ZERO, Instant::now()), None);
+        let (h, _) = health();
+        let r = Err(CheckFailure {
+            detail: "too many open files".into(),
+            local: true,
+        });
+        assert_eq!(h.check_result(&p, r, Duration::ZERO), None);
         assert!(h.is_up());
     }
 
     #[test]
     fn passive_half_open_backs_off_and_one_success_closes() {
         let p = HealthPolicy::new(None);
-        let h = UpstreamHealth::default();
-        let t0 = Instant::now();
+        let (h, clock) = health();
         for _ in 0..PASSIVE_FALL {
-            h.passive_failure(&p, "connection refused", false, t0);
+            h.passive_failure(&p, "connection refused", false);
         }
         assert!(!h.is_up());
-        assert!(!h.trial_due(&p, t0), "no trial before the cooldown");
-        let t1 = t0 + cooldown(0);
-        assert!(h.claim_trial(&p, t1));
-        assert!(!h.claim_trial(&p, t1), "one trial at a time");
-        assert_eq!(h.passive_failure(&p, "connection refused", true, t1), None);
+        assert!(!h.trial_due(&p), "no trial before the cooldown");
+        assert_eq!(h.snapshot().retry_in, Some(cooldown(0)));
+        clock.advance(cooldown(0));
+        assert!(h.claim_trial(&p));
+        assert!(!h.claim_trial(&p), "one trial at a time");
+        assert_eq!(h.passive_failure(&p, "connection refused", true), None);
         // Backed off: the next trial waits twice as long.
-        assert!(!h.trial_due(&p, t1 + cooldown(0)));
-        let t2 = t1 + cooldown(1);
-        assert!(h.trial_due(&p, t2));
-        assert!(h.claim_trial(&p, t2));
+        clock.advance(cooldown(0));
+        assert!(!h.trial_due(&p));
+        clock.advance(cooldown(1) - cooldown(0));
+        assert!(h.trial_due(&p));
+        assert!(h.claim_trial(&p));
         h.abandon_trial();
-        assert!(h.claim_trial(&p, t2));
+        // An abandoned trial waits the base cooldown again.
+        assert!(!h.trial_due(&p));
+        clock.advance(COOLDOWN_BASE);
+        assert!(h.claim_trial(&p));
         assert!(matches!(h.passive_success(&p, true), Some(Transition::Up { .. })));
         assert!(h.is_up());
     }
@@ -654,16 +469,9 @@ mod tests {
     #[test]
     fn active_policy_never_offers_trials() {
         let p = active(2, 1);
-        let h = UpstreamHealth::default();
-        let now = Instant::now();
-        assert!(h.passive_failure(&p, "x", false, now).is_some());
-        assert!(!h.claim_trial(&p, now + COOLDOWN_MAX));
-    }
-
-    #[test]
-    fn cooldown_doubles_and_caps() {
-        assert_eq!(cooldown(0), COOLDOWN_BASE);
-        assert_eq!(cooldown(1), COOLDOWN_BASE * 2);
-        assert_eq!(cooldown(30), COOLDOWN_MAX);
+        let (h, clock) = health();
+        assert!(h.passive_failure(&p, "x", false).is_some());
+        clock.advance(COOLDOWN_MAX);
+        assert!(!h.claim_trial(&p));
     }
 }

@@ -27,9 +27,8 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 use smol::{Async, channel};
 use tracing::{Instrument, Span, debug, info, warn};
 
-use crate::core::config::Timeouts;
-use crate::core::pool::balancer::{Balancer, Upstream, UpstreamGuard};
-use crate::core::pool::health;
+use crate::core::pool::balancer::{Balancer, ConnectError, Upstream, UpstreamGuard};
+
 use crate::core::proxy::admission::Slot;
 use crate::core::proxy::generation::{AppRuntime, Generation};
 use crate::core::proxy::handshake::{ClientTls, DECODE_ERROR_ALERT, HandshakeFailure, Handshaken, handshake};
@@ -238,7 +237,12 @@ async fn proxy(
         Ok(slot) => slot,
         Err(r) => return Outcome::Refused(r),
     };
-    let connected = connect_upstream(&app.balancer, timeouts).instrument(span.clone()).await;
+    let connected = app
+        .balancer
+        .connect(timeouts.connect)
+        .instrument(span.clone())
+        .await
+        .map_err(refusal);
     let (mut guard, upstream_stream) = match connected {
         Ok(x) => x,
         Err(r) => return Outcome::Refused(r), // `slot` drops: not held while the refusal lingers
@@ -381,59 +385,11 @@ impl AccessLog<'_> {
     }
 }
 
-/// Connects to the best healthy upstream; on failure tries the next best,
-/// at most 2 retries, all within `timeouts.connect`. Each attempt gets an
-/// equal share of what is left among the attempts still possible (an
-/// upstream that drops SYNs costs a third of the budget, not all of it);
-/// the last candidate gets all that is left. Each failure counts toward
-/// the upstream's `fall`; when no upstream is UP the refusal is immediate;
-/// the balancer's own resource errors are `local_resource`, never the
-/// upstream's fault.
-async fn connect_upstream(balancer: &Balancer, timeouts: Timeouts) -> Result<(UpstreamGuard, TcpConn), Refusal> {
-    const MAX_ATTEMPTS: usize = 3;
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(timeouts.connect)
-        .unwrap_or(now + Duration::from_secs(86400 * 365));
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
-    let mut last = Refusal::NoHealthyUpstream;
-    for attempt in 0..MAX_ATTEMPTS {
-        let Some((idx, mut guard)) = balancer.pick(&tried[..attempt]) else {
-            return Err(last);
-        };
-        tried[attempt] = idx;
-        let up = guard.upstream().clone();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Refusal::UpstreamConnectFailed);
-        }
-        let later = balancer
-            .healthy_excluding(&tried[..=attempt])
-            .min(MAX_ATTEMPTS - 1 - attempt);
-        let share = left / u32::try_from(later + 1).unwrap_or(1);
-        // A half-open trial gets at most a third of the budget.
-        let budget = if guard.is_trial() {
-            share.min(timeouts.connect / 3)
-        } else {
-            share
-        };
-        let reason = match timeout(budget, TcpConn::connect(up.addr)).await {
-            Ok(Ok(s)) => {
-                balancer.connected(&guard);
-                return Ok((guard, s));
-            }
-            Ok(Err(e)) if health::is_local_error(&e) => {
-                // Our own resources ran out: not the upstream's failure, and
-                // another upstream would fail the same way.
-                warn!(app = %balancer.app(), upstream = %up.name, "upstream connect failed on the balancer's side (local_resource): {}", health::describe_io(&e));
-                return Err(Refusal::LocalResource);
-            }
-            Ok(Err(e)) => health::describe_io(&e),
-            Err(_) => format!("connect timed out after {budget:?}"),
-        };
-        let n = balancer.failed(&mut guard, &reason);
-        warn!(app = %balancer.app(), upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");
-        last = Refusal::UpstreamConnectFailed;
+/// The refusal a failed upstream connect is counted and logged as.
+fn refusal(e: ConnectError) -> Refusal {
+    match e {
+        ConnectError::NoHealthyUpstream => Refusal::NoHealthyUpstream,
+        ConnectError::Failed => Refusal::UpstreamConnectFailed,
+        ConnectError::LocalResource => Refusal::LocalResource,
     }
-    Err(last)
 }

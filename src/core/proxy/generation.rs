@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::core::config::{App, Config};
 use crate::core::pool::balancer::{Balancer, Upstream};
-use crate::core::pool::health::HealthPolicy;
+use crate::core::pool::policy::HealthPolicy;
 use crate::core::proxy::limiter::Limiter;
 use crate::core::proxy::stats::AppStats;
 use crate::core::rt::clock::Clock;
@@ -105,8 +105,9 @@ impl Generation {
                 name: app.name.clone(),
                 balancer: Balancer::new(
                     &app.name,
-                    upstreams_for(app, previous),
+                    upstreams_for(app, previous, &deps.clock),
                     HealthPolicy::new(app.health.as_ref()),
+                    deps.clock.clone(),
                 ),
                 server_config,
                 gate,
@@ -186,7 +187,7 @@ fn refuse_unsupported(app: &App) -> Result<()> {
 
 /// Upstream states are kept across reloads when the app and address match,
 /// so active counts and health survive.
-fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>> {
+fn upstreams_for(app: &App, previous: Option<&Generation>, clock: &Arc<dyn Clock>) -> Vec<Arc<Upstream>> {
     let old = previous.and_then(|p| p.app(&app.name));
     app.upstreams
         .iter()
@@ -198,7 +199,7 @@ fn upstreams_for(app: &App, previous: Option<&Generation>) -> Vec<Arc<Upstream>>
                     .find(|x| x.name == u.name && x.addr == u.addr)
                     .cloned()
             })
-            .unwrap_or_else(|| Arc::new(Upstream::new(u)))
+            .unwrap_or_else(|| Arc::new(Upstream::new(u, clock.clone())))
         })
         .collect()
 }

@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use smol::{Async, Timer};
 use tracing::warn;
 
-use crate::core::pool::health::is_local_error;
 use crate::core::rt::log::Throttle;
+use crate::core::rt::net::is_local_error;
 
 /// The pause after a failed accept: the error (out of descriptors, most
 /// often) lasts a while, and retrying at once would spin a core.

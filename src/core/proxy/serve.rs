@@ -20,7 +20,7 @@ use futures_lite::FutureExt;
 use smol::{Executor, Task, Timer, channel};
 use tracing::{info, warn};
 
-use crate::core::pool::health;
+use crate::core::pool::checker;
 use crate::core::proxy::connection;
 use crate::core::proxy::generation::Generation;
 use crate::core::proxy::listener::Listener;
@@ -151,10 +151,11 @@ impl Server {
                     continue;
                 }
                 for u in app.balancer.upstreams() {
-                    tasks.push(ex.spawn(health::check_loop(
+                    tasks.push(ex.spawn(checker::check_loop(
                         app.balancer.app().clone(),
                         u.clone(),
                         policy.clone(),
+                        self.clock().clone(),
                     )));
                 }
             }

@@ -1,8 +1,14 @@
-//! [`TcpConn`]: an async TCP stream whose `poll_close` is a real half-close.
+//! Network plumbing: [`TcpConn`], an async TCP stream whose `poll_close` is
+//! a real half-close; what an I/O error means ([`is_local_error`],
+//! [`describe_io`]); the source a connection counts against ([`source_of`]).
 //!
 //! async-io's `Async<TcpStream>` only flushes on `poll_close`; a relay needs
 //! close to mean "send FIN" so EOF propagates (directly, or after a TLS
 //! close_notify when the stream is wrapped in TLS).
+//!
+//! Promises: [`is_local_error`] is true only for the balancer's own
+//! resource exhaustion, never for what a peer did; [`describe_io`] words an
+//! error the same way everywhere (logs, `/status`).
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -96,4 +102,69 @@ pub fn is_disconnect(e: &io::Error) -> bool {
             | io::ErrorKind::NotConnected
             | io::ErrorKind::UnexpectedEof
     )
+}
+
+/// errno values that std has no stable [`io::ErrorKind`] for (it maps
+/// ENOMEM to `OutOfMemory` and EADDRNOTAVAIL to `AddrNotAvailable`, but
+/// these three stay "uncategorized"), so they are matched by number.
+mod errno {
+    /// Too many open files in the system: 23 on every Unix.
+    pub const ENFILE: i32 = 23;
+    /// Too many open files in this process: 24 on every Unix.
+    pub const EMFILE: i32 = 24;
+    /// No buffer space available: 105 on Linux (elsewhere it has another
+    /// number and is not treated as local).
+    pub const ENOBUFS: Option<i32> = if cfg!(target_os = "linux") { Some(105) } else { None };
+}
+
+/// Errors that are the balancer's own, not the peer's: out of file
+/// descriptors (EMFILE, ENFILE), buffers (ENOBUFS), memory, or local ports
+/// (EADDRNOTAVAIL). They never count as an upstream failure.
+pub fn is_local_error(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    if matches!(e.kind(), K::AddrNotAvailable | K::OutOfMemory) {
+        return true;
+    }
+    let raw = e.raw_os_error();
+    matches!(raw, Some(errno::ENFILE | errno::EMFILE)) || errno::ENOBUFS.is_some_and(|n| raw == Some(n))
+}
+
+/// Short, stable wording for a connect or I/O error (logs, `/status`).
+pub fn describe_io(e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset".into(),
+        K::TimedOut => "timed out".into(),
+        K::UnexpectedEof => "closed by the upstream".into(),
+        K::AddrNotAvailable => "no local address or port available (balancer side)".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_errors_are_the_balancers_own_resources_only() {
+        let emfile = io::Error::from_raw_os_error(24);
+        assert!(is_local_error(&emfile));
+        assert!(is_local_error(&io::Error::from_raw_os_error(errno::ENFILE)));
+        assert!(is_local_error(&io::ErrorKind::AddrNotAvailable.into()));
+        assert!(!is_local_error(&io::ErrorKind::ConnectionRefused.into()));
+        assert!(!is_local_error(&io::Error::other("no errno")));
+        if let Some(enobufs) = errno::ENOBUFS {
+            assert!(is_local_error(&io::Error::from_raw_os_error(enobufs)));
+        }
+    }
+
+    #[test]
+    fn describe_io_words_are_stable() {
+        assert_eq!(
+            describe_io(&io::ErrorKind::ConnectionRefused.into()),
+            "connection refused"
+        );
+        assert_eq!(describe_io(&io::ErrorKind::TimedOut.into()), "timed out");
+    }
 }
