@@ -97,6 +97,34 @@ impl Default for LabOptions {
     }
 }
 
+/// Everything a lab binds on `127.0.0.1:0` before its config is written:
+/// upstream listeners, the balancer's listener, the optional admin one.
+type Bound = (Vec<TcpListener>, TcpListener, Option<TcpListener>, LabPaths);
+
+fn bind_all(opts: &LabOptions, pki: &Pki) -> Result<Bound> {
+    let any = || bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let up_listeners = (0..opts.upstreams).map(|_| any()).collect::<Result<Vec<_>>>()?;
+    let upstreams = up_listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("reading upstream addresses")?;
+    let listener = any()?;
+    let listen = listener.local_addr().context("reading the listener address")?;
+    let admin_listener = if opts.admin { Some(any()?) } else { None };
+    let admin = match &admin_listener {
+        Some(l) => Some(l.local_addr().context("reading the admin address")?),
+        None => None,
+    };
+    let paths = LabPaths {
+        pki_dir: pki.dir().to_path_buf(),
+        listen,
+        upstreams,
+        admin,
+    };
+    Ok((up_listeners, listener, admin_listener, paths))
+}
+
 /// A running system; stopped and deleted on drop.
 pub struct Lab {
     pub paths: LabPaths,
@@ -124,32 +152,7 @@ impl Lab {
             days: 30,
             force: false,
         })?;
-        let mut up_listeners = Vec::with_capacity(opts.upstreams);
-        for _ in 0..opts.upstreams {
-            up_listeners.push(bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?);
-        }
-        let upstreams = up_listeners
-            .iter()
-            .map(TcpListener::local_addr)
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("reading upstream addresses")?;
-        let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let listen = listener.local_addr().context("reading the listener address")?;
-        let admin_listener = if opts.admin {
-            Some(bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?)
-        } else {
-            None
-        };
-        let admin = match &admin_listener {
-            Some(l) => Some(l.local_addr().context("reading the admin address")?),
-            None => None,
-        };
-        let paths = LabPaths {
-            pki_dir: pki.dir().to_path_buf(),
-            listen,
-            upstreams,
-            admin,
-        };
+        let (up_listeners, listener, admin_listener, paths) = bind_all(&opts, &pki)?;
         let config_path = dir.path().join("tlb.toml");
         std::fs::write(&config_path, config(&paths)).context("writing the lab config")?;
         let cfg = Config::load(&config_path)?;
