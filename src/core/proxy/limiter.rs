@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::core::rt::clock::Clock;
+
 use crate::core::config::{Client, Limits};
 use crate::core::proxy::outcome::Refusal;
 
@@ -31,10 +33,12 @@ pub struct ClientState {
     total: AtomicU64,
     refused: AtomicU64,
     bucket: Mutex<Bucket>,
+    /// Token refills are timed by this clock (tests move it).
+    clock: Arc<dyn Clock>,
 }
 
 impl ClientState {
-    fn new(name: &str, limits: Limits) -> ClientState {
+    fn new(name: &str, limits: Limits, clock: Arc<dyn Clock>) -> ClientState {
         ClientState {
             name: name.to_string(),
             active: AtomicU32::new(0),
@@ -43,10 +47,11 @@ impl ClientState {
             refused: AtomicU64::new(0),
             bucket: Mutex::new(Bucket {
                 tokens: f64::from(limits.burst),
-                last: Instant::now(),
+                last: clock.instant(),
                 rate: limits.connection_rate,
                 burst: f64::from(limits.burst),
             }),
+            clock,
         }
     }
 
@@ -84,7 +89,7 @@ impl ClientState {
         let slot = ClientSlot { client: self.clone() };
         let granted = {
             let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
+            let now = self.clock.instant();
             let elapsed = now.duration_since(b.last).as_secs_f64();
             b.last = now;
             b.tokens = (b.tokens + elapsed * b.rate).min(b.burst);
@@ -125,7 +130,7 @@ pub struct Limiter {
 impl Limiter {
     /// States for `clients`; entries of `previous` with the same name are
     /// kept (so active counts and buckets survive a reload) with new limits.
-    pub fn new(clients: &[Client], previous: Option<&Limiter>) -> Limiter {
+    pub fn new(clients: &[Client], previous: Option<&Limiter>, clock: &Arc<dyn Clock>) -> Limiter {
         let mut map = HashMap::with_capacity(clients.len());
         for c in clients {
             let state = match previous.and_then(|p| p.clients.get(&c.name)) {
@@ -133,7 +138,7 @@ impl Limiter {
                     s.update(c.limits);
                     s.clone()
                 }
-                None => Arc::new(ClientState::new(&c.name, c.limits)),
+                None => Arc::new(ClientState::new(&c.name, c.limits, clock.clone())),
             };
             map.insert(c.name.clone(), state);
         }
@@ -161,6 +166,7 @@ mod tests {
                 connection_rate: rate,
                 burst,
             },
+            crate::core::rt::clock::system(),
         ))
     }
 
