@@ -16,9 +16,7 @@ Usage: scripts/ab_tlb.py --a OLD_TLB_BINARY --b NEW_TLB_BINARY [--rounds 5] [--d
 """
 import argparse, os, shutil, statistics, subprocess, sys, tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vs_haproxy import (  # noqa: E402
-    bench, cpu_during, free_port, log, start_upstreams, stop, wait_port, write_tlb_config)
+from benchlib import bench, cpu_during, free_port, log, start_upstreams, stop, wait_port, write_tlb_config
 
 
 def measure(binary, loader, port, work, duration):

@@ -223,7 +223,7 @@ fn the_lab_sample_loads() {
     assert!(paths.sample().render().contains(&paths.admin_table()));
 }
 
-/// What `scripts/bench_vs_haproxy.py`'s `write_tlb_config` means, typed.
+/// What `scripts/benchlib.py`'s `write_tlb_config` (used by both bench scripts) means, typed.
 fn bench_script_config(work: &str, port: u16, ups: &[&str], preauth_caps: bool) -> ConfigWriter {
     let mut w = ConfigWriter::new(TlsSection::pki(&format!("{work}/pki")));
     if preauth_caps {
@@ -250,7 +250,7 @@ fn bench_script_config(work: &str, port: u16, ups: &[&str], preauth_caps: bool) 
 #[test]
 fn the_bench_scripts_write_the_writers_config() {
     if !have("python3", "--version") {
-        eprintln!("skipped: no python3 to run scripts/bench_vs_haproxy.py");
+        eprintln!("skipped: no python3 to run scripts/benchlib.py");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -259,7 +259,7 @@ fn the_bench_scripts_write_the_writers_config() {
     let ups = ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"];
     for caps in [true, false] {
         let out = dir.path().join(format!("tlb-{caps}.toml"));
-        let py = "import sys; sys.path.insert(0, sys.argv[1]); from bench_vs_haproxy import write_tlb_config; \
+        let py = "import sys; sys.path.insert(0, sys.argv[1]); from benchlib import write_tlb_config; \
                   write_tlb_config(sys.argv[2], int(sys.argv[3]), sys.argv[4].split(','), path=sys.argv[5], \
                   preauth_caps=sys.argv[6] == 'true')";
         let run = run_bounded(
