@@ -88,21 +88,6 @@ where
     (addr, h)
 }
 
-/// Client options whose TLS config only speaks TLS 1.2.
-fn tls12_only(lab: &Lab, client: &str) -> ClientOptions {
-    let roots = load_roots(&lab.pki.ca_cert()).expect("lab CA");
-    let (c, k) = lab.pki.client(client);
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .expect("TLS 1.2")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(&c).expect("cert"), load_key(&k).expect("key"))
-        .expect("client auth");
-    let mut o = lab.client(Some(client)).expect("client options");
-    o.tls = Arc::new(cfg);
-    o
-}
-
 // ---------------------------------------------------------------------------
 // 1. Happy path
 

@@ -24,7 +24,6 @@ use tlb::core::pki::{KeyType, Role, Validity};
 use tlb::core::rt::clock::ManualClock;
 use tlb::core::rt::timeout;
 use tlb::core::tls::gate::CloseReason;
-use tlb::core::tls::{load_certs, load_key, load_roots, provider};
 use tlb::core::tools::client::{ClientError, ClientOptions, ClientStream, connect, refused_or_io};
 use tlb::core::tools::lab::{Lab, LabOptions};
 
@@ -189,16 +188,7 @@ fn an_expired_certificate_cannot_resume_a_tls12_session() {
         &client("short1", &["echo"], ""),
     );
     issue_for(&lab, "short1", TimeDuration::hours(1));
-    let roots = load_roots(&lab.pki.ca_cert()).expect("lab CA");
-    let (c, k) = lab.pki.client("short1");
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .expect("TLS 1.2")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(&c).expect("cert"), load_key(&k).expect("key"))
-        .expect("client auth");
-    let mut opts = lab.client(Some("short1")).expect("options");
-    opts.tls = Arc::new(cfg);
+    let opts = tls12_only(&lab, "short1");
     run(session(&opts, "one\n")).expect("TLS 1.2, full");
     let (resumed, _) = run(session(&opts, "two\n")).expect("TLS 1.2, resumed");
     assert!(resumed, "TLS 1.2 resumption works while the certificate is valid");

@@ -626,3 +626,21 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .sum()
 }
+
+/// Client options whose TLS config only speaks TLS 1.2.
+pub fn tls12_only(lab: &tlb::core::tools::lab::Lab, client: &str) -> tlb::core::tools::client::ClientOptions {
+    let roots = tlb::core::tls::load_roots(&lab.pki.ca_cert()).expect("lab CA");
+    let (c, k) = lab.pki.client(client);
+    let cfg = rustls::ClientConfig::builder_with_provider(tlb::core::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            tlb::core::tls::load_certs(&c).expect("cert"),
+            tlb::core::tls::load_key(&k).expect("key"),
+        )
+        .expect("client auth");
+    let mut o = lab.client(Some(client)).expect("client options");
+    o.tls = std::sync::Arc::new(cfg);
+    o
+}

@@ -1,4 +1,4 @@
-//! The `tlb.toml` model (SPEC §2): typed, defaulted, validated, and the one
+//! The `tlb.toml` model: typed, defaulted, validated, and the one
 //! writer of `tlb.toml` text.
 //!
 //! [`Config::load`] reads a file, [`Config::parse`] a string. Every problem is a

@@ -1,4 +1,4 @@
-//! The typed `tlb.toml` model (SPEC §2): what a loaded, validated config is.
+//! The typed `tlb.toml` model: what a loaded, validated config is.
 //!
 //! Promises: every value here is already defaulted and checked (ranges,
 //! addresses resolved, paths made relative to the config's directory), so

@@ -1,5 +1,5 @@
 //! The built-in PKI: a CA, server and client certificates, and a CRL, made
-//! with rcgen and laid out as SPEC §1.1 describes.
+//! with rcgen and laid out as the README's `tlb pki` section describes.
 //!
 //! Promises: directories it creates are 0700 (an existing directory keeps
 //! its mode, but one that others may write to is refused) and every key file
