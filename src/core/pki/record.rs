@@ -123,14 +123,5 @@ pub(super) fn same_serial(a: &str, b: &str) -> bool {
 /// `2027-05-01T12:00:00Z`: RFC 3339 in UTC, to the second (so that two of
 /// them compare as text like the times they are).
 pub(super) fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    humantime::format_rfc3339_seconds(std::time::SystemTime::from(t)).to_string()
 }
