@@ -12,17 +12,27 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use tlb::core::config::writer::{AdminSection, AppSection, ClientSection, ConfigWriter, TimeoutsSection, TlsSection};
+use tlb::core::pool::policy::PASSIVE_FALL;
+use tlb::core::rt::clock::{self, Clock, StoppedClock};
 use tlb::core::tools::client::{ClientError, connect, exchange};
 use tlb::core::tools::lab::{Lab, LabOptions};
 
 fn admin_lab(timeouts: &str, clients: &str) -> Lab {
+    admin_lab_on(clock::system(), timeouts, clients)
+}
+
+/// [`admin_lab`] on `clock`.
+fn admin_lab_on(clock: Arc<dyn Clock>, timeouts: &str, clients: &str) -> Lab {
     lab(
         LabOptions {
             admin: true,
+            clock,
             ..opts(2, true)
         },
         |p| {
@@ -63,7 +73,8 @@ fn metrics_count_every_refusal_reason() {
         client("client3", &["echo"], "connection_rate = 0.001\nburst = 1"),
     ]
     .concat();
-    let lab = admin_lab("handshake = \"1s\"", &clients);
+    // Stopped: the circuit opened below stays open (no half-open trial).
+    let lab = admin_lab_on(StoppedClock::new(), "handshake = \"1s\"", &clients);
     let m0 = scrape(&lab);
     assert!(m0.contains("# TYPE tlb_handshake_duration_seconds histogram"), "{m0}");
 
@@ -170,8 +181,8 @@ fn metrics_count_every_refusal_reason() {
             .refused_for(tlb::core::proxy::outcome::Refusal::NoHealthyUpstream)
     };
     let before = no_healthy();
-    // 3 connect failures open the circuit; then refusals are immediate (a
-    // half-open trial may add a failure if the 1 s cooldown passes meanwhile).
+    // PASSIVE_FALL connect failures open the circuit; then refusals are
+    // immediate (the clock is stopped: no half-open trial adds a failure).
     wait_until("a no_healthy_upstream refusal", T, || {
         let r = smol::block_on(exchange(&c1, b"x\n", T));
         assert!(matches!(r, Err(ClientError::ClosedBeforeReply { .. })), "{r:?}");
@@ -187,7 +198,11 @@ fn metrics_count_every_refusal_reason() {
     moved(&m2, &m3, "tlb_refused_total", &hs("no_healthy_upstream"), 1.0);
     let labels = format!("app=\"echo\",upstream=\"{dead}\"");
     assert_eq!(metric(&m3, "tlb_upstream_up", &labels), Some(0.0), "{m3}");
-    assert!(metric(&m3, "tlb_upstream_passive_failures_total", &labels) >= Some(3.0));
+    assert_eq!(
+        metric(&m3, "tlb_upstream_passive_failures_total", &labels),
+        Some(f64::from(PASSIVE_FALL)),
+        "{m3}"
+    );
 }
 
 #[test]
@@ -522,8 +537,8 @@ fn token_file_problems_name_file_line_and_key() {
 }
 
 /// A config for `tlb serve` over a fresh PKI in `dir`: admin on `admin`,
-/// with `admin_extra` lines in `[admin]`; the app's upstream is never used.
-fn serve_config(dir: &Path, admin: SocketAddr, admin_extra: &str) -> std::path::PathBuf {
+/// with `token_file` in `[admin]`; the app's upstream is never used.
+fn serve_config(dir: &Path, admin: SocketAddr, token_file: Option<&str>) -> std::path::PathBuf {
     let pki = tlb::core::pki::Pki::new(dir.join("pki"));
     if !pki.ca_cert().exists() {
         pki.init(&tlb::core::pki::InitOptions {
@@ -535,19 +550,24 @@ fn serve_config(dir: &Path, admin: SocketAddr, admin_extra: &str) -> std::path::
         })
         .expect("PKI");
     }
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = ConfigWriter::new(TlsSection {
+        crl: None,
+        ..TlsSection::pki("pki")
+    })
+    .admin(AdminSection {
+        token_file: token_file.map(str::to_string),
+        ..AdminSection::new(admin)
+    })
+    .timeouts(TimeoutsSection {
+        drain: Some(Duration::from_secs(1)),
+        ..TimeoutsSection::default()
+    })
+    .app(AppSection::new("echo", listen, [format!("127.0.0.1:{}", free_port())]))
+    .client(ClientSection::new("client1", ["echo"]))
+    .render();
     let config = dir.join("tlb.toml");
-    fs::write(
-        &config,
-        format!(
-            "[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/server.crt\"\nkey = \"pki/server.key\"\n\n\
-             [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n[timeouts]\ndrain = \"1s\"\n\n\
-             [[app]]\nname = \"echo\"\nlisten = \"127.0.0.1:{}\"\nupstreams = [\"127.0.0.1:{}\"]\n\n\
-             [[client]]\nname = \"client1\"\napps = [\"echo\"]\n",
-            free_port(),
-            free_port()
-        ),
-    )
-    .expect("config");
+    fs::write(&config, text).expect("config");
     config
 }
 
@@ -556,7 +576,7 @@ fn a_token_file_every_user_can_read_is_warned_about() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("admin.token");
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config = serve_config(dir.path(), admin, "token_file = \"admin.token\"");
+    let config = serve_config(dir.path(), admin, Some("admin.token"));
     let check = || {
         tlb(
             &["serve", "--check", "--config", config.to_str().expect("utf-8")],
@@ -610,7 +630,7 @@ fn a_non_loopback_admin_without_a_token_is_warned_about_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("serve.log");
     let port = free_port();
-    let config = serve_config(dir.path(), SocketAddr::from(([0, 0, 0, 0], port)), "");
+    let config = serve_config(dir.path(), SocketAddr::from(([0, 0, 0, 0], port)), None);
     let serve = serve_until_healthy(dir.path(), &config, port, &log);
     drop(serve);
     let text = fs::read_to_string(&log).expect("log");
@@ -622,11 +642,7 @@ fn a_non_loopback_admin_without_a_token_is_warned_about_at_start() {
     // With a token, the exposure is deliberate: no warning.
     write_mode(&dir.path().join("admin.token"), "abc\n", 0o600);
     let port = free_port();
-    let config = serve_config(
-        dir.path(),
-        SocketAddr::from(([0, 0, 0, 0], port)),
-        "token_file = \"admin.token\"",
-    );
+    let config = serve_config(dir.path(), SocketAddr::from(([0, 0, 0, 0], port)), Some("admin.token"));
     let serve = serve_until_healthy(dir.path(), &config, port, &log);
     drop(serve);
     let text = fs::read_to_string(&log).expect("log");

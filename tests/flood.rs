@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use tlb::core::config::writer::GlobalLimitsSection;
 use tlb::core::tools::lab::{Lab, LabOptions};
 
 use common::*;
@@ -30,19 +31,32 @@ fn ip(last: u8) -> IpAddr {
 /// A lab with an admin endpoint, one echo upstream, app `echo` for
 /// client1 and client2, `[limits]` = `limits`, a 10 s handshake timeout,
 /// and `client1_extra` appended to client1's table.
-fn flood_lab(limits: &str, client1_extra: &str) -> Lab {
+fn flood_lab(limits: GlobalLimitsSection, client1_extra: &str) -> Lab {
     let opts = LabOptions {
         admin: true,
         ..opts(1, true)
     };
     lab(opts, |p| {
-        let mut s = base_config(p, "handshake = \"10s\"\n");
-        s.push_str(&format!("\n[limits]\n{limits}\n"));
-        s.push_str(&app("echo", p.listen, &[], &ups(p)));
-        s.push_str(&client("client1", &["echo"], client1_extra));
-        s.push_str(&client("client2", &["echo"], ""));
-        s
+        base(p, "handshake = \"10s\"\n")
+            .limits(limits)
+            .app(app_section("echo", p.listen, &[], &ups(p)))
+            .client(client_section("client1", &["echo"], client1_extra))
+            .client(client_section("client2", &["echo"], ""))
+            .render()
     })
+}
+
+/// `[limits]` with the given caps (unset ones at their defaults).
+fn caps(
+    max_connections: Option<u32>,
+    max_handshakes: Option<u32>,
+    max_handshakes_per_ip: Option<u32>,
+) -> GlobalLimitsSection {
+    GlobalLimitsSection {
+        max_connections,
+        max_handshakes,
+        max_handshakes_per_ip,
+    }
 }
 
 fn handshakes_active(lab: &Lab) -> u64 {
@@ -92,7 +106,7 @@ async fn assert_echo_from(src: IpAddr, opts: &tlb::core::tools::client::ClientOp
 /// be held open until the handshake timeout instead of closed at once.
 #[test]
 fn per_ip_cap_closes_the_next_silent_connection_and_spares_other_sources() {
-    let lab = flood_lab("max_handshakes_per_ip = 8\nmax_handshakes = 100", "");
+    let lab = flood_lab(caps(None, Some(100), Some(8)), "");
     let opts = lab.client(Some("client1")).expect("client options");
     let flood = silent_from(&lab, &[ip(1); 8], 8);
 
@@ -131,7 +145,7 @@ fn per_ip_cap_closes_the_next_silent_connection_and_spares_other_sources() {
 /// cap on handshakes in progress: the 4th silent connection would be held.
 #[test]
 fn global_handshake_cap_applies_across_source_addresses() {
-    let lab = flood_lab("max_handshakes = 3\nmax_handshakes_per_ip = 64", "");
+    let lab = flood_lab(caps(None, Some(3), Some(64)), "");
     let opts = lab.client(Some("client1")).expect("client options");
     let flood = silent_from(&lab, &[ip(3), ip(4), ip(5)], 3);
 
@@ -170,7 +184,7 @@ fn global_handshake_cap_applies_across_source_addresses() {
 /// connection cap before TLS: the third connection would be served.
 #[test]
 fn global_connection_cap_closes_before_tls_and_is_released() {
-    let lab = flood_lab("max_connections = 2", "");
+    let lab = flood_lab(caps(Some(2), None, None), "");
     let opts = lab.client(Some("client1")).expect("client options");
     smol::block_on(async {
         let mut held = Vec::new();
@@ -232,7 +246,7 @@ fn global_connection_cap_closes_before_tls_and_is_released() {
 /// slot been released only at close, the 3rd connection would be refused.)
 #[test]
 fn completed_handshakes_free_their_handshake_slot() {
-    let lab = flood_lab("max_handshakes_per_ip = 2\nmax_handshakes = 4", "max_connections = 20");
+    let lab = flood_lab(caps(None, Some(4), Some(2)), "max_connections = 20");
     let opts = lab.client(Some("client1")).expect("client options");
     smol::block_on(async {
         let mut held = Vec::new();

@@ -20,6 +20,8 @@ use rcgen::{
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
 use time::{Duration as TimeDuration, OffsetDateTime};
+use tlb::core::config::TlsVersion;
+use tlb::core::config::writer::TlsSection;
 use tlb::core::pki::{KeyType, Role, Validity};
 use tlb::core::rt::clock::ManualClock;
 use tlb::core::rt::timeout;
@@ -73,19 +75,23 @@ fn tickets_refused(lab: &Lab) -> u64 {
     lab.server.metrics.tickets_refused.load(Ordering::Relaxed)
 }
 
-/// A lab with a manual clock and the standard config plus `tls` lines in `[tls]`.
-fn clocked_lab(tls_lines: &str, extra: &str) -> (Lab, Arc<ManualClock>) {
+/// A lab with a manual clock and the standard config, `[tls]` changed by
+/// `tls`, `extra` appended.
+fn clocked_lab(tls: impl FnOnce(&mut TlsSection), extra: &str) -> (Lab, Arc<ManualClock>) {
     let clock = ManualClock::new();
     let opts = LabOptions {
         clock: clock.clone(),
         ..opts(1, true)
     };
-    let tls_lines = tls_lines.to_string();
     let lab = lab(opts, move |p| {
-        standard_config(p, "", extra).replacen("[timeouts]", &format!("{tls_lines}\n[timeouts]"), 1)
+        let mut s = standard_writer(p, "").tls(lab_tls(p, tls)).render();
+        s.push_str(extra);
+        s
     });
     (lab, clock)
 }
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// Issues client certificate `name` valid from 5 minutes ago for `valid`.
 fn issue_for(lab: &Lab, name: &str, valid: TimeDuration) {
@@ -114,7 +120,7 @@ fn reload_with(lab: &Lab, edit: impl FnOnce(String) -> String) {
 
 #[test]
 fn a_session_resumes_and_is_counted() {
-    let (lab, _) = clocked_lab("", "");
+    let (lab, _) = clocked_lab(|_| {}, "");
     let opts = lab.client(Some("client1")).expect("options");
     let (resumed, echo) = run(session(&opts, "one\n")).expect("first connection");
     assert!(!resumed, "the first connection is a full handshake");
@@ -128,7 +134,7 @@ fn a_session_resumes_and_is_counted() {
 #[test]
 fn an_expired_certificate_cannot_resume() {
     // Tickets live a day; the certificate an hour.
-    let (lab, clock) = clocked_lab("session_lifetime = \"1d\"", &client("short1", &["echo"], ""));
+    let (lab, clock) = clocked_lab(|t| t.session_lifetime = Some(DAY), &client("short1", &["echo"], ""));
     issue_for(&lab, "short1", TimeDuration::hours(1));
     let opts = lab.client(Some("short1")).expect("options");
     run(session(&opts, "valid\n")).expect("while valid");
@@ -145,7 +151,7 @@ fn an_expired_certificate_cannot_resume() {
 
 #[test]
 fn a_revoked_certificate_cannot_resume_after_reload() {
-    let (lab, _) = clocked_lab("", "");
+    let (lab, _) = clocked_lab(|_| {}, "");
     let opts = lab.client(Some("client2")).expect("options");
     run(session(&opts, "before\n")).expect("before revocation");
     let (resumed, _) = run(session(&opts, "again\n")).expect("resumed before revocation");
@@ -167,7 +173,7 @@ fn a_revoked_certificate_cannot_resume_after_reload() {
 
 #[test]
 fn an_identity_removed_from_the_app_cannot_resume_after_reload() {
-    let (lab, _) = clocked_lab("", "");
+    let (lab, _) = clocked_lab(|_| {}, "");
     let opts = lab.client(Some("client3")).expect("options");
     run(session(&opts, "before\n")).expect("before");
     let before = proxied(&lab);
@@ -184,7 +190,10 @@ fn an_identity_removed_from_the_app_cannot_resume_after_reload() {
 #[test]
 fn an_expired_certificate_cannot_resume_a_tls12_session() {
     let (lab, clock) = clocked_lab(
-        "min_version = \"1.2\"\nsession_lifetime = \"1d\"",
+        |t| {
+            t.min_version = Some(TlsVersion::V1_2);
+            t.session_lifetime = Some(DAY);
+        },
         &client("short1", &["echo"], ""),
     );
     issue_for(&lab, "short1", TimeDuration::hours(1));
@@ -200,7 +209,7 @@ fn an_expired_certificate_cannot_resume_a_tls12_session() {
 
 #[test]
 fn a_ticket_older_than_session_lifetime_is_not_resumed() {
-    let (lab, clock) = clocked_lab("session_lifetime = \"10m\"", "");
+    let (lab, clock) = clocked_lab(|t| t.session_lifetime = Some(Duration::from_secs(600)), "");
     let opts = lab.client(Some("client1")).expect("options");
     run(session(&opts, "one\n")).expect("first");
     clock.advance(Duration::from_secs(11 * 60));
@@ -212,7 +221,7 @@ fn a_ticket_older_than_session_lifetime_is_not_resumed() {
 
 #[test]
 fn session_lifetime_zero_turns_resumption_off() {
-    let (lab, _) = clocked_lab("session_lifetime = \"0s\"", "");
+    let (lab, _) = clocked_lab(|t| t.session_lifetime = Some(Duration::ZERO), "");
     let opts = lab.client(Some("client1")).expect("options");
     for i in 0..3 {
         let (resumed, _) = run(session(&opts, "x\n")).expect("connection");
@@ -362,7 +371,9 @@ fn a_reload_closes_connections_removed_from_the_app_or_with_a_changed_pin() {
 #[test]
 fn keep_deauthorized_leaves_open_connections_alone() {
     let lab = lab(opts(1, true), |p| {
-        standard_config(p, "", "").replacen("[timeouts]", "keep_deauthorized = true\n\n[timeouts]", 1)
+        standard_writer(p, "")
+            .tls(lab_tls(p, |t| t.keep_deauthorized = Some(true)))
+            .render()
     });
     let mut s = open(&lab, "client2");
     lab.pki.revoke("client2").expect("revoke");
@@ -385,7 +396,7 @@ fn max_lifetime_closes_old_connections() {
 
 #[test]
 fn an_open_connection_is_closed_when_its_certificate_expires() {
-    let (lab, clock) = clocked_lab("", &client("short1", &["echo"], ""));
+    let (lab, clock) = clocked_lab(|_| {}, &client("short1", &["echo"], ""));
     issue_for(&lab, "short1", TimeDuration::hours(1));
     // One second before the end of its validity, as the gate's clock says.
     clock.advance(Duration::from_secs(3600 - 1));

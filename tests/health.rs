@@ -5,81 +5,62 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
+use tlb::core::config::writer::{AppSection, HealthSection};
 use tlb::core::pool::policy::{COOLDOWN_BASE, PASSIVE_FALL, Transition, cooldown};
-use tlb::core::rt::clock::{self, Clock};
+use tlb::core::rt::clock::{self, Clock, StoppedClock};
 use tlb::core::tools::client::ClientError;
-use tlb::core::tools::lab::Lab;
+use tlb::core::tools::lab::{Lab, LabPaths};
 
-/// A clock that stands still unless the test moves it. (A `ManualClock` is
-/// real time plus an offset: a 1 s cooldown would still pass by itself on a
-/// slow machine.) With this one, "before the cooldown" and "exactly when it
-/// is over" are the test's to say.
-#[derive(Debug)]
-struct StoppedClock {
-    at: (Instant, SystemTime),
-    ahead: Mutex<Duration>,
-}
-
-impl StoppedClock {
-    fn new() -> Arc<StoppedClock> {
-        Arc::new(StoppedClock {
-            at: (Instant::now(), SystemTime::now()),
-            ahead: Mutex::new(Duration::ZERO),
-        })
-    }
-    fn advance(&self, by: Duration) {
-        *self.ahead.lock().unwrap() += by;
-    }
-}
-
-impl Clock for StoppedClock {
-    fn now(&self) -> SystemTime {
-        self.at.1 + *self.ahead.lock().unwrap()
-    }
-    fn instant(&self) -> Instant {
-        self.at.0 + *self.ahead.lock().unwrap()
-    }
-}
-
-/// `[app.health]` lines for an app table.
-fn health(interval: &str, timeout: &str, rise: u32, fall: u32, extra: &str) -> String {
-    format!(
-        "  [app.health]\n  interval = \"{interval}\"\n  timeout = \"{timeout}\"\n  rise = {rise}\n  fall = {fall}\n{extra}\n"
-    )
+/// `[app.health]`: active checks, with `send`/`expect` when `probe` is set.
+fn health(interval: &str, timeout: &str, rise: u32, fall: u32, probe: Option<(&str, &str)>) -> Option<HealthSection> {
+    let ms = |s: &str| humantime::parse_duration(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    Some(HealthSection {
+        interval: Some(ms(interval)),
+        timeout: Some(ms(timeout)),
+        rise: Some(rise),
+        fall: Some(fall),
+        send: probe.map(|(send, _)| send.to_string()),
+        expect: probe.map(|(_, expect)| expect.to_string()),
+    })
 }
 
 /// A lab (no lab upstreams, admin on) whose app `echo` balances over `upstreams`.
-fn lab_over(upstreams: &[SocketAddr], timeouts: &str, app_extra: &str) -> Lab {
-    lab_on(clock::system(), upstreams, timeouts, app_extra)
+fn lab_over(upstreams: &[SocketAddr], timeouts: &str, health: Option<HealthSection>) -> Lab {
+    lab_on(clock::system(), upstreams, timeouts, health)
 }
 
 /// [`lab_over`] on `clock`.
-fn lab_on(clock: Arc<dyn Clock>, upstreams: &[SocketAddr], timeouts: &str, app_extra: &str) -> Lab {
-    let ups: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+fn lab_on(clock: Arc<dyn Clock>, upstreams: &[SocketAddr], timeouts: &str, health: Option<HealthSection>) -> Lab {
     lab(
         tlb::core::tools::lab::LabOptions {
             admin: true,
             clock,
             ..opts(0, true)
         },
-        |p| {
-            let mut s = base_config(p, timeouts);
-            s.push_str(&app("echo", p.listen, &[], &ups));
-            s.push_str(app_extra);
-            for c in ["client1", "client2", "client3"] {
-                s.push_str(&client(
-                    c,
-                    &["echo"],
-                    "max_connections = 100\nconnection_rate = 1000\nburst = 1000",
-                ));
-            }
-            s
-        },
+        |p| config_over(p, upstreams, timeouts, health),
     )
+}
+
+/// The config of [`lab_on`]: app `echo` over `upstreams`, client1..3 with
+/// limits out of the way.
+fn config_over(p: &LabPaths, upstreams: &[SocketAddr], timeouts: &str, health: Option<HealthSection>) -> String {
+    let ups: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+    let mut w = base(p, timeouts).app(AppSection {
+        health,
+        ..app_section("echo", p.listen, &[], &ups)
+    });
+    for c in ["client1", "client2", "client3"] {
+        w = w.client(client_section(
+            c,
+            &["echo"],
+            "max_connections = 100\nconnection_rate = 1000\nburst = 1000",
+        ));
+    }
+    w.render()
 }
 
 fn admin(lab: &Lab) -> SocketAddr {
@@ -124,7 +105,7 @@ fn killed_upstream_is_ejected_within_interval_times_fall_and_returns_after_rise(
     let lab = lab_over(
         &[u1.addr, u2.addr, u3.addr],
         "",
-        &health("200ms", "100ms", rise, fall, ""),
+        health("200ms", "100ms", rise, fall, None),
     );
     let adm = admin(&lab);
     assert_eq!(http_get(adm, "/healthz"), (200, "ok\n".to_string()));
@@ -221,7 +202,7 @@ fn failing_send_expect_ejects_although_tcp_connects() {
     let lab = lab_over(
         &[good.addr, mute_addr],
         "",
-        &health("600ms", "500ms", 2, 2, "  send = \"ping\\n\"\n  expect = \"ping\"\n"),
+        health("600ms", "500ms", 2, 2, Some(("ping\n", "ping"))),
     );
     wait_until("the mute upstream ejected", T, || state(&lab, mute_addr) == "down");
     let st = upstream_status(admin(&lab), "echo", &mute_addr.to_string());
@@ -253,7 +234,7 @@ fn passive_only_refusals_open_the_circuit_and_a_half_open_trial_closes_it() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // Cooldowns are over when the test advances the clock, never by themselves.
     let clock = StoppedClock::new();
-    let lab = lab_on(clock.clone(), &[good.addr, dead], "", "");
+    let lab = lab_on(clock.clone(), &[good.addr, dead], "", None);
     let g = lab.server.current();
     assert_eq!(g.app("echo").expect("app").balancer.policy().mode(), "passive");
     let snap = || upstream(&g, dead).health.snapshot();
@@ -324,7 +305,7 @@ fn all_upstreams_down_refuses_at_once_not_after_the_connect_timeout() {
     let lab = lab_over(
         &addrs,
         "connect = \"5s\"",
-        &health("100ms", "50ms", 1, 1, "  send = \"ping\\n\"\n  expect = \"ping\"\n"),
+        health("100ms", "50ms", 1, 1, Some(("ping\n", "ping"))),
     );
     for a in addrs {
         wait_until("mute upstream ejected", T, || state(&lab, a) == "down");
@@ -405,7 +386,7 @@ impl Drop for Resetter {
 fn passive_resets_before_any_byte_open_the_circuit_although_tcp_accepts() {
     let good = Echo::start("127.0.0.1:0".parse().unwrap(), "good");
     let bad = Resetter::start();
-    let lab = lab_over(&[good.addr, bad.addr], "", "");
+    let lab = lab_over(&[good.addr, bad.addr], "", None);
     let opts = lab.client(Some("client1")).expect("client options");
     // Clients sent to the resetter see a broken connection; keep going
     // until the circuit opens (3 resets), bounded.
@@ -425,11 +406,7 @@ fn passive_resets_before_any_byte_open_the_circuit_although_tcp_accepts() {
 fn traffic_does_not_mask_a_failing_send_expect_check() {
     // The echo answers real traffic fine but never says "pong".
     let up = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
-    let lab = lab_over(
-        &[up.addr],
-        "",
-        &health("300ms", "250ms", 1, 3, "  send = \"ping\\n\"\n  expect = \"pong\"\n"),
-    );
+    let lab = lab_over(&[up.addr], "", health("300ms", "250ms", 1, 3, Some(("ping\n", "pong"))));
     let opts = lab.client(Some("client1")).expect("client options");
     // A connection established before the ejection must be left alone.
     let mut held = smol::block_on(async {
@@ -473,17 +450,14 @@ fn traffic_does_not_mask_a_failing_send_expect_check() {
 #[test]
 fn reload_without_health_table_stops_the_checks_and_keeps_the_state() {
     let up = Echo::start("127.0.0.1:0".parse().unwrap(), "up1");
-    let lab = lab_over(&[up.addr], "", &health("100ms", "80ms", 1, 2, ""));
+    let lab = lab_over(&[up.addr], "", health("100ms", "80ms", 1, 2, None));
     let g = lab.server.current();
     let checks = |g: &tlb::core::proxy::generation::Generation| {
         let s = upstream(g, up.addr).health.snapshot();
         s.checks_ok + s.checks_failed
     };
     wait_until("checks running", T, || checks(&g) >= 3);
-    let text = std::fs::read_to_string(&lab.config_path).expect("config");
-    let cut = text.find("  [app.health]").expect("health table in the config");
-    let end = text[cut..].find("\n\n").map_or(text.len(), |i| cut + i);
-    lab.reload(&format!("{}{}", &text[..cut], &text[end..]))
+    lab.reload(&config_over(&lab.paths, &[up.addr], "", None))
         .expect("reload");
     let g2 = lab.server.current();
     assert_eq!(g2.app("echo").expect("app").balancer.policy().mode(), "passive");

@@ -131,11 +131,23 @@ pub fn ups(p: &LabPaths) -> Vec<String> {
 /// Like `pki init` writes: app `echo` over every lab upstream, clients 1-3
 /// allowed (client4 not), short drain, `timeouts` and `extra` appended.
 pub fn standard_config(p: &LabPaths, timeouts: &str, extra: &str) -> String {
-    let w = base(p, timeouts).app(app_section("echo", p.listen, &[], &ups(p)));
-    let clients: Vec<String> = (1..=4).map(|i| format!("client{i}")).collect();
-    let mut s = tlb::core::config::demo_clients(w, "echo", &clients).render();
+    let mut s = standard_writer(p, timeouts).render();
     s.push_str(extra);
     s
+}
+
+/// The writer [`standard_config`] renders (before `extra`).
+pub fn standard_writer(p: &LabPaths, timeouts: &str) -> ConfigWriter {
+    let w = base(p, timeouts).app(app_section("echo", p.listen, &[], &ups(p)));
+    let clients: Vec<String> = (1..=4).map(|i| format!("client{i}")).collect();
+    tlb::core::config::demo_clients(w, "echo", &clients)
+}
+
+/// `[tls]` for the lab PKI, changed by `edit`.
+pub fn lab_tls(p: &LabPaths, edit: impl FnOnce(&mut TlsSection)) -> TlsSection {
+    let mut t = TlsSection::pki(&p.pki_dir.display().to_string());
+    edit(&mut t);
+    t
 }
 
 /// A lab with the standard config.

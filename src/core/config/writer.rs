@@ -63,6 +63,12 @@ impl ConfigWriter {
         self
     }
 
+    /// Replaces `[tls]`.
+    pub fn tls(mut self, tls: TlsSection) -> ConfigWriter {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn limits(mut self, limits: GlobalLimitsSection) -> ConfigWriter {
         self.limits = Some(limits);
         self

@@ -213,7 +213,7 @@ mod tests {
     use super::*;
     use crate::core::config::UpstreamAddr;
     use crate::core::pool::policy::COOLDOWN_BASE;
-    use crate::core::pool::stopped::StoppedClock;
+    use crate::core::rt::clock::StoppedClock;
     use std::net::SocketAddr;
 
     fn bal_on(n: usize, clock: Arc<StoppedClock>) -> Balancer {

@@ -341,8 +341,8 @@ mod tests {
     use super::*;
     use crate::core::config::HealthSettings;
     use crate::core::pool::policy::{COOLDOWN_MAX, PASSIVE_FALL};
-    use crate::core::pool::stopped::StoppedClock;
     use crate::core::rt::clock::Clock;
+    use crate::core::rt::clock::StoppedClock;
 
     fn active(rise: u32, fall: u32) -> HealthPolicy {
         HealthPolicy::new(Some(&HealthSettings {

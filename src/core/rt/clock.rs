@@ -5,7 +5,7 @@
 //!
 //! Promises: [`SystemClock`] is the real time; [`ManualClock`] is the real
 //! time plus an offset that only a test moves, the same offset for both
-//! clocks. Code that decides by time takes a `Clock` rather than calling
+//! clocks; [`StoppedClock`] stands still unless a test moves it. Code that decides by time takes a `Clock` rather than calling
 //! `SystemTime::now()` or `Instant::now()`.
 
 use std::fmt;
@@ -71,6 +71,47 @@ impl Clock for ManualClock {
     fn instant(&self) -> Instant {
         let now = Instant::now();
         now.checked_add(self.ahead()).unwrap_or(now)
+    }
+}
+
+/// A clock that stands still unless [`StoppedClock::advance`] moves it.
+/// A [`ManualClock`] keeps running in real time, so a 1 s cooldown can
+/// still pass by itself on a slow machine; with this one, "before the
+/// cooldown" and "exactly when it is over" are the test's to say.
+#[derive(Debug)]
+pub struct StoppedClock {
+    at: (Instant, SystemTime),
+    ahead_ms: AtomicU64,
+}
+
+impl StoppedClock {
+    /// A clock stopped at the current real time.
+    pub fn new() -> Arc<StoppedClock> {
+        Arc::new(StoppedClock {
+            at: (Instant::now(), SystemTime::now()),
+            ahead_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Moves this clock `by` into the future.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .ahead_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(ms)));
+    }
+
+    fn ahead(&self) -> Duration {
+        Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl Clock for StoppedClock {
+    fn now(&self) -> SystemTime {
+        self.at.1.checked_add(self.ahead()).unwrap_or(self.at.1)
+    }
+    fn instant(&self) -> Instant {
+        self.at.0.checked_add(self.ahead()).unwrap_or(self.at.0)
     }
 }
 
