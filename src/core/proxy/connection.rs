@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncWriteExt, FutureExt};
-use smol::{Async, channel};
+use futures_lite::{AsyncWriteExt, FutureExt, future};
+use smol::Async;
 use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::core::pool::balancer::{Balancer, ConnectError, Upstream, UpstreamGuard};
@@ -34,7 +34,7 @@ use crate::core::proxy::generation::{AppRuntime, Generation};
 use crate::core::proxy::handshake::{ClientTls, DECODE_ERROR_ALERT, HandshakeFailure, Handshaken, handshake};
 use crate::core::proxy::linger::close_and_drain;
 use crate::core::proxy::outcome::{HandshakeFailureKind, Refusal};
-use crate::core::proxy::registry::{Open, Tracked};
+use crate::core::proxy::registry::{KillSignal, Open, Tracked};
 use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
 use crate::core::proxy::server::Server;
 use crate::core::rt::log::escaped;
@@ -89,7 +89,7 @@ pub(super) async fn handle(
     span.record("app", tracing::field::display(&app.name));
     let _app_active = span.in_scope(|| admitted(&server, &app, &tls, &identity, started, peer));
     // Registered for reload re-checks until this function returns.
-    let (_tracked, kill_rx) = span.in_scope(|| register(&server, &generation, &app, &tls, &identity));
+    let (_tracked, open) = span.in_scope(|| register(&server, &generation, &app, &tls, &identity));
     let keep = generation.config.tls.keep_deauthorized;
     let deadline = gate::deadline(
         not_after.filter(|_| !keep),
@@ -108,7 +108,7 @@ pub(super) async fn handle(
         moved: Transferred::default(),
     };
     let proxied = proxy(&server, &generation, &app, &mut tls, &mut log, deadline, &span);
-    let killed = async { kill_rx.recv().await.map_or(Outcome::Gone, Outcome::Closed) };
+    let killed = future::poll_fn(|cx| open.kill.poll_fired(cx).map(Outcome::Closed));
     let outcome = proxied.or(killed).await;
     finish(&server, outcome, &mut tls, &log, &span).await;
     server.metrics.connection_seconds.observe(started.elapsed());
@@ -156,29 +156,29 @@ fn admitted<'a>(
     active
 }
 
-/// Registers the connection for reload re-checks; the receiver says when
-/// (and why) it must close.
+/// Registers the connection for reload re-checks; the entry's
+/// [`KillSignal`](crate::core::proxy::registry::KillSignal) says when (and
+/// why) it must close.
 fn register(
     server: &Server,
     generation: &Arc<Generation>,
     app: &AppRuntime,
     tls: &ClientTls<'_>,
     identity: &str,
-) -> (Tracked, channel::Receiver<CloseReason>) {
-    let (kill_tx, kill_rx) = channel::bounded::<CloseReason>(1);
+) -> (Tracked, Arc<Open>) {
     let chain = tls
         .get_ref()
         .1
         .peer_certificates()
         .map(<[_]>::to_vec)
         .unwrap_or_default();
-    let open = Open {
+    let open = Arc::new(Open {
         app: app.name.clone(),
         identity: identity.to_owned(),
         chain,
-        kill: kill_tx,
-    };
-    (server.track(open, generation), kill_rx)
+        kill: KillSignal::default(),
+    });
+    (server.track(open.clone(), generation), open)
 }
 
 /// How the part after the handshake ended.
@@ -189,9 +189,6 @@ enum Outcome {
     Relayed(Cow<'static, str>),
     /// Closed by tlb: reload re-check, certificate expiry, max lifetime.
     Closed(CloseReason),
-    /// The registry dropped the connection's kill channel (cannot happen
-    /// while the connection is registered; ends it cleanly if it ever did).
-    Gone,
 }
 
 /// Counts how the connection ended, writes the access log, and closes.
@@ -211,7 +208,6 @@ async fn finish(server: &Server, outcome: Outcome, tls: &mut ClientTls<'_>, log:
             log.close(reason.label());
             let _ = timeout(Duration::from_millis(100), tls.close()).await;
         }
-        Outcome::Gone => log.close("done"),
     }
 }
 

@@ -1,17 +1,19 @@
 //! The open connections a reload re-checks: each admitted connection is
-//! registered with its app, identity and certificate chain, and a channel
-//! that tells it to close and why.
+//! registered with its app, identity and certificate chain, and a
+//! [`KillSignal`] that tells it to close and why.
 //!
 //! Promises: the lock is held for a map insert, a map remove, or a snapshot
 //! copy of the entries, never across an await; a `Tracked` guard removes
 //! its entry on drop, on every exit path; `recheck` asks a connection to
-//! close at most once per reason and never blocks.
+//! close and never blocks (the first reason wins).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use rustls::pki_types::CertificateDer;
-use smol::channel;
 use tracing::info;
 
 use crate::core::proxy::generation::Generation;
@@ -25,7 +27,49 @@ pub(super) struct Open {
     /// The client's certificate chain, end entity first.
     pub chain: Vec<CertificateDer<'static>>,
     /// Tells the connection to close, and why.
-    pub kill: channel::Sender<CloseReason>,
+    pub kill: KillSignal,
+}
+
+/// A one-shot "close now, because" from a reload (or a late re-check) to
+/// one open connection. The connection polls it on every wake-up, so until
+/// it fires a poll is one atomic load and a waker check: no channel, no
+/// event listener.
+#[derive(Debug, Default)]
+pub(super) struct KillSignal {
+    /// 0 until fired; then 1 + the [`CloseReason`]'s index.
+    reason: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl KillSignal {
+    /// Fires with `reason` (the first reason wins) and wakes the connection.
+    pub(super) fn fire(&self, reason: CloseReason) {
+        let code = u8::try_from(reason.index()).map_or(u8::MAX, |i| i.saturating_add(1));
+        let _ = self
+            .reason
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.waker.wake();
+    }
+
+    /// Ready with the reason once fired.
+    pub(super) fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if let Some(r) = self.fired() {
+            return Poll::Ready(r);
+        }
+        self.waker.register(cx.waker());
+        // A fire between the load and the registration woke no one: look again.
+        self.fired().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    fn fired(&self) -> Option<CloseReason> {
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            code => CloseReason::ALL
+                .get(usize::from(code) - 1)
+                .copied()
+                .or(Some(CloseReason::Deauthorized)),
+        }
+    }
 }
 
 /// Open connections by id.
@@ -95,9 +139,54 @@ pub(super) fn recheck(g: &Generation, open: &Open) -> bool {
                 reason = refused.close_reason().label(),
                 "closing an open connection: {refused}"
             );
-            // Full: a reason is already pending; closed: already gone.
-            let _ = open.kill.try_send(refused.close_reason());
+            open.kill.fire(refused.close_reason());
             true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_kill_wakes_the_connection_once_with_the_first_reason() {
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let kill = KillSignal::default();
+        assert_eq!(kill.poll_fired(&mut cx), Poll::Pending);
+        assert_eq!(kill.poll_fired(&mut cx), Poll::Pending, "polling again stays pending");
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        kill.fire(CloseReason::Revoked);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "the registered waker is woken");
+        kill.fire(CloseReason::Expired);
+        assert_eq!(
+            kill.poll_fired(&mut cx),
+            Poll::Ready(CloseReason::Revoked),
+            "the first reason wins"
+        );
+    }
+
+    #[test]
+    fn a_kill_before_the_first_poll_is_seen() {
+        for reason in CloseReason::ALL {
+            let kill = KillSignal::default();
+            kill.fire(reason);
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(kill.poll_fired(&mut cx), Poll::Ready(reason));
         }
     }
 }

@@ -156,8 +156,7 @@ impl Server {
     /// registered until the returned guard drops. `handshake_generation` is
     /// the generation that admitted it: if a reload swapped it meanwhile,
     /// the connection is re-checked at once.
-    pub(super) fn track(&self, open: Open, handshake_generation: &Arc<Generation>) -> Tracked {
-        let open = Arc::new(open);
+    pub(super) fn track(&self, open: Arc<Open>, handshake_generation: &Arc<Generation>) -> Tracked {
         let (tracked, current) = self.registry.insert(open.clone(), || self.current());
         if !Arc::ptr_eq(&current, handshake_generation) && !current.config.tls.keep_deauthorized {
             recheck(&current, &open);
