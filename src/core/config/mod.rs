@@ -13,6 +13,7 @@ mod error;
 mod literal;
 mod model;
 mod raw;
+pub mod reference;
 mod render;
 mod sample;
 mod validate;
