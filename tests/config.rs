@@ -1,4 +1,4 @@
-//! `tlb.toml` (SPEC §2): parsing, defaults, and validation errors that name
+//! `tlb.toml`: parsing, defaults, and validation errors that name
 //! the file, the line and the key of the offending entry.
 
 use std::net::SocketAddr;
@@ -65,7 +65,7 @@ upstreams = ["127.0.0.1:9001"]
     )
 }
 
-const FULL: &str = r#"# every section of SPEC §2
+const FULL: &str = r#"# every section of tlb.toml
 [tls]
 ca   = "pki/ca.crt"
 cert = "/etc/tlb/server.crt"

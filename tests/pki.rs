@@ -1,4 +1,4 @@
-//! `tlb pki` (SPEC §1.1) through the binary and the library: the files it
+//! `tlb pki` through the binary and the library: the files it
 //! writes, what is in the certificates, that standard tools (openssl) accept
 //! them, revocation, and clean one-line errors.
 
@@ -54,7 +54,7 @@ fn tlb_ok(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
-/// Runs `tlb ARGS` in `cwd` expecting a failure reported the SPEC way:
+/// Runs `tlb ARGS` in `cwd` expecting a failure reported the documented way:
 /// non-zero exit, exactly one line on stderr starting `tlb: error:`, no panic
 /// and no backtrace. Returns that line.
 #[track_caller]
