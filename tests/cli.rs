@@ -169,13 +169,17 @@ fn start(name: &str, args: &[&str], dir: &Path, log: &Path) -> ChildGuard {
     )
 }
 
-#[test]
-fn end_to_end_with_pki_upstream_serve_and_client_processes() {
-    let dir = init_dir();
-    let d = dir.path();
-    let config = d.join("tlb.toml");
-    let pki = d.join("pki");
+/// `tlb upstream --count 3 --greet` and `tlb serve` on the config `tlb pki
+/// init` wrote in `d`, moved to free ports; their output goes to files.
+struct System {
+    listen: String,
+    upstream: ChildGuard,
+    serve: ChildGuard,
+    serve_log: std::path::PathBuf,
+}
 
+fn start_system(d: &Path) -> System {
+    let config = d.join("tlb.toml");
     // Ports reserved right before the children start.
     let base = free_consecutive_ports(3);
     let listen = format!("127.0.0.1:{}", free_port());
@@ -206,12 +210,22 @@ fn end_to_end_with_pki_upstream_serve_and_client_processes() {
         wait_listening(u, &mut upstream, &up_log);
     }
     wait_listening(&listen, &mut serve, &serve_log);
+    System {
+        listen,
+        upstream,
+        serve,
+        serve_log,
+    }
+}
 
-    let client = |extra: &[&str]| {
+impl System {
+    /// `tlb client --connect <the balancer> --pki pki EXTRA...`.
+    fn client(&self, d: &Path, extra: &[&str]) -> Bounded {
+        let pki = d.join("pki");
         let mut args = vec![
             "client",
             "--connect",
-            &listen,
+            &self.listen,
             "--pki",
             path_str(&pki),
             "--timeout",
@@ -219,16 +233,23 @@ fn end_to_end_with_pki_upstream_serve_and_client_processes() {
         ];
         args.extend_from_slice(extra);
         tlb(&args, d, CMD)
-    };
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.serve_log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn end_to_end_with_pki_upstream_serve_and_client_processes() {
+    let dir = init_dir();
+    let d = dir.path();
+    let mut sys = start_system(d);
+    let client = |extra: &[&str]| sys.client(d, extra);
 
     // An authorized client: the greeting, then the echo.
     let out = client(&["--cert", "client2", "hello"]);
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "{out:?}\nserve log:\n{}",
-        fs::read_to_string(&serve_log).unwrap_or_default()
-    );
+    assert_eq!(out.code(), Some(0), "{out:?}\nserve log:\n{}", sys.log());
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{out:?}");
     let up = greeter(lines[0]);
@@ -249,9 +270,9 @@ fn end_to_end_with_pki_upstream_serve_and_client_processes() {
     assert!(line.contains("certificate_required"), "{line}");
 
     // SIGTERM: drain and exit 0.
-    serve.signal("TERM");
-    let status = serve.wait_for(Duration::from_secs(10));
-    let log = fs::read_to_string(&serve_log).unwrap_or_default();
+    sys.serve.signal("TERM");
+    let status = sys.serve.wait_for(Duration::from_secs(10));
+    let log = sys.log();
     assert!(
         status.is_some_and(|s| s.success()),
         "tlb serve after SIGTERM: {status:?}; log:\n{log}"
@@ -260,8 +281,8 @@ fn end_to_end_with_pki_upstream_serve_and_client_processes() {
     // The access log recorded the proxied connection.
     assert!(log.contains("client2"), "no access-log line for client2:\n{log}");
 
-    upstream.signal("TERM");
-    let status = upstream.wait_for(Duration::from_secs(10));
+    sys.upstream.signal("TERM");
+    let status = sys.upstream.wait_for(Duration::from_secs(10));
     assert!(status.is_some(), "tlb upstream did not stop on SIGTERM");
 }
 
@@ -483,4 +504,326 @@ fn bench_ends_on_time_with_a_very_low_rate() {
         assert!(took < 5.0, "{mode}: ran {took} s for --duration 1s");
         assert_eq!(report["requests"], requests, "{mode}: {text}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 11: colour only on a terminal, and error messages that are one line,
+// state their cause once and hint at what fits the command.
+
+/// How often `needle` occurs in `line`.
+fn count(line: &str, needle: &str) -> usize {
+    line.matches(needle).count()
+}
+
+/// A certificate file's serial, hex in capitals as `tlb pki show` prints it.
+fn serial_of(cert: &Path) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let pem = fs::read(cert).expect("certificate file");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).expect("PEM certificate");
+    let (_, c) = X509Certificate::from_der(&der).expect("DER certificate");
+    hex::encode_upper(c.raw_serial())
+}
+
+/// Valid from two days ago until yesterday.
+fn expired() -> tlb::core::pki::Validity {
+    let now = time::OffsetDateTime::now_utc();
+    tlb::core::pki::Validity {
+        not_before: now - time::Duration::days(2),
+        not_after: now - time::Duration::days(1),
+    }
+}
+
+#[test]
+fn logs_redirected_to_a_file_carry_no_colour() {
+    let dir = init_dir();
+    let d = dir.path();
+    let mut sys = start_system(d);
+    // An access line and a refusal: the lines with the most fields.
+    assert_eq!(sys.client(d, &["--cert", "client2", "hello"]).code(), Some(0));
+    assert_eq!(sys.client(d, &["--cert", "client4", "hello"]).code(), Some(3));
+    sys.serve.signal("TERM");
+    assert!(sys.serve.wait_for(Duration::from_secs(10)).is_some());
+    let log = fs::read(&sys.serve_log).expect("serve log");
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("INFO") && text.contains("access"), "{text}");
+    assert!(text.contains("handshake failed"), "{text}");
+    assert!(
+        !log.windows(2).any(|w| w == b"\x1b["),
+        "ANSI escapes in a log written to a file:\n{}",
+        text.escape_debug()
+    );
+}
+
+#[test]
+fn cert_file_without_key_file_is_one_line_naming_the_missing_flag() {
+    let dir = tempfile::Builder::new().prefix("tlb-cli-").tempdir().expect("tempdir");
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["client", "--cert-file", "c1.crt", "hi"], "--key-file", "c1.key"),
+        (&["client", "--key-file", "c1.key", "hi"], "--cert-file", "c1.crt"),
+        (
+            &["bench", "--target", "127.0.0.1:1", "--cert-file", "c1.crt"],
+            "--key-file",
+            "c1.key",
+        ),
+    ];
+    for (args, missing, example) in cases {
+        let out = tlb(args, dir.path(), CMD);
+        let line = assert_one_line_error(&out);
+        assert_eq!(out.code(), Some(2), "tlb {args:?}: {out:?}");
+        assert!(line.contains(missing) && line.contains(example), "tlb {args:?}: {line}");
+        assert!(!line.contains("required arguments"), "tlb {args:?}: {line}");
+        assert_eq!(count(&line, &format!("needs {missing}")), 1, "tlb {args:?}: {line}");
+    }
+}
+
+#[test]
+fn connection_refused_states_its_cause_once() {
+    let dir = init_dir();
+    // Reserved and released: nothing listens there.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pki = dir.path().join("pki");
+    let args = [
+        "client",
+        "--connect",
+        &addr,
+        "--pki",
+        path_str(&pki),
+        "--cert",
+        "client1",
+        "hi",
+    ];
+    let out = tlb(&args, dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(line.contains(&addr), "{line}");
+    assert_eq!(count(&line.to_lowercase(), "connection refused"), 1, "{line}");
+    assert_eq!(count(&line, "os error"), 1, "{line}");
+    assert!(line.contains("tlb serve") && line.contains("--connect"), "{line}");
+}
+
+#[test]
+fn connect_without_a_port_asks_for_host_port() {
+    let dir = tempfile::Builder::new().prefix("tlb-cli-").tempdir().expect("tempdir");
+    for target in ["8443", "localhost", "127.0.0.1:", ":8443"] {
+        let out = tlb(&["client", "--connect", target, "hi"], dir.path(), CMD);
+        let line = assert_one_line_error(&out);
+        assert_eq!(out.code(), Some(2), "--connect {target}: {out:?}");
+        assert!(line.contains("--connect"), "{line}");
+        assert!(line.contains("HOST:PORT") && line.contains("127.0.0.1:8443"), "{line}");
+        assert!(line.contains("tlb client --help"), "{line}");
+    }
+}
+
+#[test]
+fn client_refusing_the_servers_certificate_says_so() {
+    let dir = init_dir();
+    let d = dir.path();
+    let sys = start_system(d);
+
+    let out = sys.client(d, &["--cert", "client2", "--server-name", "wrong", "hi"]);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(line.contains("this client refused the server"), "{line}");
+    assert!(line.contains("not valid for name \"wrong\""), "{line}");
+    assert!(line.contains("localhost, 127.0.0.1, ::1"), "{line}");
+    assert!(line.contains("--server-name"), "{line}");
+    assert!(!line.contains("refused by"), "not the server's refusal: {line}");
+    assert!(
+        !line.contains("Context") && !line.contains("DnsName"),
+        "a debug dump: {line}"
+    );
+    assert_eq!(count(&line, "wrong"), 1, "{line}");
+
+    // A CA that did not sign the server's certificate.
+    let other = d.join("other");
+    let out = tlb(
+        &[
+            "pki",
+            "init",
+            "--dir",
+            path_str(&other),
+            "--config",
+            path_str(&d.join("other.toml")),
+        ],
+        d,
+        CMD,
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let ca = other.join("ca.crt");
+    let out = sys.client(d, &["--cert", "client2", "--ca", path_str(&ca), "hi"]);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(line.contains("this client refused the server"), "{line}");
+    assert!(line.contains("unknown issuer") && line.contains("--ca"), "{line}");
+    assert!(!line.contains("UnknownIssuer"), "a debug dump: {line}");
+}
+
+#[test]
+fn client_refusing_an_expired_server_certificate_says_so() {
+    use tlb::core::pki::{KeyType, Pki, Role};
+    let dir = init_dir();
+    let d = dir.path();
+    let issued = Pki::new(d.join("pki"))
+        .issue("old", Role::Server, KeyType::EcdsaP256, expired(), false)
+        .expect("an expired server certificate");
+    let config = d.join("tlb.toml");
+    let mut text = fs::read_to_string(&config).expect("config");
+    for (old, new) in [("server.crt", &issued.cert), ("server.key", &issued.key)] {
+        let old = format!("{:?}", path_str(&d.join("pki").join(old)));
+        assert!(text.contains(&old), "no {old} in the config:\n{text}");
+        text = text.replace(&old, &format!("{:?}", path_str(new)));
+    }
+    fs::write(&config, text).expect("rewriting the config");
+    let sys = start_system(d);
+
+    let out = sys.client(d, &["--cert", "client2", "hi"]);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(line.contains("this client refused the server"), "{line}");
+    assert!(line.contains("certificate is expired (notAfter "), "{line}");
+    assert!(!line.contains("ExpiredContext"), "a debug dump: {line}");
+}
+
+#[test]
+fn a_bad_client_certificate_file_is_named_with_its_fault() {
+    let dir = init_dir();
+    let d = dir.path();
+    fs::write(
+        d.join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("writing garbage");
+    let c1 = "pki/clients/client1.crt";
+    let k1 = "pki/clients/client1.key";
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("nope.crt", k1, &["client certificate nope.crt", "not found"]),
+        (c1, "nope.key", &["client key nope.key", "not found"]),
+        ("tlb.toml", k1, &["client certificate tlb.toml", "holds no certificate"]),
+        ("garbage.pem", k1, &["client certificate garbage.pem", "not valid PEM"]),
+        (c1, "tlb.toml", &["client key tlb.toml", "holds no private key"]),
+        (
+            c1,
+            "pki/clients/client2.key",
+            &["client2.key does not match", "client1.crt"],
+        ),
+    ];
+    for (cert, key, wanted) in cases {
+        let args = [
+            "client",
+            "--connect",
+            "127.0.0.1:1",
+            "--cert-file",
+            cert,
+            "--key-file",
+            key,
+            "hi",
+        ];
+        let out = tlb(&args, d, CMD);
+        let line = assert_one_line_error(&out);
+        assert_eq!(out.code(), Some(1), "{args:?}: {out:?}");
+        for w in *wanted {
+            assert!(line.contains(w), "{args:?}: {w:?} not in {line}");
+        }
+        assert!(!line.contains("ca.crt"), "the CA is not at fault: {line}");
+        assert!(!line.contains("os error 2"), "{line}");
+    }
+    // The CA file, when it is the one at fault, is named as such.
+    let out = tlb(
+        &["client", "--connect", "127.0.0.1:1", "--ca", "nope.crt", "hi"],
+        d,
+        CMD,
+    );
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("CA file (--ca) nope.crt: not found"), "{line}");
+}
+
+#[test]
+fn upstream_bind_errors_hint_per_errno_at_its_own_flags() {
+    let dir = tempfile::Builder::new().prefix("tlb-cli-").tempdir().expect("tempdir");
+    // EADDRINUSE: the port is held by this test.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let busy = held.local_addr().expect("its address").to_string();
+    let out = tlb(&["upstream", "--listen", &busy], dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert_eq!(count(&line, "in use"), 1, "{line}");
+    assert!(line.contains("another process") && line.contains("--listen"), "{line}");
+    assert!(!line.contains("config"), "tlb upstream has no config: {line}");
+    // EADDRNOTAVAIL: 192.0.2.1 (TEST-NET-1) is no address of this machine.
+    let out = tlb(&["upstream", "--listen", "192.0.2.1:9001"], dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(line.contains("not an address of this machine"), "{line}");
+    assert!(line.contains("--listen"), "{line}");
+    assert!(!line.contains("another process"), "that hint is for EADDRINUSE: {line}");
+    // EACCES (a port below 1024 without privileges) can only be seen when
+    // not root; its hint is checked by net::tests either way.
+    if let Err(e) = std::net::TcpListener::bind("127.0.0.1:1")
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        let out = tlb(&["upstream", "--listen", "127.0.0.1:1"], dir.path(), CMD);
+        let line = assert_one_line_error(&out);
+        assert!(line.contains("below 1024"), "{line}");
+    }
+    drop(held);
+}
+
+#[test]
+fn refused_certificates_are_logged_with_identity_and_serial() {
+    use tlb::core::pki::{KeyType, Pki, Role};
+    let dir = init_dir();
+    let d = dir.path();
+    let pki = d.join("pki");
+    let expired_serial = Pki::new(&pki)
+        .issue("client5", Role::Client, KeyType::EcdsaP256, expired(), false)
+        .expect("an expired client certificate")
+        .serial;
+    let sys = start_system(d);
+
+    // Revoked, then reloaded.
+    let out = tlb(&["pki", "revoke", "client1", "--dir", path_str(&pki)], d, CMD);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    sys.serve.signal("HUP");
+    wait_until("the reload", Duration::from_secs(20), || sys.log().contains("reloaded"));
+
+    let cases = [
+        (
+            "client1",
+            serial_of(&pki.join("clients/client1.crt")),
+            "certificate revoked",
+        ),
+        (
+            "client4",
+            serial_of(&pki.join("clients/client4.crt")),
+            "not a configured [[client]]",
+        ),
+        ("client5", expired_serial, "certificate expired"),
+    ];
+    for (name, serial, why) in &cases {
+        let out = sys.client(d, &["--cert", name, "hi"]);
+        assert_eq!(out.code(), Some(3), "{name}: {out:?}");
+        let wanted = format!("identity={name} serial={serial}");
+        wait_until(&format!("the refusal line of {name}"), Duration::from_secs(10), || {
+            sys.log()
+                .lines()
+                .any(|l| l.contains("handshake failed") && l.contains(&wanted))
+        });
+        let log = sys.log();
+        let line = log.lines().find(|l| l.contains(&wanted)).unwrap_or_default();
+        assert!(line.contains(why), "{name}: {line}");
+        assert!(!line.contains("Revoked") && !line.contains("Context"), "{line}");
+    }
+    // An admitted client's lines carry no serial: nothing extra on that path.
+    assert_eq!(sys.client(d, &["--cert", "client2", "hi"]).code(), Some(0));
+    wait_until("client2's access line", Duration::from_secs(10), || {
+        sys.log().contains("identity=client2")
+    });
+    let log = sys.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("client2"))
+            .all(|l| !l.contains("serial=")),
+        "{log}"
+    );
 }

@@ -14,8 +14,8 @@ use tlb::core::tools::client::{ClientOptions, connect, exchange, refused_or_io};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Balancer address.
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    /// Balancer address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8443", value_parser = super::host_port)]
     pub connect: String,
     /// Client certificate (without --cert or --cert-file none is sent) and CA.
     #[command(flatten)]

@@ -154,7 +154,8 @@ pub fn threads_arg() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 /// Help and version go to stdout as clap renders them; a usage mistake is
-/// one line on stderr (clap's first line, without its usage block) and exit 2.
+/// one line on stderr (clap's first line, without its usage block) with a
+/// pointer to the command's own `--help`, and exit 2.
 pub fn usage_error(e: clap::Error) -> std::process::ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -167,18 +168,78 @@ pub fn usage_error(e: clap::Error) -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
         _ => {
-            let rendered = e.render().to_string();
-            let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
-            let first = lines.next().unwrap_or("invalid arguments");
-            let mut msg = first.trim().trim_start_matches("error: ").to_string();
-            // "...were not provided:" is followed by the indented list of them.
-            if msg.ends_with(':') {
-                let items: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
-                msg = format!("{msg} {}", items.join(", "));
-            }
-            eprintln!("tlb: error: {msg} (see `tlb --help`, or `tlb <command> --help`)");
+            // Errors about a value (ValueValidation...) have no usage block to
+            // read the command from: the first subcommand on the line says it.
+            let names: Vec<String> = <Cli as clap::CommandFactory>::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            let command = std::env::args().skip(1).find(|a| names.contains(a));
+            eprintln!(
+                "tlb: error: {}",
+                usage_line(&e.render().to_string(), command.as_deref())
+            );
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// clap's rendered error as one line: its first line (with the indented
+/// list that follows a line ending in ':'), then where to read more: the
+/// command of clap's `Usage: tlb client ...` line, else `subcommand`.
+fn usage_line(rendered: &str, subcommand: Option<&str>) -> String {
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut msg = first.trim().trim_start_matches("error: ").to_string();
+    // "...were not provided:" is followed by the indented list of them.
+    if msg.ends_with(':') {
+        let items: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
+        msg = format!("{msg} {}", items.join(", "));
+    }
+    // The usage line starts with the binary's file name, whatever it is.
+    let from_usage: Option<Vec<&str>> = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|u| {
+            u.split_whitespace()
+                .skip(1)
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect()
+        });
+    let words = match from_usage {
+        Some(words) => words,
+        None => subcommand.into_iter().collect(),
+    };
+    let command = std::iter::once("tlb").chain(words).collect::<Vec<_>>().join(" ");
+    format!("{msg} (see `{command} --help`)")
+}
+
+/// An error as one line: its context chain joined by ": ", leaving out a
+/// cause whose text the line already holds (an error that repeats its
+/// source in its own message), and with any line break flattened.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// `--connect`: HOST:PORT (`[v6]:PORT` for IPv6); anything else is a usage
+/// error that says so.
+pub fn host_port(s: &str) -> Result<String, String> {
+    if tlb::core::tools::client::has_port(s) {
+        Ok(s.to_string())
+    } else {
+        Err("wants HOST:PORT, e.g. 127.0.0.1:8443".into())
     }
 }
 
@@ -191,11 +252,14 @@ pub struct ClientCertArgs {
     /// PKI directory for --cert and the default --ca.
     #[arg(long, default_value = "pki")]
     pub pki: std::path::PathBuf,
-    /// Client certificate file (PEM), instead of --cert.
-    #[arg(long, requires = "key_file", conflicts_with = "cert")]
+    // --cert-file and --key-file go together; `resolve` says so in one line
+    // (clap's `requires` would print "the following required arguments were
+    // not provided" and a usage block).
+    /// Client certificate file (PEM), instead of --cert; needs --key-file.
+    #[arg(long, conflicts_with = "cert")]
     pub cert_file: Option<std::path::PathBuf>,
     /// Client key file (PEM), with --cert-file.
-    #[arg(long, requires = "cert_file")]
+    #[arg(long, conflicts_with = "cert")]
     pub key_file: Option<std::path::PathBuf>,
     /// CA that signed the server certificate (default: <pki>/ca.crt).
     #[arg(long)]
@@ -225,9 +289,65 @@ impl ClientCertArgs {
                 Some((c, k))
             }
             (None, Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, Some(c), None) => {
+                return Err(UsageError(format!(
+                    "--cert-file {} needs --key-file with its private key (e.g. --key-file {})",
+                    c.display(),
+                    c.with_extension("key").display()
+                ))
+                .into());
+            }
+            (None, None, Some(k)) => {
+                return Err(UsageError(format!(
+                    "--key-file {} needs --cert-file with its certificate (e.g. --cert-file {}), or use --cert NAME",
+                    k.display(),
+                    k.with_extension("crt").display()
+                ))
+                .into());
+            }
             _ => None,
         };
         let ca = self.ca.clone().unwrap_or_else(|| pki.ca_cert());
         Ok(ClientCertFiles { cert_key, ca })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{error_line, usage_line};
+
+    #[test]
+    fn error_line_never_repeats_a_cause() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = io.to_string();
+        // A message that embeds its source, then context on top.
+        let e = anyhow::Error::new(io)
+            .context(format!("connecting failed: {text}"))
+            .context("client");
+        let line = error_line(&e);
+        assert_eq!(line, format!("client: connecting failed: {text}"));
+        assert_eq!(line.matches(&text).count(), 1, "{line}");
+        // Distinct causes are all kept, in order.
+        let e = anyhow::anyhow!("not found").context("reading a.crt");
+        assert_eq!(error_line(&e), "reading a.crt: not found");
+        assert!(!error_line(&anyhow::anyhow!("two\nlines")).contains('\n'));
+    }
+
+    #[test]
+    fn usage_line_points_at_the_commands_help() {
+        let rendered = "error: unexpected argument '--x' found\n\nUsage: tlb-copy pki issue [OPTIONS] <NAME>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line(rendered, Some("pki")),
+            "unexpected argument '--x' found (see `tlb pki issue --help`)"
+        );
+        assert_eq!(
+            usage_line("error: bad\n\nUsage: tlb <COMMAND>\n", None),
+            "bad (see `tlb --help`)"
+        );
+        assert_eq!(
+            usage_line("error: bad\n", Some("client")),
+            "bad (see `tlb client --help`)"
+        );
+        assert_eq!(usage_line("error: bad\n", None), "bad (see `tlb --help`)");
     }
 }

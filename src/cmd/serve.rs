@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
                 Ok(Signal::Hup) => match Config::load(&config_path) {
                     Ok(new) => match srv.reload(new) {
                         Ok(()) => info!("reloaded {}", config_path.display()),
-                        Err(e) => error!("reload rejected, keeping the old config: {e:#}"),
+                        Err(e) => error!("reload rejected, keeping the old config: {}", super::error_line(&e)),
                     },
                     Err(e) => error!("reload rejected, keeping the old config: {e}"),
                 },

@@ -7,7 +7,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use tracing::info;
 
-use tlb::core::proxy::listener::bind_listener;
+use tlb::core::proxy::listener::bind_listener_or;
 use tlb::core::rt::{Runtime, raise_fd_limit};
 use tlb::core::tools::echo::{EchoOptions, serve_echo};
 
@@ -51,7 +51,12 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             format!("{}{}", args.name, i + 1)
         };
-        let l = bind_listener(addr).with_context(|| format!("starting echo server {name}"))?;
+        let fix = if args.count == 1 {
+            "pick another --listen ADDR:PORT"
+        } else {
+            "pick another --listen ADDR:PORT (--count N uses N consecutive ports from it)"
+        };
+        let l = bind_listener_or(addr, fix).with_context(|| format!("starting echo server {name}"))?;
         servers.push((l, name, addr));
     }
     let rt = Runtime::new(args.threads).context("starting worker threads")?;

@@ -2,6 +2,13 @@
 //!
 //! `RUST_LOG` wins when set; otherwise `-v` raises the level from `info`
 //! (the default, which includes the access log) to `debug`, then `trace`.
+//!
+//! Promises: colour (ANSI escapes) only when stderr is a terminal and
+//! `NO_COLOR` is unset or empty ([`use_colour`]); a log redirected to a file
+//! or a pipe is plain text.
+
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 
 use anyhow::{Result, anyhow};
 use tracing_subscriber::EnvFilter;
@@ -30,12 +37,39 @@ pub fn init(verbose: u8, format: LogFormat, quiet: bool) -> Result<()> {
             _ => "debug,tlb=trace",
         }),
     };
+    let colour = use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     res.map_err(|e| anyhow!("installing the logger: {e}"))
+}
+
+/// Whether log lines get colour: only on a terminal, and not when
+/// `NO_COLOR` (<https://no-color.org>) holds any non-empty value.
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(
+            !use_colour(true, Some(OsStr::new("0"))),
+            "any non-empty value disables colour"
+        );
+        assert!(!use_colour(false, None), "never into a file or pipe");
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
 }

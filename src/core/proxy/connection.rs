@@ -12,7 +12,9 @@
 //! `max_lifetime`; per-client and per-upstream slots are released on every
 //! exit path (drop guards). Every log line of the connection is in its
 //! `conn` span (`peer`, then `identity` and `app` once known), except the
-//! access log, which carries those fields itself; the span is entered
+//! access log, which carries those fields itself, and the line of a
+//! handshake the gate refused, which carries the certificate's `identity`
+//! and `serial` (read on that path only); the span is entered
 //! around the handshake, the upstream connect and each log line, never
 //! while relaying (entering a span costs the subscriber a lookup).
 
@@ -125,7 +127,19 @@ async fn handshake_failed(
     span: &Span,
 ) {
     server.metrics.count_handshake_failure(f.kind);
-    span.in_scope(|| info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail));
+    span.in_scope(|| match (&f.identity, &f.serial) {
+        (None, None) => info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail),
+        // A refused certificate: who it names, so the line says whom.
+        (identity, serial) => info!(
+            %peer,
+            %local,
+            reason = f.kind.label(),
+            identity = %escaped(identity.as_deref().unwrap_or("-")),
+            serial = %serial.as_deref().unwrap_or("-"),
+            "handshake failed: {}",
+            f.detail
+        ),
+    });
     if f.unanswered {
         let _ = timeout(Duration::from_secs(1), conn.write_all(&DECODE_ERROR_ALERT)).await;
     }

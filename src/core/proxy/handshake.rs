@@ -35,6 +35,10 @@ pub struct HandshakeFailure {
     /// buffer, and a few others: see `unanswered_by_rustls`): the caller
     /// sends `decode_error` before closing.
     pub unanswered: bool,
+    /// The refused client certificate's identity (CN) and serial (hex),
+    /// when the gate refused one and could read them.
+    pub identity: Option<String>,
+    pub serial: Option<String>,
 }
 
 impl HandshakeFailure {
@@ -43,6 +47,8 @@ impl HandshakeFailure {
             kind,
             detail,
             unanswered: false,
+            identity: None,
+            serial: None,
         }
     }
 }
@@ -114,9 +120,11 @@ async fn read_client_hello(conn: &mut TcpConn) -> Result<StartHandshake<&mut Tcp
             // decode_error ourselves, so no client sees a bare close or reset.
             if unanswered_by_rustls(&e) {
                 HandshakeFailure {
-                    kind: HandshakeFailureKind::NotTls,
-                    detail: format!("ClientHello too large or malformed ({e}); sent decode_error"),
                     unanswered: true,
+                    ..HandshakeFailure::answered(
+                        HandshakeFailureKind::NotTls,
+                        format!("ClientHello too large or malformed ({e}); sent decode_error"),
+                    )
                 }
             } else {
                 classify_io(e)
@@ -126,25 +134,33 @@ async fn read_client_hello(conn: &mut TcpConn) -> Result<StartHandshake<&mut Tcp
 
 /// Drives the handshake with the app's config to its end.
 async fn complete<'c>(mut accept: FallibleAccept<&'c mut TcpConn>) -> Result<ClientTls<'c>, HandshakeFailure> {
-    // Poll the handshake ourselves so a denial recorded by the verifier is
-    // read in the same poll that returns the error (see gate::take_denial).
+    // Poll the handshake ourselves so a refusal recorded by the verifier is
+    // read in the same poll that returns the error (see gate::take_refusal).
     let result = std::future::poll_fn(|cx| {
-        gate::clear_denial();
+        gate::clear_refusal();
         match Pin::new(&mut accept).poll(cx) {
-            Poll::Ready(Err((e, _io))) => Poll::Ready(Err((e, gate::take_denial()))),
+            Poll::Ready(Err((e, _io))) => Poll::Ready(Err((e, gate::take_refusal()))),
             Poll::Ready(Ok(s)) => Poll::Ready(Ok(s)),
             Poll::Pending => Poll::Pending,
         }
     })
     .await;
-    match result {
-        Ok(s) => Ok(s),
-        Err((_, Some(denial))) => Err(HandshakeFailure::answered(
-            HandshakeFailureKind::Unauthorized,
-            denial.to_string(),
-        )),
-        Err((e, None)) => Err(classify_io(e)),
-    }
+    let (e, refusal) = match result {
+        Ok(s) => return Ok(s),
+        Err(failed) => failed,
+    };
+    let Some(refusal) = refusal else {
+        return Err(classify_io(e));
+    };
+    let failure = match refusal.denial {
+        Some(denial) => HandshakeFailure::answered(HandshakeFailureKind::Unauthorized, denial.to_string()),
+        None => classify_io(e),
+    };
+    Err(HandshakeFailure {
+        identity: refusal.identity,
+        serial: refusal.serial,
+        ..failure
+    })
 }
 
 /// The identity and expiry of the client certificate of a session the gate

@@ -3,6 +3,8 @@
 //! that survives accept errors.
 //!
 //! Promises: [`bind_listener`] sets SO_REUSEADDR and a backlog of 1024;
+//! a failed bind is one message with its cause once, a hint for that
+//! errno and the caller's fix ([`bind_listener_or`]);
 //! [`Listener::accept`] only ever returns a connection: an accept error
 //! (EMFILE, ENFILE, ENOBUFS...) never spins, it backs off [`BACKOFF`] and
 //! is logged at most once per the caller's [`Throttle`] interval, the line
@@ -17,21 +19,28 @@ use smol::{Async, Timer};
 use tracing::warn;
 
 use crate::core::rt::log::Throttle;
-use crate::core::rt::net::is_local_error;
+use crate::core::rt::net::{bind_hint, is_local_error};
 
 /// The pause after a failed accept: the error (out of descriptors, most
 /// often) lasts a while, and retrying at once would spin a core.
 pub const BACKOFF: Duration = Duration::from_millis(50);
 
-/// Binds one listener with SO_REUSEADDR and a deep backlog.
+/// Binds one listener with SO_REUSEADDR and a deep backlog; a failed bind
+/// says to change `listen` in the config.
 pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
+    bind_listener_or(addr, "change `listen` in the config")
+}
+
+/// [`bind_listener`], ending a failed bind's message with `fix` (what the
+/// caller's user can change: a flag, a config key).
+pub fn bind_listener_or(addr: SocketAddr, fix: &str) -> Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .with_context(|| format!("creating a socket for {addr}"))?;
     socket.set_reuse_address(true).context("setting SO_REUSEADDR")?;
-    socket.bind(&addr.into()).with_context(|| {
-        format!("binding {addr} (is another process using it? change the app's listen in the config)")
-    })?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}: {}; {fix}", bind_hint(&e, addr)))?;
     socket.listen(1024).with_context(|| format!("listening on {addr}"))?;
     Ok(socket.into())
 }

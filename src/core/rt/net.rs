@@ -1,6 +1,7 @@
 //! Network plumbing: [`TcpConn`], an async TCP stream whose `poll_close` is
 //! a real half-close; what an I/O error means ([`is_local_error`],
-//! [`describe_io`]); the source a connection counts against ([`source_of`]).
+//! [`describe_io`], [`bind_hint`]); the source a connection counts against
+//! ([`source_of`]).
 //!
 //! async-io's `Async<TcpStream>` only flushes on `poll_close`; a relay needs
 //! close to mean "send FIN" so EOF propagates (directly, or after a TLS
@@ -129,6 +130,27 @@ pub fn is_local_error(e: &io::Error) -> bool {
     matches!(raw, Some(errno::ENFILE | errno::EMFILE)) || errno::ENOBUFS.is_some_and(|n| raw == Some(n))
 }
 
+/// What to do about a failed bind of `addr`, one hint per errno: EADDRINUSE
+/// (98 on Linux) another process holds the port; EADDRNOTAVAIL (99) the
+/// address is not one of this machine's; EACCES (13) a port below 1024
+/// needs privileges. std names all three ([`io::ErrorKind::AddrInUse`],
+/// `AddrNotAvailable`, `PermissionDenied`), so they are matched by kind.
+pub fn bind_hint(e: &io::Error, addr: SocketAddr) -> String {
+    use io::ErrorKind as K;
+    match e.kind() {
+        K::AddrInUse => "another process holds that port (`ss -ltnp` shows which)".into(),
+        K::AddrNotAvailable => format!(
+            "{} is not an address of this machine, so it cannot be assigned (try 127.0.0.1 or 0.0.0.0)",
+            addr.ip()
+        ),
+        K::PermissionDenied if addr.port() < 1024 => {
+            "ports below 1024 need privileges (root or CAP_NET_BIND_SERVICE; or use a port from 1024 up)".into()
+        }
+        K::PermissionDenied => "this user may not bind there".into(),
+        _ => "the address cannot be bound".into(),
+    }
+}
+
 /// Short, stable wording for a connect or I/O error (logs, `/status`).
 pub fn describe_io(e: &io::Error) -> String {
     use io::ErrorKind as K;
@@ -157,6 +179,24 @@ mod tests {
         if let Some(enobufs) = errno::ENOBUFS {
             assert!(is_local_error(&io::Error::from_raw_os_error(enobufs)));
         }
+    }
+
+    #[test]
+    fn each_bind_errno_has_its_own_hint() {
+        let at = |s: &str| s.parse::<SocketAddr>().expect("an address");
+        let hint = |errno: i32, addr: &str| bind_hint(&io::Error::from_raw_os_error(errno), at(addr));
+        // Linux numbers (std maps them to kinds on every Unix).
+        let in_use = hint(98, "127.0.0.1:9001");
+        let not_here = hint(99, "192.0.2.1:9001");
+        let low_port = hint(13, "127.0.0.1:80");
+        assert!(in_use.contains("another process"), "{in_use}");
+        assert!(
+            not_here.contains("192.0.2.1 is not an address of this machine"),
+            "{not_here}"
+        );
+        assert!(!not_here.contains("another process"), "{not_here}");
+        assert!(low_port.contains("below 1024"), "{low_port}");
+        assert!(!hint(13, "127.0.0.1:8080").contains("below 1024"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::core::config::TlsVersion;
-use crate::core::tls::load::{load_certs, load_key, load_roots};
+use crate::core::tls::load::{load_certs_as, load_key_as, load_roots_as};
 use crate::core::tls::suites::{provider, versions};
 
 /// Options for an outgoing mTLS connection (`tlb client`, `tlb bench`).
@@ -28,7 +28,7 @@ pub struct ClientTlsFiles<'a> {
 /// A rustls client config from CA, optional client cert/key.
 pub fn client_config(files: &ClientTlsFiles<'_>) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
-    let roots = load_roots(files.ca)?;
+    let roots = load_roots_as(files.ca, "CA file (--ca)")?;
     let vers: &[&rustls::SupportedProtocolVersion] = if files.allow_tls12 {
         versions(TlsVersion::V1_2)
     } else {
@@ -40,15 +40,11 @@ pub fn client_config(files: &ClientTlsFiles<'_>) -> Result<Arc<rustls::ClientCon
         .with_root_certificates(roots);
     let mut cfg = match (files.cert, files.key) {
         (Some(cert), Some(key)) => {
-            let chain = load_certs(cert)?;
-            let key_der = load_key(key)?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                anyhow!(
-                    "client certificate {} and key {} do not form a usable pair: {e}",
-                    cert.display(),
-                    key.display()
-                )
-            })?
+            let chain = load_certs_as(cert, "client certificate")?;
+            let key_der = load_key_as(key, "client key")?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| pair_error(cert, key, &e))?
         }
         (None, None) => builder.with_no_client_auth(),
         _ => bail!("pass both a client certificate and its key, or neither"),
@@ -57,4 +53,22 @@ pub fn client_config(files: &ClientTlsFiles<'_>) -> Result<Arc<rustls::ClientCon
         cfg.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(cfg))
+}
+
+/// A client certificate and key that rustls will not use together.
+fn pair_error(cert: &Path, key: &Path, e: &rustls::Error) -> anyhow::Error {
+    use rustls::{Error as TE, InconsistentKeys as IK};
+    match e {
+        TE::InconsistentKeys(IK::KeyMismatch) => anyhow!(
+            "client key {} does not match client certificate {} (the key of another certificate?); pass the .key written with that .crt",
+            key.display(),
+            cert.display()
+        ),
+        e => anyhow!(
+            "client certificate {} and key {} do not form a usable pair: {}",
+            cert.display(),
+            key.display(),
+            crate::core::tls::alerts::describe_rustls_error(e)
+        ),
+    }
 }

@@ -31,9 +31,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 
 use crate::core::rt::clock::{Clock, unix_secs};
-use crate::core::tls::policy::{AppPolicy, Denial, record_denial};
+use crate::core::tls::identity;
+use crate::core::tls::policy::{AppPolicy, Denial, RefusedCert, record_refusal};
 // The handshake reads a refusal's reason through these (see policy).
-pub use crate::core::tls::policy::{clear_denial, take_denial};
+pub use crate::core::tls::policy::{clear_refusal, take_refusal};
 
 /// Why the gate refused a chain.
 #[derive(Debug, Clone)]
@@ -189,9 +190,7 @@ impl ClientCertVerifier for AuthorizingVerifier {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(refused) => {
                 let err = refused.tls_error();
-                if let Refused::Policy(denial) = refused {
-                    record_denial(denial);
-                }
+                record_refusal(refused_cert(end_entity, refused));
                 Err(err)
             }
         }
@@ -214,6 +213,22 @@ impl ClientCertVerifier for AuthorizingVerifier {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.verifier.supported_verify_schemes()
+    }
+}
+
+/// For the log line of a refused handshake: the denial, and who the
+/// certificate names (one more parse, on the refusal path only).
+fn refused_cert(end_entity: &CertificateDer<'_>, refused: Refused) -> RefusedCert {
+    let (cn, serial) =
+        identity::parsed(end_entity, |c| (identity::cn_of(c), Some(identity::serial_of(c)))).unwrap_or_default();
+    let denial = match refused {
+        Refused::Policy(d) => Some(d),
+        Refused::Certificate(_) => None,
+    };
+    RefusedCert {
+        identity: denial.as_ref().and_then(|d| d.identity.clone()).or(cn),
+        denial,
+        serial,
     }
 }
 

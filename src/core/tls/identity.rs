@@ -35,6 +35,12 @@ pub fn spki_of(cert: &X509Certificate<'_>) -> Option<[u8; 32]> {
     digest.as_ref().try_into().ok()
 }
 
+/// A parsed certificate's serial number, hex in capitals, as `tlb pki show`
+/// prints it and `tlb pki revoke --serial` takes it.
+pub fn serial_of(cert: &X509Certificate<'_>) -> String {
+    hex::encode_upper(cert.raw_serial())
+}
+
 /// The end of a parsed certificate's validity period.
 pub fn not_after_of(cert: &X509Certificate<'_>) -> Option<std::time::SystemTime> {
     let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;

@@ -30,6 +30,8 @@ pub mod suites;
 // The names the rest of tlb uses, in one place.
 pub use alerts::{alert_name, describe_rustls_error, describe_tls_error};
 pub use client::{ClientTlsFiles, client_config};
-pub use load::{load_certified_key, load_certs, load_crls, load_key, load_roots};
+pub use load::{
+    load_certified_key, load_certs, load_certs_as, load_crls, load_key, load_key_as, load_roots, load_roots_as,
+};
 pub use server::{ServerTls, TicketKeys};
 pub use suites::provider;

@@ -48,27 +48,39 @@ impl fmt::Display for Denial {
     }
 }
 
-thread_local! {
-    static LAST_DENIAL: RefCell<Option<Denial>> = const { RefCell::new(None) };
+/// What the verifier recorded about a chain it refused, for the
+/// handshake's log line: the policy's denial when it was one, and the
+/// certificate's identity (CN) and serial where they could be read.
+/// Only a refusal builds one: an admitted chain costs nothing here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefusedCert {
+    pub denial: Option<Denial>,
+    pub identity: Option<String>,
+    /// Hex, as `tlb pki show` prints it.
+    pub serial: Option<String>,
 }
 
-/// Takes the denial recorded by an authorizing verifier on this thread.
+thread_local! {
+    static LAST_REFUSAL: RefCell<Option<RefusedCert>> = const { RefCell::new(None) };
+}
+
+/// Takes the refusal recorded by an authorizing verifier on this thread.
 ///
 /// The verifier runs inside the `poll` of the handshake future that then
 /// returns the error, on the same thread, with no other task in between; so
 /// a caller that polls the handshake and, on error, calls this in the same
-/// `poll` gets that connection's denial. Call `clear_denial` before polling.
-pub fn take_denial() -> Option<Denial> {
-    LAST_DENIAL.with(|d| d.borrow_mut().take())
+/// `poll` gets that connection's refusal. Call `clear_refusal` before polling.
+pub fn take_refusal() -> Option<RefusedCert> {
+    LAST_REFUSAL.with(|d| d.borrow_mut().take())
 }
 
-/// Forgets any recorded denial on this thread.
-pub fn clear_denial() {
-    LAST_DENIAL.with(|d| *d.borrow_mut() = None);
+/// Forgets any recorded refusal on this thread.
+pub fn clear_refusal() {
+    LAST_REFUSAL.with(|d| *d.borrow_mut() = None);
 }
 
-pub(crate) fn record_denial(d: Denial) {
-    LAST_DENIAL.with(|slot| *slot.borrow_mut() = Some(d));
+pub(crate) fn record_refusal(r: RefusedCert) {
+    LAST_REFUSAL.with(|slot| *slot.borrow_mut() = Some(r));
 }
 
 /// Who may use one app: identity -> optional SPKI pin.

@@ -4,6 +4,10 @@
 //! With TLS 1.3 a refused client certificate surfaces only on the first
 //! read (the server's alert arrives after the client's handshake is done),
 //! so [`exchange`] writes, half-closes and reads before it judges.
+//!
+//! Promises: every [`ClientError`] is one message that states its cause
+//! once and says which side refused a handshake ([`RefusedBy`]): an alert
+//! from the server, or this client refusing the server's certificate.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,27 +25,85 @@ use crate::core::tls::{ClientTlsFiles, client_config, describe_tls_error};
 /// The TLS client stream type.
 pub type ClientStream = futures_rustls::client::TlsStream<TcpConn>;
 
-/// What went wrong, in the terms a user needs.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong, in the terms a user needs. Each message states its
+/// cause once and is the whole story: no error here has a `source()`, so
+/// printing a chain never repeats the cause.
+#[derive(Debug)]
 pub enum ClientError {
-    #[error("cannot resolve {0}: {1}")]
+    /// HOST:PORT that does not resolve: (what was given, why).
     Resolve(String, String),
-    #[error("connecting to {addr} failed: {source} (is `tlb serve` running there? check --connect)")]
-    Connect { addr: SocketAddr, source: io::Error },
-    #[error("the TLS handshake was refused by {addr}: {detail}{hint}")]
+    Connect {
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// The handshake failed on a TLS error: an alert from the server, or
+    /// this client refusing the server's certificate (`by`).
     TlsRefused {
         addr: SocketAddr,
         detail: String,
         hint: &'static str,
+        by: RefusedBy,
     },
-    #[error(
-        "connection closed by the balancer at {addr} before any reply (per-client limit, or no upstream available)"
-    )]
-    ClosedBeforeReply { addr: SocketAddr },
-    #[error("{what} timed out after {after:?}")]
-    Timeout { what: &'static str, after: Duration },
-    #[error("connection to {addr} failed: {detail}")]
-    Io { addr: SocketAddr, detail: String },
+    ClosedBeforeReply {
+        addr: SocketAddr,
+    },
+    Timeout {
+        what: &'static str,
+        after: Duration,
+    },
+    Io {
+        addr: SocketAddr,
+        detail: String,
+    },
+}
+
+/// Which side stopped a TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// The server sent an alert (about this client, usually its certificate).
+    Server,
+    /// This client refused the server (its certificate, most often).
+    Client,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Resolve(target, why) => write!(f, "cannot resolve {target}: {why}"),
+            ClientError::Connect { addr, source } => {
+                write!(f, "connecting to {addr} failed: {source}; {}", connect_hint(source))
+            }
+            ClientError::TlsRefused {
+                addr,
+                detail,
+                hint,
+                by: RefusedBy::Server,
+            } => write!(f, "the TLS handshake was refused by {addr}: {detail}{hint}"),
+            ClientError::TlsRefused {
+                addr,
+                detail,
+                hint,
+                by: RefusedBy::Client,
+            } => write!(f, "this client refused the server at {addr}: {detail}{hint}"),
+            ClientError::ClosedBeforeReply { addr } => write!(
+                f,
+                "connection closed by the balancer at {addr} before any reply (per-client limit, or no upstream available)"
+            ),
+            ClientError::Timeout { what, after } => write!(f, "{what} timed out after {after:?}"),
+            ClientError::Io { addr, detail } => write!(f, "connection to {addr} failed: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// What to do about a failed TCP connect.
+fn connect_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "nothing listens there: is `tlb serve` running? check --connect",
+        io::ErrorKind::AddrNotAvailable => "no local port or address available to connect from",
+        _ => "check --connect and that `tlb serve` is reachable",
+    }
 }
 
 /// Where and how to connect.
@@ -65,9 +127,8 @@ impl ClientOptions {
         files: &ClientTlsFiles<'_>,
         connect_timeout: Duration,
     ) -> anyhow::Result<ClientOptions> {
-        use anyhow::Context;
-        let tls =
-            client_config(files).with_context(|| format!("loading client TLS files (CA {})", files.ca.display()))?;
+        // Each file's own error names it (and what is wrong with it).
+        let tls = client_config(files)?;
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|_| anyhow::anyhow!("--server-name {server_name:?} is not a valid DNS name or IP address"))?;
         Ok(ClientOptions {
@@ -81,11 +142,30 @@ impl ClientOptions {
 
 /// The first address `target` (HOST:PORT) resolves to.
 pub fn resolve(target: &str) -> Result<SocketAddr, ClientError> {
+    let fail = |why: String| ClientError::Resolve(format!("{target:?}"), why);
+    if !has_port(target) {
+        return Err(fail("wants HOST:PORT, e.g. 127.0.0.1:8443".into()));
+    }
     target
         .to_socket_addrs()
-        .map_err(|e| ClientError::Resolve(target.to_string(), e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?
         .next()
-        .ok_or_else(|| ClientError::Resolve(target.to_string(), "no address".into()))
+        .ok_or_else(|| fail("no address".into()))
+}
+
+/// Whether `target` has the shape HOST:PORT (`[v6]:PORT` for IPv6), with
+/// a non-empty host and a port number: not whether the host resolves.
+pub fn has_port(target: &str) -> bool {
+    match target.rsplit_once(':') {
+        Some((host, port)) => {
+            let (host, bracketed) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => (v6, true),
+                None => (host, false),
+            };
+            !host.is_empty() && (bracketed || !host.contains(':')) && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    }
 }
 
 /// Connects and completes the client side of the handshake.
@@ -120,41 +200,64 @@ pub async fn connect_to(addr: SocketAddr, opts: &ClientOptions) -> Result<Client
 
 /// Maps an error seen during or right after the handshake.
 pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
-    use rustls::{AlertDescription as AD, Error as TE};
+    use rustls::Error as TE;
+    let refused =
+        |detail: String, hint: &'static str, by: RefusedBy| ClientError::TlsRefused { addr, detail, hint, by };
     match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
-        Some(TE::AlertReceived(a)) => ClientError::TlsRefused {
-            addr,
-            detail: format!("server sent alert {}", crate::core::tls::alert_name(*a)),
-            hint: match a {
-                AD::AccessDenied => {
-                    " (this certificate's identity is not authorized for the app; check [[client]] in the server config)"
-                }
-                AD::UnknownCA | AD::BadCertificate | AD::CertificateUnknown => {
-                    " (the server does not trust this client certificate; was it issued by the server's CA?)"
-                }
-                AD::CertificateRevoked => " (this client certificate is revoked)",
-                AD::CertificateExpired => " (this client certificate has expired; issue a new one)",
-                AD::CertificateRequired => {
-                    " (the server requires a client certificate: pass --cert NAME or --cert-file/--key-file)"
-                }
-                AD::ProtocolVersion => " (TLS version mismatch)",
-                _ => "",
-            },
-        },
-        Some(TE::InvalidCertificate(c)) => ClientError::TlsRefused {
-            addr,
-            detail: format!("this client rejected the server's certificate: {c:?}"),
-            hint: " (check --ca and --server-name)",
-        },
-        Some(other) => ClientError::TlsRefused {
-            addr,
-            detail: other.to_string(),
-            hint: "",
-        },
+        Some(TE::AlertReceived(a)) => refused(
+            format!("server sent alert {}", crate::core::tls::alert_name(*a)),
+            alert_hint(*a),
+            RefusedBy::Server,
+        ),
+        Some(TE::InvalidCertificate(c)) => refused(
+            format!(
+                "the server's certificate is {}",
+                crate::core::tls::alerts::describe_certificate_error(c)
+            ),
+            server_certificate_hint(c),
+            RefusedBy::Client,
+        ),
+        Some(other) => refused(crate::core::tls::describe_rustls_error(other), "", RefusedBy::Client),
         None => ClientError::Io {
             addr,
             detail: describe_tls_error(&e),
         },
+    }
+}
+
+/// What the client can do about the server's alert.
+fn alert_hint(a: rustls::AlertDescription) -> &'static str {
+    use rustls::AlertDescription as AD;
+    match a {
+        AD::AccessDenied => {
+            " (this certificate's identity is not authorized for the app; check [[client]] in the server config)"
+        }
+        AD::UnknownCA | AD::BadCertificate | AD::CertificateUnknown => {
+            " (the server does not trust this client certificate; was it issued by the server's CA?)"
+        }
+        AD::CertificateRevoked => " (this client certificate is revoked)",
+        AD::CertificateExpired => " (this client certificate has expired; issue a new one)",
+        AD::CertificateRequired => {
+            " (the server requires a client certificate: pass --cert NAME or --cert-file/--key-file)"
+        }
+        AD::ProtocolVersion => " (TLS version mismatch)",
+        _ => "",
+    }
+}
+
+/// What the client can do about a server certificate it refused.
+fn server_certificate_hint(c: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as CE;
+    match c {
+        CE::NotValidForName | CE::NotValidForNameContext { .. } => "; use --server-name NAME with one of its names",
+        CE::UnknownIssuer | CE::BadSignature => {
+            "; check --ca: it must be the CA that signed the server's certificate (default <pki>/ca.crt)"
+        }
+        CE::Expired | CE::ExpiredContext { .. } => {
+            "; the server needs a new certificate, or this machine's clock is wrong"
+        }
+        CE::NotValidYet | CE::NotValidYetContext { .. } => "; check this machine's clock and the server's",
+        _ => "; check --ca and --server-name",
     }
 }
 
