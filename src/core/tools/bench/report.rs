@@ -159,7 +159,7 @@ pub fn headline(o: &BenchOptions) -> String {
     let what = match (o.mode, o.rate) {
         (Mode::Handshake, _) => format!(
             "handshake: {n} loop(s), each opening a new connection ({}), one {size} B echo, close",
-            if o.plain { "plain TCP" } else { "full TLS handshake" }
+            if o.plain { "plain TCP" } else { "TLS handshake" }
         ),
         (Mode::Rr, None) => {
             format!("rr: {n} persistent connection(s), each sends {size} B and waits for its echo (closed loop)")
