@@ -1,6 +1,14 @@
 //! `tlb bench`: load generator; without --target it stands up a whole
 //! system in-process on loopback first.
+//!
+//! Promises: the exit status says whether the run worked (0), failed (1:
+//! stopped early with a diagnosis, or over `--max-error-rate`), was a
+//! usage mistake (2) or was interrupted after printing the partial report
+//! (130 for SIGINT, 143 for SIGTERM); the self-hosted system's temporary
+//! directory (CA key included) is removed on every way out: success,
+//! error, panic, Ctrl-C, and a second Ctrl-C that quits at once.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +22,26 @@ use crate::cmd::ModeArg;
 use tlb::core::config::writer::{GlobalLimitsSection, LimitsSection, TimeoutsSection};
 use tlb::core::rt::default_threads;
 use tlb::core::tls::ClientTlsFiles;
-use tlb::core::tools::bench::{BenchOptions, Live, render, run as run_bench};
+use tlb::core::tools::bench::{
+    BenchOptions, BenchReport, DEFAULT_CONNECTIONS, DEFAULT_MAX_ERROR_RATE, Live, Mode, Verdict, headline, render,
+    run as run_bench, verdict,
+};
 use tlb::core::tools::client::ClientOptions;
 use tlb::core::tools::lab::{Lab, LabOptions};
 
+mod interrupts;
+
+use interrupts::Interrupts;
+
+const EXIT_STATUSES: &str = "\
+Exit status: 0 the run worked (errors within --max-error-rate); 1 it failed: stopped early \
+because almost nothing succeeded (under 1 % of the first 200 attempts or 2 s), more errors than \
+--max-error-rate, or an error (bad files, unresolvable --target); the last line says why and what to \
+try; 2 a usage mistake; 130 interrupted by Ctrl-C (143: SIGTERM) after printing the partial report. \
+A second Ctrl-C quits at once. The self-hosted system's temporary files are removed in every case.";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_STATUSES)]
 pub struct Args {
     /// mTLS echo endpoint to load (tlb, HAProxy, nginx...). Without it, a
     /// complete system is started in-process on loopback.
@@ -32,7 +55,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeArg::Rr)]
     pub mode: ModeArg,
     /// Concurrent connections, 1-1000000.
-    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub connections: usize,
     /// How long to run, e.g. 10s, 1m (at most 365days).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -54,9 +77,13 @@ pub struct Args {
     /// Loader threads, 0-1024 (0: all cores; half of them when self-hosted).
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
-    /// Write the figures as JSON to this file.
+    /// Write the figures as JSON to this file (also when the run fails).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Exit 1 when more than this percentage of attempts (exchanges; in
+    /// stream mode, connections) failed, 0-100.
+    #[arg(long, default_value_t = DEFAULT_MAX_ERROR_RATE, value_parser = parse_percent)]
+    pub max_error_rate: f64,
 }
 
 /// Longest `--duration` (a year: the clock arithmetic cannot overflow).
@@ -74,6 +101,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--max-error-rate`: a percentage, 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| "not a number; use e.g. 1 or 0.5".to_string())?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err("must be a percentage from 0 to 100, e.g. 1 or 0.5".into());
+    }
+    Ok(p)
+}
+
 /// `--rate`: 0.001 to 1e9 per second.
 fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
@@ -85,50 +126,32 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 pub fn run(args: Args) -> Result<()> {
     tlb::core::rt::raise_fd_limit();
-    let cores = default_threads();
-    let (_lab, client, threads) = match &args.target {
+    // Before anything is created, so no Ctrl-C finds files to leave behind.
+    let interrupts = Interrupts::install()?;
+    // Everything the run created (the self-hosted system above all) is
+    // dropped when `bench` returns, before any exit below.
+    let outcome = bench(&args, &interrupts)?;
+    match outcome {
+        Verdict::Ok => Ok(()),
+        Verdict::Failed(line) => Err(anyhow!(line)),
+        Verdict::Interrupted => {
+            let _ = std::io::stdout().flush();
+            eprintln!("tlb bench: interrupted");
+            std::process::exit(interrupts.exit_code());
+        }
+    }
+}
+
+/// Runs the bench (self-hosted or against --target), prints the report,
+/// writes --json, and returns the verdict; the lab, if any, is gone when
+/// this returns.
+fn bench(args: &Args, interrupts: &Interrupts) -> Result<Verdict> {
+    let (lab, client, threads) = match &args.target {
         Some(target) if args.plain => (None, plain_client(target)?, args.threads),
-        Some(target) => (None, target_client(&args, target)?, args.threads),
+        Some(target) => (None, target_client(args, target)?, args.threads),
         None => {
-            let lab_threads = (cores / 2).max(1);
-            let lab = Lab::start_with(
-                LabOptions {
-                    threads: lab_threads,
-                    ..LabOptions::default()
-                },
-                |p| {
-                    p.sample()
-                        .defaults(LimitsSection {
-                            max_connections: Some(1_000_000),
-                            connection_rate: Some(1e6),
-                            burst: Some(1_000_000),
-                        })
-                        .limits(GlobalLimitsSection {
-                            max_connections: None,
-                            max_handshakes: Some(100_000),
-                            max_handshakes_per_ip: Some(100_000),
-                        })
-                        .timeouts(TimeoutsSection {
-                            drain: Some(Duration::from_secs(2)),
-                            ..TimeoutsSection::default()
-                        })
-                        .render()
-                },
-            )
-            .context("starting the self-hosted system")?;
-            let loader_threads = if args.threads == 0 {
-                (cores - lab_threads).max(1)
-            } else {
-                args.threads
-            };
-            eprintln!(
-                "self-hosted: temporary PKI, 3 echo upstreams and the balancer, in-process on {} ({} balancer thread(s), {} loader thread(s))",
-                lab.addr(),
-                lab_threads,
-                loader_threads
-            );
-            let client = lab.client_with(Some("client1"), "localhost", args.resume)?;
-            (Some(lab), client, loader_threads)
+            let (lab, client, threads) = interrupts.lab_starting(|| self_hosted(args))?;
+            (Some(lab), client, threads)
         }
     };
     let opts = BenchOptions {
@@ -142,42 +165,117 @@ pub fn run(args: Args) -> Result<()> {
         op_timeout: Duration::from_secs(10),
         plain: args.plain,
     };
-    eprintln!(
-        "{:?} load: {} connection(s) for {:?} against {}",
-        args.mode, args.connections, args.duration, opts.client.connect
-    );
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let bar = ProgressBar::new(millis(args.duration));
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {elapsed:>3}/{len_s} {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let live = Arc::new(Live::default());
-    let mut last = (0u64, 0u64, Duration::ZERO);
-    let report = run_bench(&opts, live, |l, elapsed| {
-        use std::sync::atomic::Ordering::Relaxed;
-        let (req, conns) = (l.requests.load(Relaxed), l.connections.load(Relaxed));
-        let dt = elapsed.saturating_sub(last.2).as_secs_f64().max(1e-3);
-        let msg = format!(
-            "{:>9.0} req/s {:>7.0} conn/s {:>8.1} MB/s  errors {}",
-            req.saturating_sub(last.0) as f64 / dt,
-            conns.saturating_sub(last.1) as f64 / dt,
-            l.bytes.load(Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6,
-            l.errors.load(Relaxed)
-        );
-        last = (req, conns, elapsed);
-        bar.set_position(millis(elapsed));
-        bar.set_message(msg);
-    })?;
-    bar.finish_and_clear();
+    if interrupts.fired() {
+        eprintln!("tlb bench: interrupted before the load started: nothing measured");
+        return Ok(Verdict::Interrupted);
+    }
+    eprintln!("{}", headline(&opts));
+    let report = load(&opts, interrupts)?;
     println!("{}", render(&report));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    drop(lab);
+    interrupts.lab_gone();
+    Ok(verdict(&report, args.max_error_rate))
+}
+
+/// Starts the self-hosted system: (the lab, client options for it, loader threads).
+fn self_hosted(args: &Args) -> Result<(Lab, ClientOptions, usize)> {
+    let cores = default_threads();
+    let lab_threads = (cores / 2).max(1);
+    let lab = Lab::start_with(
+        LabOptions {
+            threads: lab_threads,
+            ..LabOptions::default()
+        },
+        |p| {
+            p.sample()
+                .defaults(LimitsSection {
+                    max_connections: Some(1_000_000),
+                    connection_rate: Some(1e6),
+                    burst: Some(1_000_000),
+                })
+                .limits(GlobalLimitsSection {
+                    max_connections: None,
+                    max_handshakes: Some(100_000),
+                    max_handshakes_per_ip: Some(100_000),
+                })
+                .timeouts(TimeoutsSection {
+                    drain: Some(Duration::from_secs(2)),
+                    ..TimeoutsSection::default()
+                })
+                .render()
+        },
+    )
+    .context("starting the self-hosted system")?;
+    let loader_threads = if args.threads == 0 {
+        cores.saturating_sub(lab_threads).max(1)
+    } else {
+        args.threads
+    };
+    eprintln!(
+        "self-hosted: temporary PKI, 3 echo upstreams and the balancer on {} ({} balancer thread(s), {} loader thread(s))",
+        lab.addr(),
+        lab_threads,
+        loader_threads
+    );
+    let client = lab.client_with(Some("client1"), "localhost", args.resume)?;
+    Ok((lab, client, loader_threads))
+}
+
+/// The load itself, with a progress bar on a terminal.
+fn load(opts: &BenchOptions, interrupts: &Interrupts) -> Result<BenchReport> {
+    let bar = progress_bar(opts.duration);
+    let live = Arc::new(Live::default());
+    let mut last = (0u64, 0u64, 0u64, Duration::ZERO);
+    let report = run_bench(opts, live, interrupts.wait(), |l, elapsed| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = (
+            l.requests.load(Relaxed),
+            l.connections.load(Relaxed),
+            l.bytes.load(Relaxed),
+        );
+        let dt = elapsed.saturating_sub(last.3).as_secs_f64().max(1e-3);
+        let per_s = |n: u64, before: u64| n.saturating_sub(before) as f64 / dt;
+        let figure = match opts.mode {
+            Mode::Rr => format!("{:>9.0} req/s", per_s(now.0, last.0)),
+            Mode::Handshake => format!("{:>7.0} conn/s", per_s(now.1, last.1)),
+            Mode::Stream => format!("{:>8.1} MB/s", per_s(now.2, last.2) / 1e6),
+            Mode::Idle => format!("{:>7} held", now.1),
+        };
+        last = (now.0, now.1, now.2, elapsed);
+        bar.set_position(millis(elapsed));
+        bar.set_message(format!(
+            "{}/{} {figure}  errors {}",
+            humantime::format_duration(Duration::from_secs(elapsed.as_secs())),
+            humantime::format_duration(opts.duration),
+            l.errors.load(Relaxed)
+        ));
+    });
+    bar.finish_and_clear();
+    report
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A progress bar for a run of `duration` that fits 80 columns, or a
+/// hidden one when stderr is not a terminal (no colour either way).
+fn progress_bar(duration: Duration) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(millis(duration));
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:24}] {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 fn target_client(args: &Args, target: &str) -> Result<ClientOptions> {

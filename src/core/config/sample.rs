@@ -4,11 +4,26 @@
 //!
 //! Promises: the pki-init sample loads as written (pki init checks it),
 //! listens on 127.0.0.1:8443 over 127.0.0.1:9001-9003 (what
-//! `tlb upstream --count 3` serves), and leaves its last client out so the
-//! default-deny refusal can be seen.
+//! `tlb upstream --count 3` serves), leaves its last client out so the
+//! default-deny refusal can be seen, and its per-client limits admit
+//! `tlb bench --target` with default flags in rr mode (64 connections at
+//! once) while keeping a rate limit that a handshake-mode bench runs into.
 
-use crate::core::config::model::{Limits, Timeouts};
-use crate::core::config::writer::{AppSection, ClientSection, ConfigWriter, TlsSection};
+use crate::core::config::model::Timeouts;
+use crate::core::config::writer::{AppSection, ClientSection, ConfigWriter, LimitsSection, TlsSection};
+
+/// The `[defaults]` of the pki-init sample: 100 connections per client at
+/// once, 50 new ones per second with a burst of 100. `tlb bench`'s default
+/// 64 connections fit (max_connections and burst >= 64); a handshake-mode
+/// bench (new connections as fast as it can) hits connection_rate, which
+/// its diagnosis then names.
+fn sample_limits() -> LimitsSection {
+    LimitsSection {
+        max_connections: Some(100),
+        connection_rate: Some(50.0),
+        burst: Some(100),
+    }
+}
 
 /// `w` with `clients` on app `app`: every client but the last is authorized;
 /// the last (client4 by default) is left out on purpose, so the default-deny
@@ -40,7 +55,7 @@ pub fn example_toml(pki_dir: &str, clients: &[String]) -> String {
         .annotated()
         .comment("tlb configuration (see the README's \"Configuration\" and \"The gate\").")
         .comment("Paths are relative to this file's directory.")
-        .defaults(Limits::default().into())
+        .defaults(sample_limits())
         .timeouts(Timeouts::default().into())
         .app(app);
     let mut w = demo_clients(w, "echo", clients);

@@ -8,7 +8,7 @@
 //! config is written), and everything stopped and removed on drop.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -133,7 +133,7 @@ pub struct Lab {
     pub config_path: PathBuf,
     stop: Option<channel::Sender<()>>,
     thread: Option<JoinHandle<Result<()>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Lab {
@@ -197,8 +197,15 @@ impl Lab {
             config_path,
             stop: Some(stop_tx),
             thread: Some(thread),
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// The temporary directory holding everything the lab wrote (PKI, CA
+    /// key included, and config); removed on drop. Created under
+    /// `std::env::temp_dir()`, so `TMPDIR` decides where.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The balancer's address.

@@ -13,13 +13,18 @@
 //! request (rustls's buffered API still allocates per TLS record); every
 //! network wait has a timeout, and the run stops by itself after `duration`
 //! (plus at most one operation's timeout for the operations in flight).
+//! It stops early, with what was measured so far, when almost nothing
+//! succeeds ([`hopeless`]) or when the caller's interrupt fires (Ctrl-C);
+//! [`verdict`] then says in one line whether the run failed, and why.
 
+mod diagnose;
 mod modes;
 mod report;
 mod stats;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -28,8 +33,33 @@ use smol::Timer;
 use crate::core::rt::Runtime;
 use crate::core::tools::client::{ClientOptions, resolve};
 
-pub use report::{BenchReport, render};
+pub use report::{BenchReport, Verdict, headline, render, verdict};
 pub use stats::Percentiles;
+
+/// `--connections` unless given (`tlb pki init`'s sample limits admit it).
+pub const DEFAULT_CONNECTIONS: usize = 64;
+
+/// `--max-error-rate` unless given: percent of attempts that may fail.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 1.0;
+
+/// The early stop: once this long has passed (with at least one attempt
+/// done) or [`EARLY_ATTEMPTS`] attempts were made, a run where fewer than
+/// [`EARLY_MIN_SUCCESS_PCT`] % of attempts succeed stops.
+pub const EARLY_AFTER: Duration = Duration::from_secs(2);
+/// See [`EARLY_AFTER`].
+pub const EARLY_ATTEMPTS: u64 = 200;
+/// See [`EARLY_AFTER`].
+pub const EARLY_MIN_SUCCESS_PCT: f64 = 1.0;
+
+/// Why a run ended before its `duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stopped {
+    /// Almost nothing succeeded ([`hopeless`]).
+    Early,
+    /// The caller's interrupt fired (Ctrl-C).
+    Interrupted,
+}
 
 use stats::TaskResult;
 
@@ -67,20 +97,43 @@ pub struct BenchOptions {
     pub plain: bool,
 }
 
-/// Live counters, for the progress bar.
+/// Live counters, for the progress bar and the early stop.
 #[derive(Debug, Default)]
 pub struct Live {
+    /// Connections confirmed (an echo came back on them).
     pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
 }
 
+impl Live {
+    /// (successes, attempts) so far: an attempt is an exchange (an echo,
+    /// or in stream mode a connection) that succeeded or an error.
+    pub fn attempts(&self, mode: Mode) -> (u64, u64) {
+        let ok = match mode {
+            Mode::Stream => self.connections.load(Ordering::Relaxed),
+            _ => self.requests.load(Ordering::Relaxed),
+        };
+        (ok, ok.saturating_add(self.errors.load(Ordering::Relaxed)))
+    }
+}
+
+/// Is the run hopeless after `elapsed`: past [`EARLY_AFTER`] (with an
+/// attempt done) or [`EARLY_ATTEMPTS`] attempts, and under
+/// [`EARLY_MIN_SUCCESS_PCT`] % of them succeeded?
+pub fn hopeless(ok: u64, attempts: u64, elapsed: Duration) -> bool {
+    let judged = attempts >= EARLY_ATTEMPTS || (elapsed >= EARLY_AFTER && attempts > 0);
+    judged && (ok as f64) * 100.0 < EARLY_MIN_SUCCESS_PCT * attempts as f64
+}
+
 /// Runs the benchmark; `on_tick` is called about 10 times a second with the
-/// live counters and the elapsed time.
+/// live counters and the elapsed time. The run stops early, keeping what
+/// was measured, when it is [`hopeless`] or when `interrupt` completes.
 pub fn run(
     opts: &BenchOptions,
     live: Arc<Live>,
+    interrupt: impl Future<Output = ()>,
     mut on_tick: impl FnMut(&Live, Duration),
 ) -> anyhow::Result<BenchReport> {
     let addr = resolve(&opts.client.connect)?;
@@ -89,6 +142,8 @@ pub fn run(
     let deadline = started
         .checked_add(opts.duration)
         .ok_or_else(|| anyhow::anyhow!("--duration {:?} is too long; use e.g. 10s or 1m", opts.duration))?;
+    // Closed (never sent on) to stop every connection task at once.
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let mut tasks = Vec::with_capacity(opts.connections);
     let per_conn_interval = opts
         .rate
@@ -99,9 +154,12 @@ pub fn run(
         let offset = opts
             .rate
             .map(|r| Duration::try_from_secs_f64(i as f64 / r.max(0.001)).unwrap_or(Duration::MAX));
-        let task = modes::connection(opts.clone(), addr, live.clone(), deadline, per_conn_interval, offset);
+        let pace = (per_conn_interval, offset);
+        let task = modes::connection(opts.clone(), addr, live.clone(), deadline, pace, stop_rx.clone());
         tasks.push(rt.executor().spawn(task));
     }
+    drop(stop_rx);
+    let mut stopped = None;
     let results = rt.block_on(async {
         let all = async {
             let mut out = Vec::with_capacity(tasks.len());
@@ -110,17 +168,65 @@ pub fn run(
             }
             out
         };
-        let ticker = async {
-            loop {
-                Timer::after(Duration::from_millis(100)).await;
-                on_tick(&live, started.elapsed());
-            }
-        };
-        futures_lite::future::or(all, ticker).await
+        let watch = watch(
+            opts.mode,
+            &live,
+            started,
+            interrupt,
+            &mut on_tick,
+            &mut stopped,
+            &stop_tx,
+        );
+        futures_lite::future::or(all, watch).await
     });
     let elapsed = started
         .elapsed()
         .min(opts.duration.saturating_add(opts.op_timeout))
         .as_secs_f64();
-    Ok(BenchReport::new(opts, elapsed, TaskResult::merged(&results)))
+    Ok(BenchReport::new(opts, elapsed, TaskResult::merged(&results), stopped))
+}
+
+/// Ticks `on_tick` every 100 ms until the run ends (never returns by
+/// itself); on the first of `interrupt` or [`hopeless`], records why in
+/// `stopped` and closes `stop` (the tasks then return what they measured).
+async fn watch(
+    mode: Mode,
+    live: &Live,
+    started: Instant,
+    interrupt: impl Future<Output = ()>,
+    on_tick: &mut impl FnMut(&Live, Duration),
+    stopped: &mut Option<Stopped>,
+    stop: &smol::channel::Sender<()>,
+) -> Vec<TaskResult> {
+    let mut interrupt = Some(Box::pin(interrupt));
+    loop {
+        let tick = async {
+            Timer::after(Duration::from_millis(100)).await;
+            false
+        };
+        let fired = match interrupt.as_mut() {
+            Some(i) => {
+                futures_lite::future::or(tick, async {
+                    i.await;
+                    true
+                })
+                .await
+            }
+            None => tick.await,
+        };
+        if fired {
+            interrupt = None; // completed: never polled again
+        }
+        let (ok, attempts) = live.attempts(mode);
+        let why = match (fired, hopeless(ok, attempts, started.elapsed())) {
+            (true, _) => Some(Stopped::Interrupted),
+            (false, true) => Some(Stopped::Early),
+            _ => None,
+        };
+        if let (Some(why), None) = (why, *stopped) {
+            *stopped = Some(why);
+            stop.close();
+        }
+        on_tick(live, started.elapsed());
+    }
 }

@@ -3,8 +3,10 @@
 //!
 //! Promises: the loader's own code allocates nothing per request; every
 //! network wait has a timeout; a loop stops by itself at the deadline (plus
-//! at most one operation's timeout); the open-loop schedule runs across
-//! reconnects, so latency counts from the intended send time.
+//! at most one operation's timeout), and at once when the run is stopped
+//! (early stop, Ctrl-C), keeping what it measured; the open-loop schedule
+//! runs across reconnects, so latency counts from the intended send time; a
+//! connection counts only once an echo came back on it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,12 +18,14 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::Timer;
+use smol::channel::Receiver;
 
 use crate::core::rt::net::TcpConn;
 use crate::core::rt::timeout;
-use crate::core::tools::client::{ClientStream, connect_tcp, connect_to};
+use crate::core::tools::client::{ClientStream, connect_tcp};
 
-use super::stats::{TaskResult, error_kind, io_kind, us};
+use super::diagnose;
+use super::stats::{TaskResult, us};
 use super::{BenchOptions, Live, Mode};
 
 /// A loader connection: mTLS, or plain TCP with `--plain`.
@@ -60,7 +64,8 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// One connection's task: the loop of `opts.mode` until `deadline`.
+/// One connection's task: the loop of `opts.mode` until `deadline`, or
+/// until `stop` is closed (what was measured so far is kept).
 /// `interval` is the open-loop period of one connection (`--rate`), and
 /// `offset` its staggered start.
 pub(super) async fn connection(
@@ -68,24 +73,39 @@ pub(super) async fn connection(
     addr: SocketAddr,
     live: Arc<Live>,
     deadline: Instant,
-    interval: Option<Duration>,
-    offset: Option<Duration>,
+    pace: (Option<Duration>, Option<Duration>),
+    stop: Receiver<()>,
 ) -> TaskResult {
-    let (o, l) = (&opts, &*live);
+    let mut res = TaskResult::new();
+    let work = drive(&opts, addr, &live, deadline, pace, &mut res);
+    futures_lite::future::or(work, async {
+        let _ = stop.recv().await;
+    })
+    .await;
+    res
+}
+
+async fn drive(
+    o: &BenchOptions,
+    addr: SocketAddr,
+    l: &Live,
+    deadline: Instant,
+    (interval, offset): (Option<Duration>, Option<Duration>),
+    res: &mut TaskResult,
+) {
     match o.mode {
-        Mode::Handshake => handshake_loop(o, addr, l, deadline).await,
-        Mode::Rr => rr_loop(o, addr, l, deadline, interval, offset).await,
-        Mode::Stream => stream_loop(o, addr, l, deadline).await,
+        Mode::Handshake => handshake_loop(o, addr, l, deadline, res).await,
+        Mode::Rr => rr_loop(o, addr, l, deadline, (interval, offset), res).await,
+        Mode::Stream => stream_loop(o, addr, l, deadline, res).await,
         Mode::Idle => {
             // With --rate, connections open at that many per second
             // (a turn after the deadline waits only until the deadline).
             if let Some(wait) = offset {
                 Timer::at(Instant::now().checked_add(wait).map_or(deadline, |t| t.min(deadline))).await;
             }
-            if Instant::now() >= deadline {
-                return TaskResult::new(); // its turn came after the run
+            if Instant::now() < deadline {
+                idle_hold(o, addr, l, deadline, res).await; // else its turn came after the run
             }
-            idle_hold(o, addr, l, deadline).await
         }
     }
 }
@@ -99,23 +119,33 @@ fn payload(size: usize) -> Vec<u8> {
     p
 }
 
-/// Connects, timing the handshake.
-async fn open(opts: &BenchOptions, addr: SocketAddr, live: &Live, res: &mut TaskResult) -> Option<Conn> {
+/// Connects: TCP, then (unless `--plain`) the TLS handshake, each within
+/// the connect timeout. Returns the connection and its handshake time in
+/// microseconds, which counts only once an echo comes back on it
+/// ([`TaskResult::connected`]): a refusal arrives after the client's side
+/// of a TLS 1.3 handshake is done.
+async fn open(opts: &BenchOptions, addr: SocketAddr, live: &Live, res: &mut TaskResult) -> Option<(Conn, u64)> {
     let t0 = Instant::now();
-    let conn = if opts.plain {
-        connect_tcp(addr, opts.client.connect_timeout).await.map(Conn::Plain)
-    } else {
-        connect_to(addr, &opts.client).await.map(|s| Conn::Tls(Box::new(s)))
-    };
-    match conn {
-        Ok(s) => {
-            let _ = res.handshake.record(us(t0.elapsed()));
-            res.handshakes += 1;
-            live.connections.fetch_add(1, Ordering::Relaxed);
-            Some(s)
-        }
+    let limit = opts.client.connect_timeout;
+    let tcp = match connect_tcp(addr, limit).await {
+        Ok(tcp) => tcp,
         Err(e) => {
-            res.error(live, error_kind(&e));
+            res.error(live, diagnose::of_connect(&e));
+            return None;
+        }
+    };
+    if opts.plain {
+        return Some((Conn::Plain(tcp), us(t0.elapsed())));
+    }
+    let connector = futures_rustls::TlsConnector::from(opts.client.tls.clone());
+    match timeout(limit, connector.connect(opts.client.server_name.clone(), tcp)).await {
+        Ok(Ok(s)) => Some((Conn::Tls(Box::new(s)), us(t0.elapsed()))),
+        Ok(Err(e)) => {
+            res.error(live, diagnose::of_handshake(&e));
+            None
+        }
+        Err(_) => {
+            res.error(live, diagnose::timeout("TLS handshake"));
             None
         }
     }
@@ -165,13 +195,12 @@ async fn read_echo(s: &mut Conn, buf: &mut [u8], greet: &mut Vec<u8>, first: boo
     Ok(name)
 }
 
-async fn handshake_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant) -> TaskResult {
-    let mut res = TaskResult::new();
+async fn handshake_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant, res: &mut TaskResult) {
     let msg = payload(opts.size);
     let mut buf = vec![0u8; msg.len()];
     let mut greet = Vec::with_capacity(128);
     while Instant::now() < deadline {
-        let Some(mut s) = open(opts, addr, live, &mut res).await else {
+        let Some((mut s, hs)) = open(opts, addr, live, res).await else {
             // Do not spin on a dead target.
             Timer::after(Duration::from_millis(10)).await;
             continue;
@@ -184,12 +213,14 @@ async fn handshake_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, dead
         })
         .await;
         match r {
-            Ok(Ok(name)) => res.echoed(live, Some(t0), msg.len(), name),
-            Ok(Err(e)) => res.error(live, io_kind(addr, e, true)),
-            Err(_) => res.error(live, "timeout: echo".into()),
+            Ok(Ok(name)) => {
+                res.connected(live, hs);
+                res.echoed(live, Some(t0), msg.len(), name);
+            }
+            Ok(Err(e)) => res.error(live, diagnose::of_exchange(&e, true)),
+            Err(_) => res.error(live, diagnose::timeout("echo")),
         }
     }
-    res
 }
 
 async fn rr_loop(
@@ -197,10 +228,9 @@ async fn rr_loop(
     addr: SocketAddr,
     live: &Live,
     deadline: Instant,
-    interval: Option<Duration>,
-    offset: Option<Duration>,
-) -> TaskResult {
-    let mut res = TaskResult::new();
+    (interval, offset): (Option<Duration>, Option<Duration>),
+    res: &mut TaskResult,
+) {
     let msg = payload(opts.size);
     let mut buf = vec![0u8; msg.len()];
     let mut greet = Vec::with_capacity(128);
@@ -210,7 +240,7 @@ async fn rr_loop(
         .checked_add(offset.unwrap_or_default())
         .unwrap_or(deadline);
     'conn: while Instant::now() < deadline {
-        let Some(mut s) = open(opts, addr, live, &mut res).await else {
+        let Some((mut s, hs)) = open(opts, addr, live, res).await else {
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
@@ -225,8 +255,7 @@ async fn rr_loop(
                         Timer::at(deadline).await;
                         break;
                     }
-                    let now = Instant::now();
-                    if next_send > now {
+                    if next_send > Instant::now() {
                         Timer::at(next_send).await;
                     }
                     let t = next_send;
@@ -238,28 +267,29 @@ async fn rr_loop(
             let r = timeout(opts.op_timeout, echo_once(&mut s, &msg, &mut buf, &mut greet, first)).await;
             match r {
                 Ok(Ok(name)) => {
+                    if first {
+                        res.connected(live, hs);
+                    }
                     first = false;
                     res.echoed(live, Some(t0), msg.len(), name);
                 }
                 Ok(Err(e)) => {
-                    res.error(live, io_kind(addr, e, first));
+                    res.error(live, diagnose::of_exchange(&e, first));
                     continue 'conn;
                 }
                 Err(_) => {
-                    res.error(live, "timeout: echo".into());
+                    res.error(live, diagnose::timeout("echo"));
                     continue 'conn;
                 }
             }
         }
         let _ = timeout(Duration::from_secs(1), s.close()).await;
     }
-    res
 }
 
-async fn stream_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant) -> TaskResult {
-    let mut res = TaskResult::new();
-    let Some(mut s) = open(opts, addr, live, &mut res).await else {
-        return res;
+async fn stream_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant, res: &mut TaskResult) {
+    let Some((mut s, hs)) = open(opts, addr, live, res).await else {
+        return;
     };
     let chunk = payload(opts.size.max(16 * 1024));
     let mut pump = Pump {
@@ -268,7 +298,9 @@ async fn stream_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadlin
         inbuf: vec![0u8; 64 * 1024],
         received: 0,
         sent: 0,
+        handshake_us: Some(hs),
         live,
+        res,
     };
     let run = std::future::poll_fn(|cx| pump.poll(cx, &mut s));
     let until = Timer::at(deadline);
@@ -277,25 +309,24 @@ async fn stream_loop(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadlin
         None
     })
     .await;
+    let Pump { received, res, .. } = pump;
     if let Some(Err(e)) = r {
-        res.error(live, io_kind(addr, e, pump.received == 0));
+        res.error(live, diagnose::of_exchange(&e, received == 0));
     }
-    res.bytes = pump.received;
     let _ = timeout(Duration::from_secs(1), s.close()).await;
-    res
 }
 
-async fn idle_hold(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant) -> TaskResult {
-    let mut res = TaskResult::new();
+async fn idle_hold(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline: Instant, res: &mut TaskResult) {
     let msg = payload(opts.size);
     let mut buf = vec![0u8; msg.len()];
     let mut greet = Vec::with_capacity(128);
-    let Some(mut s) = open(opts, addr, live, &mut res).await else {
-        return res;
+    let Some((mut s, hs)) = open(opts, addr, live, res).await else {
+        return;
     };
     let r = timeout(opts.op_timeout, echo_once(&mut s, &msg, &mut buf, &mut greet, true)).await;
     match r {
         Ok(Ok(name)) => {
+            res.connected(live, hs);
             res.echoed(live, None, msg.len(), name);
             drop(buf);
             drop(greet);
@@ -303,23 +334,27 @@ async fn idle_hold(opts: &BenchOptions, addr: SocketAddr, live: &Live, deadline:
             Timer::at(deadline).await;
             let _ = timeout(Duration::from_secs(1), s.close()).await;
         }
-        Ok(Err(e)) => res.error(live, io_kind(addr, e, true)),
-        Err(_) => res.error(live, "timeout: echo".into()),
+        Ok(Err(e)) => res.error(live, diagnose::of_exchange(&e, true)),
+        Err(_) => res.error(live, diagnose::timeout("echo")),
     }
-    res
 }
 
 /// Writes `out` over and over while reading whatever comes back, in one
 /// future (a TLS stream is one state machine: no split, no lock). Writes are
 /// held back when more than 1 MiB is in flight, so the echo path is not
-/// flooded beyond what it can return.
+/// flooded beyond what it can return. Received bytes go straight into the
+/// task's result (kept if the run is stopped), and the first ones confirm
+/// the connection.
 struct Pump<'a> {
     out: &'a [u8],
     out_pos: usize,
     inbuf: Vec<u8>,
     received: u64,
     sent: u64,
+    /// The handshake time, until the first echoed bytes confirm it.
+    handshake_us: Option<u64>,
     live: &'a Live,
+    res: &'a mut TaskResult,
 }
 
 impl Pump<'_> {
@@ -345,7 +380,11 @@ impl Pump<'_> {
             match Pin::new(&mut *s).poll_read(cx, &mut self.inbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Poll::Ready(Ok(n)) => {
+                    if let Some(hs) = self.handshake_us.take() {
+                        self.res.connected(self.live, hs);
+                    }
                     self.received += n as u64;
+                    self.res.bytes += n as u64;
                     self.live.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     progressed = true;
                 }

@@ -3,20 +3,20 @@
 //!
 //! Promises: each task owns its histograms (no shared lock per request);
 //! latencies are clamped to the histogram's 1 us .. 60 s range; every error
-//! is labelled by the one classifier, in every mode.
+//! is labelled and classed by the one classifier ([`super::diagnose`]), in
+//! every mode; a connection counts (and its handshake is timed) only once
+//! an echo came back on it, so a refused handshake is an error, never a
+//! connection.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::core::tools::client::{ClientError, refused_or_io};
-
 use super::Live;
+use super::diagnose::{Class, Failure};
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -53,7 +53,8 @@ fn new_hist() -> Histogram<u64> {
 pub(super) struct TaskResult {
     pub(super) handshake: Histogram<u64>,
     pub(super) request: Histogram<u64>,
-    pub(super) errors: BTreeMap<String, u64>,
+    /// Errors by label, each with its class.
+    pub(super) errors: BTreeMap<String, (Class, u64)>,
     pub(super) upstreams: BTreeMap<String, u64>,
     pub(super) handshakes: u64,
     pub(super) requests: u64,
@@ -72,9 +73,18 @@ impl TaskResult {
             bytes: 0,
         }
     }
-    pub(super) fn error(&mut self, live: &Live, kind: String) {
+    pub(super) fn error(&mut self, live: &Live, f: Failure) {
         live.errors.fetch_add(1, Ordering::Relaxed);
-        *self.errors.entry(kind).or_insert(0) += 1;
+        let entry = self.errors.entry(f.label).or_insert((f.class, 0));
+        entry.1 += 1;
+    }
+
+    /// A connection confirmed (an echo came back on it): counted, with the
+    /// handshake time measured when it was opened.
+    pub(super) fn connected(&mut self, live: &Live, handshake_us: u64) {
+        let _ = self.handshake.record(handshake_us);
+        self.handshakes += 1;
+        live.connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One echo done: `bytes` echoed, latency from `t0` (when timed), and
@@ -98,8 +108,8 @@ impl TaskResult {
         for r in results {
             let _ = all.handshake.add(&r.handshake);
             let _ = all.request.add(&r.request);
-            for (k, v) in &r.errors {
-                *all.errors.entry(k.clone()).or_insert(0) += v;
+            for (k, (class, n)) in &r.errors {
+                all.errors.entry(k.clone()).or_insert((*class, 0)).1 += n;
             }
             for (k, v) in &r.upstreams {
                 *all.upstreams.entry(k.clone()).or_insert(0) += v;
@@ -114,28 +124,4 @@ impl TaskResult {
 
 pub(super) fn us(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, 60_000_000)
-}
-
-/// Short label for an error, for the "errors by kind" table.
-pub(super) fn error_kind(e: &ClientError) -> String {
-    match e {
-        ClientError::Resolve(..) => "resolve".into(),
-        ClientError::Connect { source, .. } => format!("connect: {}", source.kind()),
-        ClientError::TlsRefused { detail, .. } => format!("tls refused: {detail}"),
-        ClientError::ClosedBeforeReply { .. } => "closed before reply".into(),
-        ClientError::Timeout { what, .. } => format!("timeout: {what}"),
-        ClientError::Io { detail, .. } => format!("io: {detail}"),
-    }
-}
-
-/// The one classifier for an I/O error on an established connection, in
-/// every mode: an EOF is "closed before reply" when nothing was echoed yet
-/// on it, else "closed mid-exchange"; a TLS alert (a refusal arrives on the
-/// first read with TLS 1.3) is "tls refused: alert ...".
-pub(super) fn io_kind(addr: SocketAddr, e: io::Error, before_reply: bool) -> String {
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof if before_reply => "closed before reply".into(),
-        io::ErrorKind::UnexpectedEof => "closed mid-exchange".into(),
-        _ => error_kind(&refused_or_io(addr, e)),
-    }
 }
