@@ -83,11 +83,25 @@ apps = ["echo"]
 """)
 
 
+_ERROR_RATE_FLAG = {}
+
+
+def error_rate_flag(binary):
+    """`--max-error-rate 100` for loaders that have it: errors under load are
+    figures to report here, not failures (a run with almost no successes still
+    stops early and exits 1). Builds before the flag get nothing."""
+    if binary not in _ERROR_RATE_FLAG:
+        h = subprocess.run([binary, "bench", "--help"], capture_output=True, text=True, timeout=30)
+        _ERROR_RATE_FLAG[binary] = ["--max-error-rate", "100"] if "--max-error-rate" in h.stdout else []
+    return _ERROR_RATE_FLAG[binary]
+
+
 def bench(work, port, mode, conns, duration, extra=(), plain=False, loader=None):
     out = os.path.join(work, f"bench-{mode}-{port}-{time.time_ns()}.json")
-    cmd = ["taskset", "-c", "1", loader or TLB, "bench", "--target", f"127.0.0.1:{port}",
+    binary = loader or TLB
+    cmd = ["taskset", "-c", "1", binary, "bench", "--target", f"127.0.0.1:{port}",
            "--mode", mode, "--connections", str(conns), "--duration", f"{duration}s",
-           "--threads", "1", "--json", out]
+           "--threads", "1", "--json", out] + error_rate_flag(binary)
     if plain:
         cmd.append("--plain")
     else:
