@@ -2,7 +2,7 @@
 
 # Run the whole test suite (what CI runs, besides fmt and clippy).
 test:
-    cargo test
+    cargo test --release
 
 # Formatting and lints, as CI checks them.
 lint:
@@ -17,16 +17,16 @@ ci:
 pki:
     cargo run --release -- pki init
 
-# Release build.
+# The build to deploy and benchmark (fat LTO): target/dist/tlb.
 build:
-    cargo build --release
+    cargo build --profile dist
 
 # tlb vs HAProxy side by side, one core each (installs haproxy if missing).
 bench-vs-haproxy *ARGS:
-    cargo build --release
+    cargo build --profile dist
     python3 scripts/bench_vs_haproxy.py {{ARGS}}
 
 # Two tlb builds side by side (A/B), e.g. before/after a hot-path change:
-# just bench-ab /tmp/tlb.before target/release/tlb
+# just bench-ab /tmp/tlb.before target/dist/tlb
 bench-ab A B *ARGS:
     python3 scripts/ab_tlb.py --a {{A}} --b {{B}} {{ARGS}}

@@ -93,7 +93,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     args = ap.parse_args()
     if not os.path.exists(TLB):
-        subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--profile", "dist"], cwd=ROOT, check=True)
     ensure_haproxy()
     hv = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
     log(f"tlb: {TLB}\nhaproxy: {hv}")

@@ -5,7 +5,7 @@ for a port, CPU and RSS of a process, the balancer config both use, running
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TLB = os.path.join(ROOT, "target", "release", "tlb")
+TLB = os.path.join(ROOT, "target", "dist", "tlb")  # cargo build --profile dist
 CLK = os.sysconf("SC_CLK_TCK")
 
 
