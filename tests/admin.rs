@@ -5,8 +5,6 @@
 //! token_file` guards `/metrics` and `/status`, and a non-loopback listen
 //! without a token is warned about.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use tlb::core::config::writer::{AdminSection, AppSection, ClientSection, ConfigWriter, TimeoutsSection, TlsSection};
 use tlb::core::pool::policy::PASSIVE_FALL;

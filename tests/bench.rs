@@ -6,15 +6,13 @@
 //! 130 and leaves no temporary directory; the limits `tlb pki init`
 //! writes admit a default `bench --target` in rr mode.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Bounded, ChildGuard, Echo, app_section, base, client_section, foreign_client, free_port, lab, opts, standard_lab,
     tlb, tlb_bin,
 };
@@ -102,7 +100,7 @@ fn nothing_listening_stops_early_naming_it() {
 #[test]
 fn a_plain_port_is_not_tls_and_the_line_suggests_plain() {
     let greeting = Echo::start("127.0.0.1:0".parse().expect("addr"), "plain");
-    let silent = lab(opts(1, false), |p| common::standard_config(p, "", ""));
+    let silent = lab(opts(1, false), |p| crate::common::standard_config(p, "", ""));
     for (what, addr) in [
         ("greeting echo", greeting.addr),
         ("silent echo", silent.paths.upstreams[0]),
@@ -152,7 +150,7 @@ fn a_refused_identity_names_the_alert() {
 fn limited_lab(limits: &str) -> Lab {
     lab(opts(1, true), |p| {
         base(p, "")
-            .app(app_section("echo", p.listen, &[], &common::ups(p)))
+            .app(app_section("echo", p.listen, &[], &crate::common::ups(p)))
             .client(client_section("client1", &["echo"], limits))
             .render()
     })
@@ -307,7 +305,7 @@ fn the_generated_limits_admit_a_default_bench() {
     let lab = lab(opts(3, true), |p| {
         p.sample()
             .defaults(d.into())
-            .timeouts(common::timeouts_from("drain = \"1s\""))
+            .timeouts(crate::common::timeouts_from("drain = \"1s\""))
             .render()
     });
     let target = lab.addr().to_string();

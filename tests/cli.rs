@@ -6,15 +6,13 @@
 //! readiness is a TCP connect polled with a deadline. Children are killed
 //! when a test ends, however it ends.
 
-mod common;
-
 use std::fs;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tlb::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, HealthSection, TimeoutsSection, TlsSection,
 };
@@ -613,6 +611,12 @@ fn connect_without_a_port_asks_for_host_port() {
         assert!(line.contains("HOST:PORT") && line.contains("127.0.0.1:8443"), "{line}");
         assert!(line.contains("tlb client --help"), "{line}");
     }
+    // bench --target takes the same HOST:PORT, checked before any load.
+    let out = tlb(&["bench", "--target", "8443", "--cert", "client1"], dir.path(), CMD);
+    let line = assert_one_line_error(&out);
+    assert_eq!(out.code(), Some(2), "--target 8443: {out:?}");
+    assert!(line.contains("--target") && line.contains("HOST:PORT"), "{line}");
+    assert!(line.contains("tlb bench --help"), "{line}");
 }
 
 #[test]

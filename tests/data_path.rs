@@ -5,8 +5,6 @@
 //! Upstream greetings (`upN client=... sni=- identity=-`) tell which
 //! upstream served a connection.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,7 +23,7 @@ use tlb::core::tls::{load_certs, load_key, load_roots, provider};
 use tlb::core::tools::client::{ClientError, ClientOptions, connect, exchange};
 use tlb::core::tools::lab::Lab;
 
-use common::*;
+use crate::common::*;
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -4,15 +4,13 @@
 //! whose ClientHello is too large or whose records are malformed (answered
 //! with a TLS alert and a clean close, never a bare reset).
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use common::*;
+use crate::common::*;
 
 // ---------------------------------------------------------------------------
 // 5. A blackholed upstream costs a share of timeouts.connect, not all of it

@@ -9,8 +9,6 @@
 //! handshakes in progress for as long as `timeouts.handshake` (10 s here)
 //! allows; the caps must close the next connection at once instead.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,7 +17,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use tlb::core::config::writer::GlobalLimitsSection;
 use tlb::core::tools::lab::{Lab, LabOptions};
 
-use common::*;
+use crate::common::*;
 
 /// A connection over a cap is closed at accept: well before this.
 const AT_ONCE: Duration = Duration::from_secs(1);

@@ -6,8 +6,6 @@
 //! temporary directories; time moves by the lab's injected clock
 //! ([`ManualClock`]), not by waiting.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +27,7 @@ use tlb::core::tls::gate::CloseReason;
 use tlb::core::tools::client::{ClientError, ClientOptions, ClientStream, connect, refused_or_io};
 use tlb::core::tools::lab::{Lab, LabOptions};
 
-use common::*;
+use crate::common::*;
 
 // ---------------------------------------------------------------------------
 // Helpers

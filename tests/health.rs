@@ -2,13 +2,11 @@
 //! test-owned echo servers that are killed and restarted on the same port;
 //! states are read from `/status` over plain HTTP and from the library.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tlb::core::config::writer::{AppSection, HealthSection};
 use tlb::core::pool::policy::{COOLDOWN_BASE, PASSIVE_FALL, Transition, cooldown};
 use tlb::core::rt::clock::{self, Clock, StoppedClock};

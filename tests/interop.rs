@@ -2,14 +2,12 @@
 //! Python's `ssl` module and `openssl s_client`. Each test is skipped (with
 //! a note on stderr) when its tool is not on PATH.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tlb::core::tools::lab::Lab;
 
 /// Limit for one external client run.

@@ -10,8 +10,6 @@
 //! kernel always hands out the lowest free one), so "descriptors still
 //! allowed = limit - (highest open + 1)" holds.
 
-mod common;
-
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -21,7 +19,7 @@ use rlimit::Resource;
 use tlb::core::tools::client::{ClientError, exchange};
 use tlb::core::tools::lab::LabOptions;
 
-use common::*;
+use crate::common::*;
 
 /// Restores the soft open-file limit when dropped (also on a panic).
 struct NofileGuard {

@@ -8,15 +8,13 @@
 //! Needs `python3` (the stand-in service) and `curl`: without them the test
 //! is skipped with a loud note on stderr.
 
-mod common;
-
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Bounded, ChildGuard, free_port, have, run_bounded, tlb_bin, wait_until};
+use crate::common::{Bounded, ChildGuard, free_port, have, run_bounded, tlb_bin, wait_until};
 
 const SECTION: &str = "## Put your own service behind tlb";
 /// The ports the recipe is written with: the service's and tlb's.

@@ -5,7 +5,7 @@
 //! required key and table is refused when missing, each type's rules are
 //! enforced, every example loads, and the README holds the rendering.
 //!
-//! `TLB_BLESS=1 cargo test --release --test reference` rewrites the README's
+//! `TLB_BLESS=1 cargo test --release --test integration reference::` rewrites the README's
 //! reference from the tables instead of failing.
 
 use std::collections::BTreeSet;
@@ -363,7 +363,7 @@ fn the_readme_holds_the_rendered_reference() {
     }
     panic!(
         "README.md's config reference is not the rendering of src/core/config/reference/tables.rs; \
-         run `TLB_BLESS=1 cargo test --release --test reference` to rewrite it. First difference:\n{}",
+         run `TLB_BLESS=1 cargo test --release --test integration reference::` to rewrite it. First difference:\n{}",
         first_difference(&readme, &want)
     );
 }

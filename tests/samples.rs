@@ -4,14 +4,12 @@
 //! scripts write exactly the writer's text, and every ```toml block of the
 //! README parses (an excerpt completed into a minimal config).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{have, run_bounded};
+use crate::common::{have, run_bounded};
 use tlb::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
     TimeoutsSection, TlsSection, UpstreamTlsSection,

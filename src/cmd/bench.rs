@@ -45,7 +45,7 @@ A second Ctrl-C quits at once. The self-hosted system's temporary files are remo
 pub struct Args {
     /// mTLS echo endpoint to load (tlb, HAProxy, nginx...). Without it, a
     /// complete system is started in-process on loopback.
-    #[arg(long)]
+    #[arg(long, value_parser = super::host_port)]
     pub target: Option<String>,
     /// Client certificate and CA for --target.
     #[command(flatten)]

@@ -147,7 +147,7 @@ pub fn children(path: &str) -> impl Iterator<Item = &'static TableDoc> + '_ {
 /// section per table with a row per key.
 pub fn render_markdown() -> String {
     let mut out = String::new();
-    out.push_str("<!-- Generated from src/core/config/reference/tables.rs by `render_markdown()`: edit there, then run `TLB_BLESS=1 cargo test --release --test reference`. -->\n\n");
+    out.push_str("<!-- Generated from src/core/config/reference/tables.rs by `render_markdown()`: edit there, then run `TLB_BLESS=1 cargo test --release --test integration reference::`. -->\n\n");
     out.push_str("Tables, in the order tlb writes them: ");
     let list: Vec<String> = TABLES
         .iter()

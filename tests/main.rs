@@ -1,0 +1,22 @@
+//! The integration tests, as one test binary: one compile of the shared
+//! helpers and the dependencies' generic code, one link (fifteen separate
+//! binaries compiled and linked the same code fifteen times). Each module
+//! is one area; `cargo test --release --test integration gate::` runs one.
+
+mod common;
+
+mod admin;
+mod bench;
+mod cli;
+mod config;
+mod data_path;
+mod faults;
+mod flood;
+mod gate;
+mod health;
+mod interop;
+mod local_resource;
+mod pki;
+mod recipe;
+mod reference;
+mod samples;
