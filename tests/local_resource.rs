@@ -2,8 +2,10 @@
 //! to an upstream: the client is refused as `local_resource`, and no
 //! upstream is blamed (no passive failure, no `upstream_connect_failed`).
 //!
-//! Its own test binary with a single test: it lowers the process's soft
-//! RLIMIT_NOFILE, which every thread of the process shares. The limit is
+//! The test runs alone in a child process of the test binary (it re-runs
+//! itself with `--exact`): it lowers the process's soft RLIMIT_NOFILE,
+//! which every thread of the process shares, so tests on other threads
+//! would break it and be broken by it. The limit is
 //! set so that exactly two more descriptors fit (the client's socket and
 //! the balancer's accepted socket) and the upstream socket gets EMFILE:
 //! first every hole below the highest open descriptor is filled (the
@@ -14,6 +16,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rlimit::Resource;
 use tlb::core::tools::client::{ClientError, exchange};
@@ -91,6 +94,34 @@ fn fill_holes() -> (Vec<File>, i32) {
 /// the balancer's own shortage read as an upstream problem.
 #[test]
 fn upstream_connect_emfile_is_refused_as_local_resource_and_blames_no_upstream() {
+    if std::env::var_os(ALONE).is_some() {
+        return emfile_on_upstream_connect();
+    }
+    let name = format!(
+        "{}::upstream_connect_emfile_is_refused_as_local_resource_and_blames_no_upstream",
+        module_path!().split_once("::").map_or(module_path!(), |(_, m)| m)
+    );
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = run_bounded(
+        std::process::Command::new(exe)
+            .args(["--exact", &name, "--test-threads=1", "--nocapture"])
+            .env(ALONE, "1"),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "the test in its own process failed:\n{}",
+        out.all()
+    );
+    assert!(out.stdout.contains("1 passed"), "the child ran no test:\n{}", out.all());
+}
+
+/// Set in the child process that runs the test alone.
+const ALONE: &str = "TLB_TEST_EMFILE_ALONE";
+
+fn emfile_on_upstream_connect() {
     let lab = lab(
         LabOptions {
             admin: true,
