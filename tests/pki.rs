@@ -133,6 +133,7 @@ fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
                 16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string(),
                 n => panic!("IP SAN of {n} bytes"),
             }),
+            GeneralName::URI(_) => {} // see uri_sans
             other => panic!("unexpected SAN {other:?}"),
         }
     }
@@ -1522,5 +1523,115 @@ fn paths_are_laid_out_as_the_spec_says() {
             PathBuf::from("/x/pki/servers/w.crt"),
             PathBuf::from("/x/pki/servers/w.key")
         )
+    );
+}
+
+/// The URI SANs of `cert`.
+fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn issue_puts_uri_and_dns_sans_into_a_client_certificate_and_show_lists_them() {
+    let tmp = init(&[]);
+    let pki = Pki::new(tmp.path().join("pki"));
+    let id = "spiffe://prod.example/ns/pay/sa/api";
+    let out = tlb_ok(
+        tmp.path(),
+        &[
+            "pki",
+            "issue",
+            "api",
+            "--uri",
+            id,
+            "--dns",
+            "api.pay.internal",
+            "--dns",
+            "api2.pay.internal",
+        ],
+    );
+    assert!(out.contains("api"), "{out}");
+    let der = cert_der(&pki.client("api").0);
+    let cert = parse(&der);
+    assert_eq!(cn(&cert), "api", "the CN stays the name");
+    assert_eq!(uri_sans(&cert), [id]);
+    let (dns, ips) = sans(&cert);
+    assert_eq!(dns, ["api.pay.internal", "api2.pay.internal"]);
+    assert!(ips.is_empty(), "a client gets no loopback IPs: {ips:?}");
+    // Still a client certificate: clientAuth only.
+    let eku = cert.extended_key_usage().expect("EKU").expect("an EKU extension").value;
+    assert!(eku.client_auth && !eku.server_auth, "{eku:?}");
+
+    let show = tlb_ok(tmp.path(), &["pki", "show"]);
+    let row = show
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .unwrap_or_else(|| panic!("no row for api: {show}"));
+    assert!(
+        row.contains(&format!("api (uri:{id}, dns:api.pay.internal, dns:api2.pay.internal)")),
+        "{row}"
+    );
+    let info = pki.show().expect("show");
+    let api = info.iter().find(|c| c.name == "api").expect("api listed");
+    assert_eq!(api.identity, "api");
+    assert_eq!(
+        api.sans,
+        [
+            format!("uri:{id}"),
+            "dns:api.pay.internal".into(),
+            "dns:api2.pay.internal".into()
+        ]
+    );
+    // A client without SANs shows its CN alone.
+    let plain = show.lines().find(|l| l.starts_with("client1 ")).expect("client1 row");
+    assert!(!plain.contains("uri:") && !plain.contains("dns:"), "{plain}");
+
+    // --dns on a server certificate adds to its names.
+    tlb_ok(
+        tmp.path(),
+        &["pki", "issue", "web", "--server", "--dns", "web.pay.internal"],
+    );
+    let (dns, _) = sans(&parse(&cert_der(&pki.server("web").0)));
+    assert!(
+        dns.contains(&"web".to_string()) && dns.contains(&"web.pay.internal".to_string()),
+        "{dns:?}"
+    );
+}
+
+#[test]
+fn bad_sans_are_one_line_errors_and_nothing_is_written() {
+    let tmp = init(&[]);
+    let pki = Pki::new(tmp.path().join("pki"));
+    let issued_before = fs::read_to_string(pki.issued()).expect("issued.tsv");
+    for (args, words) in [
+        (&["--uri", "spiffe://Prod.example/a"][..], "trust domain"),
+        (&["--uri", "spiffe://prod.example/a/"][..], "segment"),
+        (&["--uri", "no-scheme"][..], "no scheme"),
+        (&["--uri", "spiffe://prod/a b"][..], "space"),
+        (&["--dns", "*.pay.internal"][..], "wildcard"),
+        (&["--dns", "bad_name!"][..], "not a valid DNS name"),
+    ] {
+        let mut a = vec!["pki", "issue", "bad"];
+        a.extend_from_slice(args);
+        let line = tlb_fails(tmp.path(), &a);
+        assert!(line.contains(words) && line.contains(args[0]), "{args:?}: {line}");
+        assert!(!pki.client("bad").0.exists(), "{args:?}: a certificate was written");
+        assert!(!pki.client("bad").1.exists(), "{args:?}: a key was written");
+    }
+    assert_eq!(
+        fs::read_to_string(pki.issued()).expect("issued.tsv"),
+        issued_before,
+        "no serial recorded"
     );
 }

@@ -8,7 +8,7 @@ use clap::builder::RangedU64ValueParser;
 
 use crate::cmd::KeyTypeArg;
 use tlb::core::config::{Config, example_toml};
-use tlb::core::pki::{CRL_DAYS, InitOptions, KeyType, MAX_CRL_DAYS, MAX_DAYS, Pki, Role, Validity};
+use tlb::core::pki::{CRL_DAYS, InitOptions, KeyType, MAX_CRL_DAYS, MAX_DAYS, Pki, Role, San, Validity};
 
 /// `--days` of a certificate: 1 to [`MAX_DAYS`] (out of range: a usage error).
 fn cert_days() -> RangedU64ValueParser<u32> {
@@ -64,6 +64,12 @@ pub enum Action {
         /// Replace an existing certificate of that name; the old one is revoked in crl.pem first.
         #[arg(long)]
         force: bool,
+        /// A URI SAN, e.g. a SPIFFE ID spiffe://prod.example/ns/pay/sa/api (repeatable).
+        #[arg(long = "uri", value_name = "URI")]
+        uris: Vec<String>,
+        /// A DNS SAN, e.g. api.pay.internal (repeatable; no wildcards).
+        #[arg(long = "dns", value_name = "NAME")]
+        dnss: Vec<String>,
     },
     /// Revoke a certificate: add its serial to crl.pem (reload `tlb serve` to apply).
     #[command(group(clap::ArgGroup::new("what").args(["name", "serial"]).required(true)))]
@@ -112,10 +118,17 @@ pub fn run(args: Args) -> Result<()> {
             days,
             key_type,
             force,
+            uris,
+            dnss,
         } => {
             let role = if server { Role::Server } else { Role::Client };
             let pki = Pki::new(&dir);
-            let issued = pki.issue(&name, role, key_type.into(), Validity::days(days), force)?;
+            let sans: Vec<San> = uris
+                .into_iter()
+                .map(San::Uri)
+                .chain(dnss.into_iter().map(San::Dns))
+                .collect();
+            let issued = pki.issue_with_sans(&name, role, key_type.into(), Validity::days(days), force, &sans)?;
             if let Some(old) = &issued.replaced {
                 if old.already_revoked {
                     println!(
@@ -284,10 +297,16 @@ fn show(pki: &Pki, spki: bool) -> Result<()> {
         } else {
             c.not_after
         };
+        // A client's SANs follow its CN (a server's SANs are its identity).
+        let identity = match c.role {
+            Role::Server => c.identity,
+            _ if c.sans.is_empty() => c.identity,
+            _ => format!("{} ({})", c.identity, c.sans.join(", ")),
+        };
         rows.push([
             c.name,
             c.role.to_string(),
-            c.identity,
+            identity,
             c.serial,
             expiry,
             if c.revoked { "yes".into() } else { "no".into() },

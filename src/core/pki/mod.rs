@@ -18,6 +18,7 @@
 mod crl;
 mod files;
 mod record;
+mod sans;
 mod sign;
 
 use std::net::IpAddr;
@@ -30,6 +31,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub use crl::CrlState;
 pub use files::{read_cert_der, write_file};
 pub use record::Record;
+pub use sans::{San, check_uri};
 
 use files::{cert_serial, check_name, check_server_name, list_certs, make_private_dir, remove_pem_files};
 use record::{RECORD_HEADER, rfc3339};
@@ -155,6 +157,8 @@ pub struct CertInfo {
     pub not_after: String,
     pub expired: bool,
     pub revoked: bool,
+    /// Every SAN as `kind:value` (`dns:`, `ip:`, `uri:`).
+    pub sans: Vec<String>,
     pub spki_sha256: String,
     pub path: PathBuf,
 }
@@ -239,11 +243,12 @@ impl Pki {
             }
         }
         let issuer = &ca.issuer;
-        let server = self.sign_leaf(issuer, Role::Server, "tlb server", &names, opts.key_type, validity)?;
+        let server_sans = names.iter().map(|n| sans::server_san(n)).collect::<Result<Vec<_>>>()?;
+        let server = self.sign_leaf(issuer, Role::Server, "tlb server", server_sans, opts.key_type, validity)?;
         records.push(server.record("server", Role::Server));
         let mut leaves = vec![(self.server_cert(), self.server_key(), server)];
         for c in &opts.clients {
-            let leaf = self.sign_leaf(issuer, Role::Client, c, &[], opts.key_type, validity)?;
+            let leaf = self.sign_leaf(issuer, Role::Client, c, Vec::new(), opts.key_type, validity)?;
             records.push(leaf.record(c, Role::Client));
             let (cp, kp) = self.client(c);
             leaves.push((cp, kp, leaf));
@@ -308,7 +313,23 @@ impl Pki {
     /// name is replaced, and revoked before the new one is written. The new
     /// serial is added to `issued.tsv` before the files are written.
     pub fn issue(&self, name: &str, role: Role, key_type: KeyType, validity: Validity, force: bool) -> Result<Issued> {
+        self.issue_with_sans(name, role, key_type, validity, force, &[])
+    }
+
+    /// [`Pki::issue`] with `extra` SANs (`--dns`, `--uri`) besides the CN
+    /// (a client) or the server names (a server). Every SAN is checked
+    /// before anything is signed or written.
+    pub fn issue_with_sans(
+        &self,
+        name: &str,
+        role: Role,
+        key_type: KeyType,
+        validity: Validity,
+        force: bool,
+        extra: &[San],
+    ) -> Result<Issued> {
         check_name(name)?;
+        let extra = extra.iter().map(San::to_san_type).collect::<Result<Vec<_>>>()?;
         let issuer = self.load_issuer()?;
         let ca_not_after = self.ca_not_after()?;
         let validity = Validity {
@@ -351,7 +372,9 @@ impl Pki {
         };
         make_private_dir(cp.parent().unwrap_or(&self.dir))?;
         let cn = if role == Role::Server { "tlb server" } else { name };
-        let leaf = self.sign_leaf(&issuer, role, cn, &sans, key_type, validity)?;
+        let mut sans = sans.iter().map(|n| sans::server_san(n)).collect::<Result<Vec<_>>>()?;
+        sans.extend(extra);
+        let leaf = self.sign_leaf(&issuer, role, cn, sans, key_type, validity)?;
         let replaced = match old_serial {
             Some(serial) => Some(Replaced {
                 already_revoked: !self.add_to_crl(&issuer, &serial)?,
@@ -421,29 +444,9 @@ fn cert_info(name: &str, role: Role, path: &Path, revoked: &[Vec<u8>]) -> Result
     let der = read_cert_der(path)?;
     let (_, cert) =
         X509Certificate::from_der(&der).map_err(|e| anyhow!("{} is not a valid certificate: {e}", path.display()))?;
+    let listed = sans::listed(&cert);
     let identity = match role {
-        Role::Server => match cert.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .map(|g| match g {
-                    x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
-                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                        4 => <[u8; 4]>::try_from(*b)
-                            .map(|a| IpAddr::from(a).to_string())
-                            .unwrap_or_default(),
-                        16 => <[u8; 16]>::try_from(*b)
-                            .map(|a| IpAddr::from(a).to_string())
-                            .unwrap_or_default(),
-                        _ => String::from("?"),
-                    },
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-            _ => String::new(),
-        },
+        Role::Server => listed.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","),
         _ => crate::core::tls::identity::common_name(&der).unwrap_or_default(),
     };
     let serial = cert.raw_serial().to_vec();
@@ -456,6 +459,7 @@ fn cert_info(name: &str, role: Role, path: &Path, revoked: &[Vec<u8>]) -> Result
         not_after: not_after.to_datetime().date().to_string(),
         expired: !cert.validity().is_valid(),
         revoked: revoked.contains(&serial),
+        sans: listed.into_iter().map(|(k, v)| format!("{k}:{v}")).collect(),
         spki_sha256: crate::core::tls::identity::spki_sha256(&der)
             .map(hex::encode)
             .unwrap_or_default(),

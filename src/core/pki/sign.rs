@@ -5,7 +5,6 @@
 //! must match the CA certificate; nothing here writes a file.
 
 use std::fs;
-use std::net::IpAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use rcgen::{
@@ -15,7 +14,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::files::{check_server_name, invalid_server_name, read_cert_der};
+use super::files::read_cert_der;
 use super::record::Record;
 use super::{KeyType, Pki, Role, Validity};
 
@@ -26,7 +25,7 @@ impl Pki {
         issuer: &Issuer<'_, KeyPair>,
         role: Role,
         cn: &str,
-        sans: &[String],
+        sans: Vec<SanType>,
         key_type: KeyType,
         validity: Validity,
     ) -> Result<Signed> {
@@ -49,15 +48,7 @@ impl Pki {
             Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
             _ => ExtendedKeyUsagePurpose::ClientAuth,
         }];
-        for s in sans {
-            params.subject_alt_names.push(match s.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => {
-                    check_server_name(s)?;
-                    SanType::DnsName(s.clone().try_into().map_err(|_| invalid_server_name(s))?)
-                }
-            });
-        }
+        params.subject_alt_names = sans;
         let cert = params
             .signed_by(&key, issuer)
             .with_context(|| format!("signing the certificate for {cn}"))?;
