@@ -6,6 +6,47 @@
 use rustls::pki_types::UnixTime;
 use rustls::{CertificateError, Error as TlsError};
 
+/// What an alert a server sent about this client's certificate means, and
+/// the fix, for a client's messages (`tlb client`, `tlb bench`).
+pub fn alert_advice(a: rustls::AlertDescription) -> Option<&'static str> {
+    use rustls::AlertDescription as AD;
+    Some(match a {
+        AD::AccessDenied => {
+            "the certificate's identity is not authorized for this app (add a [[client]] entry for it with \
+             this app, or use an authorized --cert)"
+        }
+        AD::UnknownCA | AD::BadCertificate | AD::CertificateUnknown => {
+            "the server does not trust this client certificate (was it issued by the server's CA? check --pki \
+             or --cert-file)"
+        }
+        AD::CertificateRequired => {
+            "the server requires a client certificate (pass --cert NAME, or --cert-file and --key-file)"
+        }
+        AD::CertificateRevoked => "this client certificate is revoked (issue a new one: tlb pki issue NAME --force)",
+        AD::CertificateExpired => {
+            "this client certificate has expired or is not valid yet (issue a new one: tlb pki issue NAME --force)"
+        }
+        AD::ProtocolVersion => "no TLS version in common",
+        _ => return None,
+    })
+}
+
+/// What a client can do about a server certificate it refused.
+pub fn server_certificate_advice(c: &CertificateError) -> &'static str {
+    use CertificateError as CE;
+    match c {
+        CE::NotValidForName | CE::NotValidForNameContext { .. } => "use --server-name NAME with one of its names",
+        CE::UnknownIssuer | CE::BadSignature => {
+            "check --ca: it must be the CA that signed the server's certificate (default <pki>/ca.crt)"
+        }
+        CE::Expired | CE::ExpiredContext { .. } => {
+            "the server needs a new certificate, or this machine's clock is wrong"
+        }
+        CE::NotValidYet | CE::NotValidYetContext { .. } => "check this machine's clock and the server's",
+        _ => "check --ca and --server-name",
+    }
+}
+
 /// The short name of a TLS alert or error for messages, e.g. `access_denied`.
 pub fn describe_tls_error(e: &std::io::Error) -> String {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>()) {

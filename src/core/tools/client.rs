@@ -73,18 +73,17 @@ impl std::fmt::Display for ClientError {
             ClientError::Connect { addr, source } => {
                 write!(f, "connecting to {addr} failed: {source}; {}", connect_hint(source))
             }
-            ClientError::TlsRefused {
-                addr,
-                detail,
-                hint,
-                by: RefusedBy::Server,
-            } => write!(f, "the TLS handshake was refused by {addr}: {detail}{hint}"),
-            ClientError::TlsRefused {
-                addr,
-                detail,
-                hint,
-                by: RefusedBy::Client,
-            } => write!(f, "this client refused the server at {addr}: {detail}{hint}"),
+            ClientError::TlsRefused { addr, detail, hint, by } => {
+                match by {
+                    RefusedBy::Server => write!(f, "the TLS handshake was refused by {addr}: {detail}")?,
+                    RefusedBy::Client => write!(f, "this client refused the server at {addr}: {detail}")?,
+                }
+                match (hint.is_empty(), by) {
+                    (true, _) => Ok(()),
+                    (false, RefusedBy::Server) => write!(f, " ({hint})"),
+                    (false, RefusedBy::Client) => write!(f, "; {hint}"),
+                }
+            }
             ClientError::ClosedBeforeReply { addr } => write!(
                 f,
                 "connection closed by the balancer at {addr} before any reply (per-client limit, or no upstream available)"
@@ -188,14 +187,23 @@ pub async fn connect_tcp(addr: SocketAddr, limit: Duration) -> Result<TcpConn, C
 /// Like [`connect`] to an already resolved address (`opts.connect` unused).
 pub async fn connect_to(addr: SocketAddr, opts: &ClientOptions) -> Result<ClientStream, ClientError> {
     let tcp = connect_tcp(addr, opts.connect_timeout).await?;
-    let connector = futures_rustls::TlsConnector::from(opts.tls.clone());
-    timeout(opts.connect_timeout, connector.connect(opts.server_name.clone(), tcp))
+    tls_handshake(tcp, opts)
         .await
-        .map_err(|_| ClientError::Timeout {
+        .ok_or(ClientError::Timeout {
             what: "TLS handshake",
             after: opts.connect_timeout,
         })?
         .map_err(|e| refused_or_io(addr, e))
+}
+
+/// The client's TLS handshake over `tcp`, within the connect timeout
+/// (`None` when it ran out). The error is rustls's own, for callers that
+/// classify it ([`refused_or_io`], the load generator).
+pub async fn tls_handshake(tcp: TcpConn, opts: &ClientOptions) -> Option<io::Result<ClientStream>> {
+    let connector = futures_rustls::TlsConnector::from(opts.tls.clone());
+    timeout(opts.connect_timeout, connector.connect(opts.server_name.clone(), tcp))
+        .await
+        .ok()
 }
 
 /// Maps an error seen during or right after the handshake.
@@ -206,7 +214,7 @@ pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
     match e.get_ref().and_then(|i| i.downcast_ref::<TE>()) {
         Some(TE::AlertReceived(a)) => refused(
             format!("server sent alert {}", crate::core::tls::alert_name(*a)),
-            alert_hint(*a),
+            crate::core::tls::alerts::alert_advice(*a).unwrap_or(""),
             RefusedBy::Server,
         ),
         Some(TE::InvalidCertificate(c)) => refused(
@@ -214,7 +222,7 @@ pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
                 "the server's certificate is {}",
                 crate::core::tls::alerts::describe_certificate_error(c)
             ),
-            server_certificate_hint(c),
+            crate::core::tls::alerts::server_certificate_advice(c),
             RefusedBy::Client,
         ),
         Some(other) => refused(crate::core::tls::describe_rustls_error(other), "", RefusedBy::Client),
@@ -222,42 +230,6 @@ pub fn refused_or_io(addr: SocketAddr, e: io::Error) -> ClientError {
             addr,
             detail: describe_tls_error(&e),
         },
-    }
-}
-
-/// What the client can do about the server's alert.
-fn alert_hint(a: rustls::AlertDescription) -> &'static str {
-    use rustls::AlertDescription as AD;
-    match a {
-        AD::AccessDenied => {
-            " (this certificate's identity is not authorized for the app; check [[client]] in the server config)"
-        }
-        AD::UnknownCA | AD::BadCertificate | AD::CertificateUnknown => {
-            " (the server does not trust this client certificate; was it issued by the server's CA?)"
-        }
-        AD::CertificateRevoked => " (this client certificate is revoked)",
-        AD::CertificateExpired => " (this client certificate has expired; issue a new one)",
-        AD::CertificateRequired => {
-            " (the server requires a client certificate: pass --cert NAME or --cert-file/--key-file)"
-        }
-        AD::ProtocolVersion => " (TLS version mismatch)",
-        _ => "",
-    }
-}
-
-/// What the client can do about a server certificate it refused.
-fn server_certificate_hint(c: &rustls::CertificateError) -> &'static str {
-    use rustls::CertificateError as CE;
-    match c {
-        CE::NotValidForName | CE::NotValidForNameContext { .. } => "; use --server-name NAME with one of its names",
-        CE::UnknownIssuer | CE::BadSignature => {
-            "; check --ca: it must be the CA that signed the server's certificate (default <pki>/ca.crt)"
-        }
-        CE::Expired | CE::ExpiredContext { .. } => {
-            "; the server needs a new certificate, or this machine's clock is wrong"
-        }
-        CE::NotValidYet | CE::NotValidYetContext { .. } => "; check this machine's clock and the server's",
-        _ => "; check --ca and --server-name",
     }
 }
 

@@ -14,6 +14,7 @@ use std::io;
 use rustls::AlertDescription as AD;
 
 use crate::core::rt::net::is_disconnect;
+use crate::core::tls::alerts::{alert_advice, describe_certificate_error, server_certificate_advice};
 use crate::core::tls::{alert_name, describe_tls_error};
 use crate::core::tools::client::ClientError;
 
@@ -89,7 +90,11 @@ fn of_tls(e: &rustls::Error) -> Failure {
             Class::Alert(*a),
         ),
         TE::InvalidCertificate(c) => Failure::new(
-            format!("tls refused: this client rejected the server's certificate: {c:?}"),
+            format!(
+                "tls refused: the server's certificate is {}; {}",
+                describe_certificate_error(c),
+                server_certificate_advice(c)
+            ),
             Class::ServerCert,
         ),
         TE::InvalidMessage(_)
@@ -158,9 +163,9 @@ pub(super) fn explain(class: Class, label: &str, c: &Context<'_>) -> String {
         Class::Alert(a) => format!(
             "{t} refused the TLS handshake with alert {}: {}",
             alert_name(a),
-            alert_meaning(a)
+            alert_advice(a).unwrap_or("check the server log")
         ),
-        Class::ServerCert => format!("{label} ({t}): check --ca and --server-name"),
+        Class::ServerCert => format!("{label} ({t})"),
         Class::Tls => format!("the TLS handshake with {t} failed ({label}); check the server log"),
         Class::ClosedInHandshake => format!(
             "{t} closed the connection during the TLS handshake: a [limits] accept cap (max_handshakes_per_ip, \
@@ -175,29 +180,6 @@ pub(super) fn explain(class: Class, label: &str, c: &Context<'_>) -> String {
             format!("{label} against {t}: is it reachable (no firewall dropping packets?) and not overloaded?")
         }
         Class::Other => format!("{label} ({t})"),
-    }
-}
-
-/// What an alert from the server means, and the fix.
-fn alert_meaning(a: AD) -> &'static str {
-    match a {
-        AD::AccessDenied => {
-            "the certificate's identity is not authorized for this app (add a [[client]] entry for it with \
-             this app, or use an authorized --cert)"
-        }
-        AD::UnknownCA | AD::BadCertificate | AD::CertificateUnknown => {
-            "the server does not trust this client certificate (was it issued by the server's CA? check --pki \
-             or --cert-file)"
-        }
-        AD::CertificateRequired => {
-            "the server requires a client certificate (pass --cert NAME, or --cert-file and --key-file)"
-        }
-        AD::CertificateRevoked => "this client certificate is revoked (issue a new one: tlb pki issue NAME --force)",
-        AD::CertificateExpired => {
-            "this client certificate has expired or is not valid yet (issue a new one: tlb pki issue NAME --force)"
-        }
-        AD::ProtocolVersion => "no TLS version in common (bench speaks TLS 1.3 only)",
-        _ => "check the server log",
     }
 }
 

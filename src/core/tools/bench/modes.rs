@@ -22,7 +22,7 @@ use smol::channel::Receiver;
 
 use crate::core::rt::net::TcpConn;
 use crate::core::rt::timeout;
-use crate::core::tools::client::{ClientStream, connect_tcp};
+use crate::core::tools::client::{ClientStream, connect_tcp, tls_handshake};
 
 use super::diagnose;
 use super::stats::{TaskResult, us};
@@ -137,14 +137,13 @@ async fn open(opts: &BenchOptions, addr: SocketAddr, live: &Live, res: &mut Task
     if opts.plain {
         return Some((Conn::Plain(tcp), us(t0.elapsed())));
     }
-    let connector = futures_rustls::TlsConnector::from(opts.client.tls.clone());
-    match timeout(limit, connector.connect(opts.client.server_name.clone(), tcp)).await {
-        Ok(Ok(s)) => Some((Conn::Tls(Box::new(s)), us(t0.elapsed()))),
-        Ok(Err(e)) => {
+    match tls_handshake(tcp, &opts.client).await {
+        Some(Ok(s)) => Some((Conn::Tls(Box::new(s)), us(t0.elapsed()))),
+        Some(Err(e)) => {
             res.error(live, diagnose::of_handshake(&e));
             None
         }
-        Err(_) => {
+        None => {
             res.error(live, diagnose::timeout("TLS handshake"));
             None
         }
