@@ -533,6 +533,68 @@ fn expired() -> tlb::core::pki::Validity {
 }
 
 #[test]
+fn refusal_lines_show_what_was_presented_and_audit_mode_logs_once() {
+    use tlb::core::pki::{KeyType, Pki, Role, San};
+    let dir = init_dir();
+    let d = dir.path();
+    let pki = d.join("pki");
+    let sans = [
+        San::Uri("spiffe://prod.example/ns/web/sa/six".into()),
+        San::Dns("six.internal".into()),
+    ];
+    let serial = Pki::new(&pki)
+        .issue_with_sans("client6", Role::Client, KeyType::EcdsaP256, expired(), false, &sans)
+        .expect("an expired client certificate with SANs")
+        .serial;
+    let config = d.join("tlb.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    assert!(text.contains("\nname = \"echo\"\n"), "{text}");
+    let audited = text.replacen("\nname = \"echo\"\n", "\nname = \"echo\"\nmode = \"audit\"\n", 1);
+    fs::write(&config, audited).expect("config");
+    let sys = start_system(d);
+
+    // A certificate error is refused in audit mode too, and its line names
+    // what the certificate presents and which app refused it.
+    assert_eq!(sys.client(d, &["--cert", "client6", "hi"]).code(), Some(3));
+    let wanted = format!("identity=client6 serial={serial}");
+    wait_until("client6's refusal line", Duration::from_secs(10), || {
+        sys.log().lines().any(|l| l.contains(&wanted))
+    });
+    let log = sys.log();
+    let line = log.lines().find(|l| l.contains(&wanted)).unwrap_or_default();
+    assert!(
+        line.contains("presented=cn:client6,uri:spiffe://prod.example/ns/web/sa/six,dns:six.internal"),
+        "{line}"
+    );
+    assert!(
+        line.contains("app=echo") && line.contains("certificate expired"),
+        "{line}"
+    );
+
+    // client4 has no [[client]] entry: admitted twice in audit mode, logged once.
+    for _ in 0..2 {
+        let out = sys.client(d, &["--cert", "client4", "hi"]);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+    }
+    wait_until("client4's second access line", Duration::from_secs(10), || {
+        sys.log()
+            .lines()
+            .filter(|l| l.contains("access") && l.contains("identity=client4"))
+            .count()
+            == 2
+    });
+    let log = sys.log();
+    let audits: Vec<&str> = log.lines().filter(|l| l.contains("audit: admitted")).collect();
+    assert_eq!(audits.len(), 1, "{log}");
+    assert!(
+        audits[0].contains("identity=client4") && audits[0].contains("reason=\"not_listed\""),
+        "{}",
+        audits[0]
+    );
+    assert!(audits[0].contains("not a configured [[client]]"), "{}", audits[0]);
+}
+
+#[test]
 fn logs_redirected_to_a_file_carry_no_colour() {
     let dir = init_dir();
     let d = dir.path();

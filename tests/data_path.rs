@@ -364,11 +364,21 @@ fn limits_lab(client1_limits: &str) -> Lab {
 }
 
 fn client_active(lab: &Lab, name: &str) -> u32 {
-    lab.server.current().limiter.get(name).expect("client state").active()
+    lab.server
+        .current()
+        .limiter
+        .get(name, true)
+        .expect("client state")
+        .active()
 }
 
 fn client_refused(lab: &Lab, name: &str) -> u64 {
-    lab.server.current().limiter.get(name).expect("client state").refused()
+    lab.server
+        .current()
+        .limiter
+        .get(name, true)
+        .expect("client state")
+        .refused()
 }
 
 /// A connection refused by a per-client limit, as the client sees it:

@@ -14,6 +14,7 @@ mod faults;
 mod flood;
 mod gate;
 mod health;
+mod identity;
 mod interop;
 mod local_resource;
 mod pki;

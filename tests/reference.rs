@@ -219,12 +219,42 @@ fn a_required_key_or_table_is_refused_when_missing() {
     }
 }
 
-/// Every key of `t` at its example.
-fn examples(t: &TableDoc) -> Vec<(&'static str, String)> {
+/// Every key of `t` at its example, but of two keys that exclude each
+/// other (`reference::EXCLUSIVE`) only the first, or `focus` if it is one.
+fn examples_around(t: &TableDoc, focus: Option<&str>) -> Vec<(&'static str, String)> {
+    let excluded = |name: &str| {
+        reference::EXCLUSIVE.iter().any(|&(table, a, b)| {
+            table == t.path
+                && match focus {
+                    Some(f) if f == a => name == b,
+                    Some(f) if f == b => name == a,
+                    _ => name == b,
+                }
+        })
+    };
     t.keys
         .iter()
+        .filter(|k| !excluded(k.name))
         .map(|k| (t.path, format!("{} = {}", k.name, k.example)))
         .collect()
+}
+
+/// Every key of `t` at its example (see [`examples_around`]).
+fn examples(t: &TableDoc) -> Vec<(&'static str, String)> {
+    examples_around(t, None)
+}
+
+#[test]
+fn exclusive_keys_are_refused_together() {
+    let dir = Dir::new();
+    for &(path, a, b) in reference::EXCLUSIVE {
+        let t = reference::table(path).expect("table");
+        let mut set = examples(t);
+        let kb = t.key(b).expect("key");
+        set.push((path, format!("{b} = {}", kb.example)));
+        let e = dir.refuses(&config(&[path], &set, Omit::Nothing), &format!("{a} with {b}"));
+        assert!(e.message.contains("not both"), "{e}");
+    }
 }
 
 #[test]
@@ -268,6 +298,16 @@ fn refused_values(kind: Kind) -> &'static [&'static str] {
             r#""abc""#,
             r#""zz41402abc4b2a76b9719d911017c592aabbccddeeff00112233445566778899""#,
         ],
+        Kind::Mode => &[r#""enforcing""#, r#""""#, "true"],
+        Kind::Uri => &[
+            r#""no-scheme""#,
+            r#""spiffe://Prod/x""#,
+            r#""spiffe://prod.example/a/../b""#,
+            r#""x:a b""#,
+            "1",
+        ],
+        Kind::DnsName => &[r#""*.web.internal""#, r#""bad name""#, r#""""#, "1"],
+        Kind::TrustDomain => &[r#""Prod.Example""#, r#""prod/x""#, r#""""#, "1"],
     }
 }
 
@@ -280,6 +320,12 @@ fn accepted_values(kind: Kind) -> &'static [&'static str] {
         Kind::Sha256Hex => {
             &[r#""5D:41:40:2A:BC:4B:2A:76:B9:71:9D:91:10:17:C5:92:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99""#]
         }
+        Kind::Mode => &[r#""enforce""#],
+        Kind::Uri => &[
+            r#""urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66""#,
+            r#""spiffe://prod.example""#,
+        ],
+        Kind::DnsName => &[r#""API.Web.Internal""#],
         _ => &[],
     }
 }
@@ -291,7 +337,10 @@ fn every_type_is_enforced_as_documented() {
     for t in TABLES {
         for k in t.keys {
             // The other keys of the table at their examples, so that a refusal is this key's.
-            let others: Vec<_> = examples(t).into_iter().filter(|(_, l)| !is_key(l, k)).collect();
+            let others: Vec<_> = examples_around(t, Some(k.name))
+                .into_iter()
+                .filter(|(_, l)| !is_key(l, k))
+                .collect();
             let with = |v: &str| {
                 let mut set = others.clone();
                 set.push((t.path, format!("{} = {v}", k.name)));

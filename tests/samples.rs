@@ -12,9 +12,9 @@ use std::time::Duration;
 use crate::common::{have, run_bounded};
 use tlb::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
-    TimeoutsSection, TlsSection, UpstreamTlsSection,
+    TimeoutsSection, TlsSection, TrustDomainSection, UpstreamTlsSection,
 };
-use tlb::core::config::{Config, ConfigError, TlsVersion, example_toml};
+use tlb::core::config::{AppMode, ClientMatch, Config, ConfigError, TlsVersion, example_toml};
 use tlb::core::tools::lab::LabPaths;
 
 fn addr(s: &str) -> SocketAddr {
@@ -80,7 +80,23 @@ fn every_key_the_writer_knows_loads_with_its_value() {
         }),
         ..AppSection::new("echo", addr("127.0.0.1:8443"), ["127.0.0.1:9001", "[::1]:9002"])
     })
-    .app(AppSection::new("db", addr("127.0.0.1:8444"), ["10.0.0.5:5432"]))
+    .app(AppSection {
+        mode: Some(AppMode::Audit),
+        ..AppSection::new("db", addr("127.0.0.1:8444"), ["10.0.0.5:5432"])
+    })
+    .trust_domain(TrustDomainSection {
+        name: "prod.example".into(),
+        ca: "td/ca.crt".into(),
+        crl: Some("td/crl.pem".into()),
+    })
+    .client(ClientSection {
+        uri: Some("spiffe://prod.example/ns/db/sa/api".into()),
+        ..ClientSection::new("api", ["db"])
+    })
+    .client(ClientSection {
+        dns: Some("web.internal".into()),
+        ..ClientSection::new("web", ["echo"])
+    })
     .client(ClientSection::new("client1", ["echo", "db"]))
     .client(ClientSection {
         limits: LimitsSection {
@@ -143,6 +159,26 @@ fn every_key_the_writer_knows_loads_with_its_value() {
         (3, 0.001, 1)
     );
     assert_eq!(c2.spki_sha256, Some(pin));
+    assert_eq!(c.app("db").expect("db").mode, AppMode::Audit);
+    assert_eq!(echo.mode, AppMode::Enforce);
+    let td = &c.trust_domains[0];
+    assert_eq!(
+        (td.name.as_str(), &td.ca, &td.crl),
+        (
+            "prod.example",
+            &dir.path().join("td/ca.crt"),
+            &Some(dir.path().join("td/crl.pem"))
+        )
+    );
+    assert_eq!(
+        c.client("api").expect("api").matches,
+        ClientMatch::Uri("spiffe://prod.example/ns/db/sa/api".into())
+    );
+    assert_eq!(
+        c.client("web").expect("web").matches,
+        ClientMatch::Dns("web.internal".into())
+    );
+    assert_eq!(c.client("client1").expect("client1").matches, ClientMatch::Cn);
 }
 
 #[test]

@@ -178,6 +178,57 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
 }
 
+/// `[[app]] mode`: what the gate does with a client the `[[client]]`
+/// policy would refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppMode {
+    /// Refuse it (the default).
+    #[default]
+    Enforce,
+    /// Admit it, log it once and count it (`tlb_audit_denied_total`): for
+    /// rolling a policy out. Certificate errors (unknown CA, expired,
+    /// revoked, wrong trust domain) are refused in both modes.
+    Audit,
+}
+
+/// `[[trust_domain]]`: the CA that alone may issue SPIFFE IDs of one
+/// trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomain {
+    /// The trust domain (`prod.example` in `spiffe://prod.example/...`).
+    pub name: String,
+    pub ca: PathBuf,
+    pub crl: Option<PathBuf>,
+}
+
+/// What a `[[client]]` entry matches in a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// The subject CN equals the entry's `name` (the default).
+    Cn,
+    /// A URI SAN equals this (a SPIFFE ID, or another URI).
+    Uri(String),
+    /// A DNS SAN equals this (lower case).
+    Dns(String),
+}
+
+impl ClientMatch {
+    /// The SPIFFE trust domain of a `spiffe://` URI match.
+    pub fn trust_domain(&self) -> Option<&str> {
+        match self {
+            ClientMatch::Uri(u) => spiffe_trust_domain(u),
+            _ => None,
+        }
+    }
+}
+
+/// The trust domain of a SPIFFE ID (`spiffe://DOMAIN/...`); `None` for
+/// another URI.
+pub fn spiffe_trust_domain(uri: &str) -> Option<&str> {
+    let rest = uri.strip_prefix("spiffe://")?;
+    Some(rest.split_once('/').map_or(rest, |(d, _)| d))
+}
+
 /// One upstream address, as written and as resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamAddr {
@@ -195,14 +246,18 @@ pub struct App {
     pub server_names: Vec<String>,
     pub upstreams: Vec<UpstreamAddr>,
     pub proxy_protocol: bool,
+    pub mode: AppMode,
     pub health: Option<HealthSettings>,
     pub upstream_tls: Option<UpstreamTls>,
 }
 
-/// `[[client]]`: an identity (certificate CN) and what it may reach.
+/// `[[client]]`: an identity and what it may reach.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Client {
+    /// The label in logs, metrics and limits; the CN to match unless
+    /// `matches` says otherwise.
     pub name: String,
+    pub matches: ClientMatch,
     pub apps: Vec<String>,
     pub limits: Limits,
     /// SHA-256 of the client's SubjectPublicKeyInfo, if pinned.
@@ -221,6 +276,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub apps: Vec<App>,
     pub clients: Vec<Client>,
+    /// `[[trust_domain]]`s; empty: `[tls] ca` is the one trust domain.
+    pub trust_domains: Vec<TrustDomain>,
 }
 
 impl Config {

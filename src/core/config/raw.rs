@@ -26,6 +26,16 @@ pub(crate) struct RawConfig {
     pub(crate) apps: Vec<Spanned<RawApp>>,
     #[serde(default, rename = "client")]
     pub(crate) clients: Vec<Spanned<RawClient>>,
+    #[serde(default, rename = "trust_domain")]
+    pub(crate) trust_domains: Vec<Spanned<RawTrustDomain>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrustDomain {
+    pub(crate) name: Spanned<String>,
+    pub(crate) ca: Spanned<PathBuf>,
+    pub(crate) crl: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +95,7 @@ pub(crate) struct RawApp {
     pub(crate) upstreams: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub(crate) proxy_protocol: bool,
+    pub(crate) mode: Option<Spanned<String>>,
     pub(crate) health: Option<Spanned<RawHealth>>,
     pub(crate) upstream_tls: Option<Spanned<RawUpstreamTls>>,
 }
@@ -121,6 +132,8 @@ pub(crate) struct RawClient {
     pub(crate) connection_rate: Option<Spanned<f64>>,
     pub(crate) burst: Option<Spanned<i64>>,
     pub(crate) spki_sha256: Option<Spanned<String>>,
+    pub(crate) uri: Option<Spanned<String>>,
+    pub(crate) dns: Option<Spanned<String>>,
 }
 
 /// A human duration (`500ms`, `5s`, `10m`), greater than zero.

@@ -12,11 +12,11 @@ use std::fmt;
 
 use crate::core::config::literal::{count, duration, rate, string, strings, version};
 use crate::core::config::model::{
-    DEFAULT_SESSION_LIFETIME, GlobalLimits, HealthSettings, Limits, Timeouts, TlsVersion,
+    AppMode, DEFAULT_SESSION_LIFETIME, GlobalLimits, HealthSettings, Limits, Timeouts, TlsVersion,
 };
 use crate::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
-    TimeoutsSection, TlsSection,
+    TimeoutsSection, TlsSection, TrustDomainSection,
 };
 
 /// Column (0-based) where an annotated line's `#` comment starts.
@@ -41,6 +41,9 @@ impl ConfigWriter {
         admin(self.admin.as_ref()).write(&mut out);
         for a in &self.apps {
             write_app(a, &mut out);
+        }
+        for td in &self.trust_domains {
+            trust_domain(td).write(&mut out);
         }
         for c in &self.clients {
             client(c).write(&mut out);
@@ -329,6 +332,15 @@ fn write_app(a: &AppSection, out: &mut Out) {
                 .doc("SNI names that select this app on a shared listener"),
             key("upstreams", Some(strings(&a.upstreams))),
             key("proxy_protocol", a.proxy_protocol.map(|b| b.to_string())),
+            key(
+                "mode",
+                a.mode.map(|m| {
+                    string(match m {
+                        AppMode::Enforce => "enforce",
+                        AppMode::Audit => "audit",
+                    })
+                }),
+            ),
         ],
     );
     t.template = false;
@@ -380,8 +392,27 @@ fn health(h: Option<&HealthSection>) -> Table {
     t
 }
 
+fn trust_domain(td: &TrustDomainSection) -> Table {
+    let mut t = table(
+        "[[trust_domain]]",
+        true,
+        vec![
+            key("name", Some(string(&td.name))),
+            key("ca", Some(string(&td.ca))),
+            key("crl", td.crl.as_deref().map(string)),
+        ],
+    );
+    t.template = false;
+    t
+}
+
 fn client(c: &ClientSection) -> Table {
-    let mut keys = vec![key("name", Some(string(&c.name))), key("apps", Some(strings(&c.apps)))];
+    let mut keys = vec![
+        key("name", Some(string(&c.name))),
+        key("uri", c.uri.as_deref().map(string)),
+        key("dns", c.dns.as_deref().map(string)),
+        key("apps", Some(strings(&c.apps))),
+    ];
     keys.extend(limit_keys(&c.limits, false));
     keys.push(key("spki_sha256", c.spki_sha256.map(|p| string(&hex::encode(p)))));
     let mut t = table("[[client]]", true, keys);

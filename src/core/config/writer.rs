@@ -5,14 +5,14 @@
 //! Promises: a key is written only when it is set (so the file says what
 //! was asked and nothing else); sections come in one fixed order (`[tls]`,
 //! `[limits]`, `[defaults]`, `[timeouts]`, `[admin]`, `[[app]]`,
-//! `[[client]]`); a whole document is the concatenation of its sections'
+//! `[[trust_domain]]`, `[[client]]`); a whole document is the concatenation of its sections'
 //! `Display` texts; and with valid addresses and existing paths, what it
 //! renders loads with `Config::parse`. The text itself is made in `render`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::core::config::model::{Limits, Timeouts, TlsVersion};
+use crate::core::config::model::{AppMode, Limits, Timeouts, TlsVersion};
 
 /// A `tlb.toml` under construction; [`ConfigWriter::render`] makes its text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,6 +25,7 @@ pub struct ConfigWriter {
     pub(crate) timeouts: Option<TimeoutsSection>,
     pub(crate) admin: Option<AdminSection>,
     pub(crate) apps: Vec<AppSection>,
+    pub(crate) trust_domains: Vec<TrustDomainSection>,
     pub(crate) clients: Vec<ClientSection>,
     pub(crate) footer: Vec<String>,
 }
@@ -100,6 +101,20 @@ impl ConfigWriter {
         self.clients.push(client);
         self
     }
+
+    /// One more `[[trust_domain]]`.
+    pub fn trust_domain(mut self, td: TrustDomainSection) -> ConfigWriter {
+        self.trust_domains.push(td);
+        self
+    }
+}
+
+/// One `[[trust_domain]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomainSection {
+    pub name: String,
+    pub ca: String,
+    pub crl: Option<String>,
 }
 
 /// `[tls]`. Paths as the file should spell them (relative ones are read
@@ -209,6 +224,7 @@ pub struct AppSection {
     /// `HOST:PORT`s.
     pub upstreams: Vec<String>,
     pub proxy_protocol: Option<bool>,
+    pub mode: Option<AppMode>,
     pub health: Option<HealthSection>,
     pub upstream_tls: Option<UpstreamTlsSection>,
 }
@@ -222,6 +238,7 @@ impl AppSection {
             server_names: None,
             upstreams: upstreams.into_iter().map(|u| u.to_string()).collect(),
             proxy_protocol: None,
+            mode: None,
             health: None,
             upstream_tls: None,
         }
@@ -251,8 +268,12 @@ pub struct UpstreamTlsSection {
 /// One `[[client]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientSection {
-    /// The identity (certificate CN).
+    /// The identity's label (and the CN it matches without `uri`/`dns`).
     pub name: String,
+    /// Match this URI SAN instead of the CN.
+    pub uri: Option<String>,
+    /// Match this DNS SAN instead of the CN.
+    pub dns: Option<String>,
     pub apps: Vec<String>,
     /// Overrides of `[defaults]`.
     pub limits: LimitsSection,
@@ -264,6 +285,8 @@ impl ClientSection {
     pub fn new<S: ToString>(name: &str, apps: impl IntoIterator<Item = S>) -> ClientSection {
         ClientSection {
             name: name.to_string(),
+            uri: None,
+            dns: None,
             apps: apps.into_iter().map(|a| a.to_string()).collect(),
             limits: LimitsSection::default(),
             spki_sha256: None,

@@ -277,6 +277,10 @@ pub struct AppStatus {
     pub server_names: Vec<String>,
     /// `active` (checks) or `passive` (circuit breaker on real traffic only).
     pub health_mode: &'static str,
+    /// `enforce`, or `audit` (would-be refusals admitted and counted).
+    pub mode: &'static str,
+    /// Connections audit mode admitted that enforce mode would refuse.
+    pub audit_denied: u64,
     pub active_connections: u64,
     pub connections: u64,
     pub upstreams: Vec<UpstreamStatus>,
@@ -340,6 +344,11 @@ pub fn status(server: &Server) -> Status {
             listen: cfg.listen.to_string(),
             server_names: cfg.server_names.clone(),
             health_mode: a.balancer.policy().mode(),
+            mode: match cfg.mode {
+                crate::core::config::AppMode::Enforce => "enforce",
+                crate::core::config::AppMode::Audit => "audit",
+            },
+            audit_denied: load(&a.stats.audit_denied),
             active_connections: load(&a.stats.active),
             connections: load(&a.stats.handshakes),
             upstreams: a
@@ -403,7 +412,7 @@ fn client_statuses(g: &Generation) -> Vec<ClientStatus> {
         .clients
         .iter()
         .filter_map(|c| {
-            let s = g.limiter.get(&c.name)?;
+            let s = g.limiter.get(&c.name, true)?;
             Some(ClientStatus {
                 name: c.name.clone(),
                 apps: c.apps.clone(),

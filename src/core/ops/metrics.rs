@@ -190,6 +190,13 @@ impl Collector for ServerCollector {
             MetricType::Gauge,
             apps().map(|a| ([("app", a.name.as_str())], load(&a.stats.active))),
         )?;
+        family(
+            e,
+            "audit_denied",
+            "Connections an app in audit mode admitted that enforce mode would refuse",
+            MetricType::Counter,
+            apps().map(|a| ([("app", a.name.as_str())], load(&a.stats.audit_denied))),
+        )?;
         let ups = || {
             apps().flat_map(|a| {
                 a.balancer

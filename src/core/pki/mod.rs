@@ -18,7 +18,7 @@
 mod crl;
 mod files;
 mod record;
-mod sans;
+pub mod sans;
 mod sign;
 
 use std::net::IpAddr;

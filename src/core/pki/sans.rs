@@ -30,14 +30,7 @@ impl San {
     pub(super) fn to_san_type(&self) -> Result<SanType> {
         match self {
             San::Dns(d) => {
-                if d.starts_with("*.") {
-                    bail!("--dns {d:?}: a wildcard cannot be an identity; name one host, e.g. api.pay.internal");
-                }
-                check_server_name(d).map_err(|_| {
-                    anyhow!(
-                        "--dns {d:?} is not a valid DNS name; use letters, digits, '-' and '.', e.g. api.pay.internal"
-                    )
-                })?;
+                check_dns_identity(d, "--dns")?;
                 dns(d)
             }
             San::Uri(u) => {
@@ -50,6 +43,17 @@ impl San {
             }
         }
     }
+}
+
+/// A DNS name that identifies a client (`what` names the flag or key in
+/// errors): a valid host name, not a wildcard.
+pub fn check_dns_identity(d: &str, what: &str) -> Result<()> {
+    if d.starts_with("*.") {
+        bail!("{what} {d:?}: a wildcard cannot be an identity; name one host, e.g. api.pay.internal");
+    }
+    check_server_name(d).map_err(|_| {
+        anyhow!("{what} {d:?} is not a valid DNS name; use letters, digits, '-' and '.', e.g. api.pay.internal")
+    })
 }
 
 /// A server name: an IP address, or a DNS name (wildcards allowed).
@@ -72,23 +76,28 @@ fn dns(s: &str) -> Result<SanType> {
 /// A URI SAN: `scheme:rest`, printable ASCII without spaces; a `spiffe://`
 /// URI must also be a valid SPIFFE ID.
 pub fn check_uri(u: &str) -> Result<()> {
+    check_uri_as(u, "--uri")
+}
+
+/// [`check_uri`], with `what` (a flag or config key) naming it in errors.
+pub fn check_uri_as(u: &str, what: &str) -> Result<()> {
     const EXAMPLE: &str = "e.g. spiffe://prod.example/ns/pay/sa/api";
     if u.is_empty() || u.len() > MAX_URI_LEN {
-        bail!("--uri must be 1 to {MAX_URI_LEN} characters, {EXAMPLE}");
+        bail!("{what} must be 1 to {MAX_URI_LEN} characters, {EXAMPLE}");
     }
     if !u.bytes().all(|b| b.is_ascii_graphic()) {
-        bail!("--uri {u:?} holds a space, a control or a non-ASCII character; percent-encode it, {EXAMPLE}");
+        bail!("{what} {u:?} holds a space, a control or a non-ASCII character; percent-encode it, {EXAMPLE}");
     }
     let Some((scheme, rest)) = u.split_once(':') else {
-        bail!("--uri {u:?} has no scheme; write it as SCHEME:..., {EXAMPLE}");
+        bail!("{what} {u:?} has no scheme; write it as SCHEME:..., {EXAMPLE}");
     };
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
     if !scheme_ok || rest.is_empty() {
-        bail!("--uri {u:?} is not a URI (SCHEME:...), {EXAMPLE}");
+        bail!("{what} {u:?} is not a URI (SCHEME:...), {EXAMPLE}");
     }
     if scheme.eq_ignore_ascii_case("spiffe") {
-        check_spiffe_id(u)?;
+        check_spiffe_id(u, what)?;
     }
     Ok(())
 }
@@ -96,8 +105,8 @@ pub fn check_uri(u: &str) -> Result<()> {
 /// The SPIFFE ID rules: `spiffe://` (lower case), a trust domain of
 /// `[a-z0-9._-]`, a path of non-empty segments of `[A-Za-z0-9._-]` that are
 /// not `.` or `..`, nothing after the path.
-fn check_spiffe_id(u: &str) -> Result<()> {
-    let bad = |why: &str| anyhow!("--uri {u:?} is not a SPIFFE ID: {why}; e.g. spiffe://prod.example/ns/pay/sa/api");
+fn check_spiffe_id(u: &str, what: &str) -> Result<()> {
+    let bad = |why: &str| anyhow!("{what} {u:?} is not a SPIFFE ID: {why}; e.g. spiffe://prod.example/ns/pay/sa/api");
     let rest = u
         .strip_prefix("spiffe://")
         .ok_or_else(|| bad("it must start with spiffe:// in lower case"))?;
@@ -124,6 +133,19 @@ fn check_spiffe_id(u: &str) -> Result<()> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A SPIFFE trust domain name (`what` names the key in errors): `a-z`,
+/// `0-9`, `.`, `-`, `_`, as in a SPIFFE ID.
+pub fn check_trust_domain(d: &str, what: &str) -> Result<()> {
+    if d.is_empty()
+        || !d
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        bail!("{what} {d:?} is not a trust domain; use a-z, 0-9, '.', '-' and '_', e.g. prod.example");
     }
     Ok(())
 }

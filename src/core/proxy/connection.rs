@@ -44,6 +44,7 @@ use crate::core::rt::net::{TcpConn, is_disconnect};
 use crate::core::rt::timeout;
 use crate::core::tls;
 use crate::core::tls::gate::{self, CloseReason};
+use crate::core::tls::policy::Admitted;
 
 /// Serves one accepted connection; `slot` holds its `[limits]` share.
 /// `generation` is the one current at accept.
@@ -83,15 +84,16 @@ pub(super) async fn handle(
     let Handshaken {
         mut tls,
         app,
-        identity,
+        admitted: who,
         not_after,
         sni,
     } = hs;
-    span.record("identity", tracing::field::display(escaped(&identity)));
+    let identity = who.identity.as_str();
+    span.record("identity", tracing::field::display(escaped(identity)));
     span.record("app", tracing::field::display(&app.name));
-    let _app_active = span.in_scope(|| admitted(&server, &app, &tls, &identity, started, peer));
+    let _app_active = span.in_scope(|| admitted(&server, &app, &tls, &who, started, peer));
     // Registered for reload re-checks until this function returns.
-    let (_tracked, open) = span.in_scope(|| register(&server, &generation, &app, &tls, &identity));
+    let (_tracked, open) = span.in_scope(|| register(&server, &generation, &app, &tls, identity));
     let keep = generation.config.tls.keep_deauthorized;
     let deadline = gate::deadline(
         not_after.filter(|_| !keep),
@@ -102,7 +104,8 @@ pub(super) async fn handle(
 
     let mut log = AccessLog {
         peer,
-        identity: &identity,
+        identity,
+        listed: who.listed,
         app: &app.name,
         upstream: None,
         sni: sni.as_deref(),
@@ -127,15 +130,18 @@ async fn handshake_failed(
     span: &Span,
 ) {
     server.metrics.count_handshake_failure(f.kind);
-    span.in_scope(|| match (&f.identity, &f.serial) {
-        (None, None) => info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail),
-        // A refused certificate: who it names, so the line says whom.
-        (identity, serial) => info!(
+    span.in_scope(|| match &f.refused {
+        None => info!(%peer, %local, reason = f.kind.label(), "handshake failed: {}", f.detail),
+        // A refused certificate: who it names and presents, on which app,
+        // so the line says whom and where.
+        Some(r) => info!(
             %peer,
             %local,
             reason = f.kind.label(),
-            identity = %escaped(identity.as_deref().unwrap_or("-")),
-            serial = %serial.as_deref().unwrap_or("-"),
+            identity = %escaped(r.identity.as_deref().unwrap_or("-")),
+            serial = %r.serial.as_deref().unwrap_or("-"),
+            presented = %escaped(&r.presented.join(",")),
+            app = %r.app,
             "handshake failed: {}",
             f.detail
         ),
@@ -154,10 +160,16 @@ fn admitted<'a>(
     server: &Server,
     app: &'a AppRuntime,
     tls: &ClientTls<'_>,
-    identity: &str,
+    who: &Admitted,
     started: Instant,
     peer: SocketAddr,
 ) -> ActiveGuard<'a> {
+    let identity = who.identity.as_str();
+    if let Some(denial) = &who.audit
+        && app.stats.audit(denial)
+    {
+        warn!(%peer, identity = %escaped(identity), app = %app.name, reason = denial.reason.label(), "audit: admitted a client enforce mode would refuse (logged once per identity and reason): {denial}");
+    }
     let handshake_done = started.elapsed();
     server.metrics.handshake_seconds.observe(handshake_done);
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
@@ -239,7 +251,7 @@ async fn proxy(
     // Limits: before any upstream is contacted. (An identity the gate
     // admitted always has limiter state: both come from the same
     // generation's [[client]] list; refuse if it ever had not.)
-    let admitted = match generation.limiter.get(log.identity) {
+    let admitted = match generation.limiter.get(log.identity, log.listed) {
         Some(c) => c.try_acquire(),
         None => Err(Refusal::Unauthorized),
     };
@@ -369,6 +381,9 @@ impl Drop for ActiveGuard<'_> {
 struct AccessLog<'a> {
     peer: SocketAddr,
     identity: &'a str,
+    /// `identity` is a `[[client]]` (false: an unlisted client admitted
+    /// in audit mode, under the shared `[defaults]` limits).
+    listed: bool,
     app: &'a str,
     upstream: Option<Arc<Upstream>>,
     sni: Option<&'a str>,

@@ -125,7 +125,12 @@ impl Generation {
             }
             apps.push(rt);
         }
-        let limiter = Limiter::new(&config.clients, previous.map(|p| &p.limiter), &deps.clock);
+        let limiter = Limiter::new(
+            &config.clients,
+            config.defaults,
+            previous.map(|p| &p.limiter),
+            &deps.clock,
+        );
         let max_connections = config.limits.max_connections.unwrap_or_else(default_max_connections);
         Ok(Generation {
             config,

@@ -25,6 +25,7 @@ use crate::core::rt::net::TcpConn;
 use crate::core::tls;
 use crate::core::tls::gate;
 use crate::core::tls::identity;
+use crate::core::tls::policy::{Admitted, RefusedCert};
 
 /// The handshake did not complete.
 #[derive(Debug)]
@@ -35,10 +36,10 @@ pub struct HandshakeFailure {
     /// buffer, and a few others: see `unanswered_by_rustls`): the caller
     /// sends `decode_error` before closing.
     pub unanswered: bool,
-    /// The refused client certificate's identity (CN) and serial (hex),
-    /// when the gate refused one and could read them.
-    pub identity: Option<String>,
-    pub serial: Option<String>,
+    /// When the gate refused a certificate: its identity, what it presents
+    /// (CN and SANs), its serial (hex) and the app whose gate refused it
+    /// (boxed: only refusals pay for it).
+    pub refused: Option<Box<RefusedCert>>,
 }
 
 impl HandshakeFailure {
@@ -47,8 +48,7 @@ impl HandshakeFailure {
             kind,
             detail,
             unanswered: false,
-            identity: None,
-            serial: None,
+            refused: None,
         }
     }
 }
@@ -61,8 +61,9 @@ pub(super) struct Handshaken<'c> {
     /// Boxed so moves of it stay pointer-sized in the connection task.
     pub tls: Box<ClientTls<'c>>,
     pub app: Arc<AppRuntime>,
-    /// The client certificate's identity (its CN).
-    pub identity: String,
+    /// What the gate admitted the client as (its `[[client]]` name, and in
+    /// audit mode the denial enforcing would have given).
+    pub admitted: Admitted,
     /// The client certificate's notAfter.
     pub not_after: Option<SystemTime>,
     pub sni: Option<String>,
@@ -101,11 +102,11 @@ async fn handshake_inline<'c>(
         ));
     };
     let tls = complete(start.into_stream(app.server_config.clone()).into_fallible()).await?;
-    let (identity, not_after) = identity_of(&tls, &app)?;
+    let (admitted, not_after) = identity_of(&tls, &app)?;
     Ok(Handshaken {
         tls: Box::new(tls),
         app,
-        identity,
+        admitted,
         not_after,
         sni,
     })
@@ -152,21 +153,22 @@ async fn complete<'c>(mut accept: FallibleAccept<&'c mut TcpConn>) -> Result<Cli
     let Some(refusal) = refusal else {
         return Err(classify_io(e));
     };
-    let failure = match refusal.denial {
+    let failure = match &refusal.denial {
         Some(denial) => HandshakeFailure::answered(HandshakeFailureKind::Unauthorized, denial.to_string()),
         None => classify_io(e),
     };
     Err(HandshakeFailure {
-        identity: refusal.identity,
-        serial: refusal.serial,
+        refused: Some(Box::new(refusal)),
         ..failure
     })
 }
 
-/// The identity and expiry of the client certificate of a session the gate
-/// admitted, in the verifier (full handshake) or in the ticket check
-/// (resumption); read once.
-fn identity_of(tls: &ClientTls<'_>, app: &AppRuntime) -> Result<(String, Option<SystemTime>), HandshakeFailure> {
+/// What the client of a session the gate admitted (in the verifier on a
+/// full handshake, in the ticket check on a resumption) is admitted as,
+/// and its certificate's expiry: the policy's verdict again, on one parse
+/// (the chain was verified by the gate). A verdict that no longer admits
+/// it fails closed.
+fn identity_of(tls: &ClientTls<'_>, app: &AppRuntime) -> Result<(Admitted, Option<SystemTime>), HandshakeFailure> {
     let session = tls.get_ref().1;
     let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
         return Err(HandshakeFailure::answered(
@@ -174,11 +176,16 @@ fn identity_of(tls: &ClientTls<'_>, app: &AppRuntime) -> Result<(String, Option<
             "no client certificate on the session".into(),
         ));
     };
-    match identity::parsed(cert, |c| (identity::cn_of(c), identity::not_after_of(c))) {
-        Some((Some(identity), not_after)) => Ok((identity, not_after)),
-        _ => Err(HandshakeFailure::answered(
+    let policy = &app.gate.policy;
+    match identity::parsed(cert, |c| (policy.judge(c).verdict, identity::not_after_of(c))) {
+        Some((Ok(admitted), not_after)) => Ok((admitted, not_after)),
+        Some((Err(denial), _)) => Err(HandshakeFailure::answered(
             HandshakeFailureKind::Unauthorized,
-            app.gate.policy.no_identity().to_string(),
+            denial.to_string(),
+        )),
+        None => Err(HandshakeFailure::answered(
+            HandshakeFailureKind::Unauthorized,
+            policy.no_identity().to_string(),
         )),
     }
 }

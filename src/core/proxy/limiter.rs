@@ -121,16 +121,22 @@ impl Drop for ClientSlot {
     }
 }
 
+/// Name of the one state unlisted clients admitted in audit mode share.
+pub const UNLISTED: &str = "(unlisted)";
+
 /// All clients' states.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Limiter {
     clients: HashMap<String, Arc<ClientState>>,
+    /// Unlisted clients admitted by audit mode, together, under `[defaults]`
+    /// (one bounded state, not one per presented name).
+    unlisted: Arc<ClientState>,
 }
 
 impl Limiter {
     /// States for `clients`; entries of `previous` with the same name are
     /// kept (so active counts and buckets survive a reload) with new limits.
-    pub fn new(clients: &[Client], previous: Option<&Limiter>, clock: &Arc<dyn Clock>) -> Limiter {
+    pub fn new(clients: &[Client], defaults: Limits, previous: Option<&Limiter>, clock: &Arc<dyn Clock>) -> Limiter {
         let mut map = HashMap::with_capacity(clients.len());
         for c in clients {
             let state = match previous.and_then(|p| p.clients.get(&c.name)) {
@@ -142,11 +148,24 @@ impl Limiter {
             };
             map.insert(c.name.clone(), state);
         }
-        Limiter { clients: map }
+        let unlisted = match previous {
+            Some(p) => {
+                p.unlisted.update(defaults);
+                p.unlisted.clone()
+            }
+            None => Arc::new(ClientState::new(UNLISTED, defaults, clock.clone())),
+        };
+        Limiter { clients: map, unlisted }
     }
 
-    pub fn get(&self, identity: &str) -> Option<&Arc<ClientState>> {
-        self.clients.get(identity)
+    /// The state of `identity`: its `[[client]]`'s when `listed`, else the
+    /// shared one of unlisted clients admitted in audit mode.
+    pub fn get(&self, identity: &str, listed: bool) -> Option<&Arc<ClientState>> {
+        if listed {
+            self.clients.get(identity)
+        } else {
+            Some(&self.unlisted)
+        }
     }
 
     pub fn clients(&self) -> impl Iterator<Item = &Arc<ClientState>> {

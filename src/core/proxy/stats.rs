@@ -8,12 +8,14 @@
 //! upstreams and clients they belong to. Reading them (the exposition in
 //! `ops::metrics`, `/status`, tests) is relaxed loads.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::core::proxy::outcome::{Cap, HandshakeFailureKind, Refusal};
 use crate::core::tls::gate::CloseReason;
+use crate::core::tls::policy::{Denial, DenialReason};
 
 /// A fixed-bucket histogram of durations, in seconds, recorded with atomics.
 #[derive(Debug)]
@@ -168,4 +170,35 @@ pub struct AppStats {
     pub handshakes: AtomicU64,
     /// Connections of this app open now (after the handshake).
     pub active: AtomicU64,
+    /// Connections audit mode admitted that enforce mode would refuse.
+    pub audit_denied: AtomicU64,
+    /// (identity, reason) pairs already logged by audit mode, at most
+    /// [`AUDIT_LOGGED_MAX`].
+    audit_logged: Mutex<HashSet<(String, DenialReason)>>,
+    audit_overflow_logged: AtomicBool,
+}
+
+/// How many distinct (identity, reason) pairs audit mode logs per app; past
+/// it, would-be refusals are only counted (one line says so).
+pub const AUDIT_LOGGED_MAX: usize = 4096;
+
+impl AppStats {
+    /// Counts an audit-mode admission; true the first time its identity
+    /// and reason are seen (log it then, once).
+    pub fn audit(&self, d: &Denial) -> bool {
+        self.audit_denied.fetch_add(1, Ordering::Relaxed);
+        let key = (d.identity.clone().unwrap_or_default(), d.reason);
+        let mut seen = self.audit_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&key) {
+            return false;
+        }
+        if seen.len() >= AUDIT_LOGGED_MAX {
+            drop(seen);
+            if !self.audit_overflow_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(app = %d.app, "audit: {AUDIT_LOGGED_MAX} identities logged; further would-be refusals are only counted (tlb_audit_denied_total)");
+            }
+            return false;
+        }
+        seen.insert(key)
+    }
 }

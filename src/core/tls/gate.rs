@@ -1,9 +1,12 @@
 //! The gate: the one admission decision for a client certificate chain on
 //! an app, and every path that admits a connection goes through it.
 //!
-//! [`Gate::decide`] = WebPKI verification at the gate clock's "now" (chain
-//! to `tls.ca`, validity period, clientAuth usage, the current CRL), then
-//! the app's `[[client]]` policy (identity listed, app allowed, SPKI pin).
+//! [`Gate::decide`] = the app's `[[client]]` policy on the parsed
+//! certificate (which entry its CN, URI or DNS SAN matches, app allowed,
+//! SPKI pin; which CA must have issued it), then WebPKI verification at the
+//! gate clock's "now" against that CA (`tls.ca`, or the identity's
+//! `[[trust_domain]]` CA: chain, validity period, clientAuth usage, the
+//! current CRL). The policy's verdict stands only if the chain verifies.
 //! It is called:
 //! - in the full handshake, by the client-certificate verifier
 //!   ([`AuthorizingVerifier`]); a refusal is a TLS alert
@@ -32,7 +35,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error a
 
 use crate::core::rt::clock::{Clock, unix_secs};
 use crate::core::tls::identity;
-use crate::core::tls::policy::{AppPolicy, Denial, RefusedCert, record_refusal};
+use crate::core::tls::policy::{Admitted, AppPolicy, Denial, Domain, Judged, RefusedCert, record_refusal};
 // The handshake reads a refusal's reason through these (see policy).
 pub use crate::core::tls::policy::{clear_refusal, take_refusal};
 
@@ -119,20 +122,35 @@ impl CloseReason {
     }
 }
 
+/// The WebPKI verifiers (chain, validity, EKU, CRL) of a generation,
+/// shared by its apps: `[tls] ca`'s and one per `[[trust_domain]]`.
+#[derive(Debug)]
+pub struct Verifiers {
+    pub base: Arc<dyn ClientCertVerifier>,
+    /// In `[[trust_domain]]` order (the policy's [`Domain`] indexes it).
+    pub domains: Vec<Arc<dyn ClientCertVerifier>>,
+    /// Every trusted CA's subject, for the CertificateRequest.
+    pub hints: Vec<DistinguishedName>,
+}
+
+impl Verifiers {
+    fn get(&self, domain: Domain) -> &Arc<dyn ClientCertVerifier> {
+        domain.and_then(|d| self.domains.get(d)).unwrap_or(&self.base)
+    }
+}
+
 /// One app's admission decision in one configuration generation.
 #[derive(Debug)]
 pub struct Gate {
-    /// WebPKI verification (chain, validity, EKU, CRL), shared by the apps
-    /// of a generation.
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifiers: Arc<Verifiers>,
     pub policy: AppPolicy,
     clock: Arc<dyn Clock>,
 }
 
 impl Gate {
-    pub fn new(verifier: Arc<dyn ClientCertVerifier>, policy: AppPolicy, clock: Arc<dyn Clock>) -> Gate {
+    pub fn new(verifiers: Arc<Verifiers>, policy: AppPolicy, clock: Arc<dyn Clock>) -> Gate {
         Gate {
-            verifier,
+            verifiers,
             policy,
             clock,
         }
@@ -143,22 +161,63 @@ impl Gate {
         UnixTime::since_unix_epoch(Duration::from_secs(unix_secs(self.clock.now())))
     }
 
-    /// Would a full handshake with this chain be admitted at `now`? The
-    /// identity (CN) when it would.
+    /// Would a full handshake with this chain be admitted at `now`? What
+    /// it is admitted as when it would.
     pub fn decide(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<String, Refused> {
-        self.verifier
+    ) -> Result<Admitted, Refused> {
+        // One parse for the policy; a certificate that does not parse is
+        // left to the verifier, which names its error.
+        let judged = identity::parsed(end_entity, |c| self.policy.judge(c)).unwrap_or_else(|| Judged {
+            verdict: Err(self.policy.no_identity()),
+            domain: None,
+        });
+        if let Err(e) = self
+            .verifiers
+            .get(judged.domain)
             .verify_client_cert(end_entity, intermediates, now)
-            .map_err(Refused::Certificate)?;
-        self.policy.authorize(end_entity).map_err(Refused::Policy)
+        {
+            return Err(self.certificate_refused(e, &judged, end_entity, intermediates, now));
+        }
+        judged.verdict.map_err(Refused::Policy)
+    }
+
+    /// A chain the required verifier refused: a certificate error, or
+    /// (when another trusted CA issued it) a wrong trust domain.
+    fn certificate_refused(
+        &self,
+        e: TlsError,
+        judged: &Judged,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Refused {
+        let unknown_issuer = matches!(e, TlsError::InvalidCertificate(CertificateError::UnknownIssuer));
+        if !unknown_issuer || self.verifiers.domains.is_empty() {
+            return Refused::Certificate(e);
+        }
+        let v = &self.verifiers;
+        let others = std::iter::once(&v.base)
+            .chain(v.domains.iter())
+            .filter(|o| !Arc::ptr_eq(o, v.get(judged.domain)));
+        let elsewhere = others
+            .into_iter()
+            .any(|o| o.verify_client_cert(end_entity, intermediates, now).is_ok());
+        if !elsewhere {
+            return Refused::Certificate(e);
+        }
+        let who = match &judged.verdict {
+            Ok(a) => Some(a.identity.clone()),
+            Err(d) => d.identity.clone(),
+        };
+        Refused::Policy(self.policy.wrong_trust_domain(who, judged.domain))
     }
 
     /// [`Gate::decide`] on a whole chain (end entity first) at the gate's now.
-    pub fn decide_chain(&self, chain: &[CertificateDer<'_>]) -> Result<String, Refused> {
+    pub fn decide_chain(&self, chain: &[CertificateDer<'_>]) -> Result<Admitted, Refused> {
         match chain.split_first() {
             Some((ee, rest)) => self.decide(ee, rest, self.now()),
             None => Err(Refused::Certificate(TlsError::NoCertificatesPresented)),
@@ -178,7 +237,7 @@ impl ClientCertVerifier for AuthorizingVerifier {
         true
     }
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.verifier.root_hint_subjects()
+        &self.0.verifiers.hints
     }
     fn verify_client_cert(
         &self,
@@ -190,7 +249,7 @@ impl ClientCertVerifier for AuthorizingVerifier {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(refused) => {
                 let err = refused.tls_error();
-                record_refusal(refused_cert(end_entity, refused));
+                record_refusal(refused_cert(end_entity, refused, &self.0.policy.app));
                 Err(err)
             }
         }
@@ -201,7 +260,7 @@ impl ClientCertVerifier for AuthorizingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verifier.verify_tls12_signature(message, cert, dss)
+        self.0.verifiers.base.verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -209,18 +268,24 @@ impl ClientCertVerifier for AuthorizingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.verifier.verify_tls13_signature(message, cert, dss)
+        self.0.verifiers.base.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.verifier.supported_verify_schemes()
+        self.0.verifiers.base.supported_verify_schemes()
     }
 }
 
 /// For the log line of a refused handshake: the denial, and who the
 /// certificate names (one more parse, on the refusal path only).
-fn refused_cert(end_entity: &CertificateDer<'_>, refused: Refused) -> RefusedCert {
-    let (cn, serial) =
-        identity::parsed(end_entity, |c| (identity::cn_of(c), Some(identity::serial_of(c)))).unwrap_or_default();
+fn refused_cert(end_entity: &CertificateDer<'_>, refused: Refused, app: &str) -> RefusedCert {
+    let (cn, presented, serial) = identity::parsed(end_entity, |c| {
+        (
+            identity::cn_of(c),
+            identity::presented_of(c),
+            Some(identity::serial_of(c)),
+        )
+    })
+    .unwrap_or_default();
     let denial = match refused {
         Refused::Policy(d) => Some(d),
         Refused::Certificate(_) => None,
@@ -228,7 +293,9 @@ fn refused_cert(end_entity: &CertificateDer<'_>, refused: Refused) -> RefusedCer
     RefusedCert {
         identity: denial.as_ref().and_then(|d| d.identity.clone()).or(cn),
         denial,
+        presented,
         serial,
+        app: app.to_string(),
     }
 }
 
@@ -381,6 +448,7 @@ mod tests {
             identity: Some("x\nINFO access identity=admin reason=done".into()),
             app: "echo".into(),
             reason: DenialReason::UnknownClient,
+            detail: String::new(),
         };
         let line = d.to_string();
         assert!(!line.contains('\n'), "{line}");

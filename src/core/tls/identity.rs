@@ -1,5 +1,6 @@
-//! Client identity from an X.509 certificate: the subject CN and the
-//! SHA-256 of the SubjectPublicKeyInfo (for `spki_sha256` pins).
+//! Client identity from an X.509 certificate: the subject CN, the URI and
+//! DNS SANs, and the SHA-256 of the SubjectPublicKeyInfo (for
+//! `spki_sha256` pins).
 //!
 //! These functions only read a DER certificate; they never verify it (that is
 //! the TLS layer's job, done before an identity is ever looked at).
@@ -27,6 +28,33 @@ pub fn parsed<T>(der: &[u8], f: impl FnOnce(&X509Certificate<'_>) -> T) -> Optio
 pub fn cn_of(cert: &X509Certificate<'_>) -> Option<String> {
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
+}
+
+/// A parsed certificate's URI SANs and DNS SANs (lower-cased), in order.
+pub fn sans_of(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
+    use x509_parser::extensions::GeneralName;
+    let (mut uris, mut dnss) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for g in &san.value.general_names {
+            match g {
+                GeneralName::URI(u) => uris.push((*u).to_string()),
+                GeneralName::DNSName(d) => dnss.push(d.to_ascii_lowercase()),
+                _ => {}
+            }
+        }
+    }
+    (uris, dnss)
+}
+
+/// What a certificate presents as identity, for refusal log lines:
+/// `cn:X`, then `uri:X` and `dns:X` for each SAN.
+pub fn presented_of(cert: &X509Certificate<'_>) -> Vec<String> {
+    let (uris, dnss) = sans_of(cert);
+    let cn = cn_of(cert).map(|c| format!("cn:{c}"));
+    cn.into_iter()
+        .chain(uris.into_iter().map(|u| format!("uri:{u}")))
+        .chain(dnss.into_iter().map(|d| format!("dns:{d}")))
+        .collect()
 }
 
 /// SHA-256 of a parsed certificate's SubjectPublicKeyInfo.

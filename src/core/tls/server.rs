@@ -7,21 +7,22 @@
 //! never across apps; ticket keys per app, kept across reloads.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow};
-use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DistinguishedName, ServerConfig};
 
-use crate::core::config::{Config, TlsSettings};
+use crate::core::config::Config;
 use crate::core::rt::clock::{Clock, RustlsTime};
 use crate::core::tls::crl::check_crls;
-use crate::core::tls::gate::{AuthorizingVerifier, Gate, GatedTickets};
+use crate::core::tls::gate::{AuthorizingVerifier, Gate, GatedTickets, Verifiers};
 use crate::core::tls::load::{load_certified_key, load_crls, load_roots};
 use crate::core::tls::policy::AppPolicy;
 use crate::core::tls::sigmemo;
@@ -83,11 +84,13 @@ impl ServerTls {
         let tls = &config.tls;
         let key = load_certified_key(&tls.cert, &tls.key, &provider)?;
         let cert: Arc<dyn ResolvesServerCert> = Arc::new(rustls::sign::SingleCertAndKey::from(key));
-        let (base_verifier, crl_next_update) = client_verifier(tls, &provider)?;
+        let (verifiers, crl_next_update) = verifiers(config, &provider)?;
+        let base_verifier = verifiers.base.clone();
+        let domains: Vec<String> = config.trust_domains.iter().map(|d| d.name.clone()).collect();
         let mut apps = HashMap::new();
         for app in &config.apps {
-            let policy = AppPolicy::new(&app.name, &config.clients);
-            let gate = Arc::new(Gate::new(base_verifier.clone(), policy, clock.clone()));
+            let policy = AppPolicy::new(&app.name, app.mode, &config.clients, &domains);
+            let gate = Arc::new(Gate::new(verifiers.clone(), policy, clock.clone()));
             let mut sc = ServerConfig::builder_with_details(provider.clone(), time.clone())
                 .with_protocol_versions(versions(tls.min_version))
                 .context("configuring TLS versions")?
@@ -131,33 +134,55 @@ impl ServerTls {
     }
 }
 
-/// The WebPKI client verifier of `[tls]` and the CRL's nextUpdate.
+/// The WebPKI client verifiers of `[tls]` and of each `[[trust_domain]]`,
+/// and the earliest CRL nextUpdate among them.
+fn verifiers(config: &Config, provider: &Arc<CryptoProvider>) -> Result<(Arc<Verifiers>, Option<SystemTime>)> {
+    let tls = &config.tls;
+    let mut hints = Vec::new();
+    let (base, mut next_update) = client_verifier(&tls.ca, tls.crl.as_deref(), "[tls]", provider, &mut hints)?;
+    let mut domains = Vec::with_capacity(config.trust_domains.len());
+    for td in &config.trust_domains {
+        let what = format!("[[trust_domain]] {}", td.name);
+        let (v, next) = client_verifier(&td.ca, td.crl.as_deref(), &what, provider, &mut hints)?;
+        next_update = match (next_update, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        domains.push(v);
+    }
+    Ok((Arc::new(Verifiers { base, domains, hints }), next_update))
+}
+
+/// The WebPKI client verifier of CA file `ca` (+ CRL file `crl`) and the
+/// CRL's nextUpdate; the CAs' subjects are added to `hints`.
 ///
-/// With `[tls] crl`, revocation is checked for the whole chain (end entity
+/// With a CRL, revocation is checked for the whole chain (end entity
 /// and intermediates), and a certificate whose status no CRL covers is
 /// refused (`unknown_ca`): a chain through an intermediate CA needs that
 /// CA's CRL in the same file. An expired CRL (past nextUpdate) is still
 /// used, with a warning (see `Server`): refusing every client because a CRL
 /// was not re-signed in time would turn hygiene into an outage.
 fn client_verifier(
-    tls: &TlsSettings,
+    ca: &Path,
+    crl: Option<&Path>,
+    what: &str,
     provider: &Arc<CryptoProvider>,
+    hints: &mut Vec<DistinguishedName>,
 ) -> Result<(Arc<dyn ClientCertVerifier>, Option<SystemTime>)> {
-    let roots = Arc::new(load_roots(&tls.ca).context("loading [tls] ca")?);
+    let roots = load_roots(ca).with_context(|| format!("loading {what} ca"))?;
+    hints.extend(roots.subjects());
+    let roots = Arc::new(roots);
     let mut memo = CryptoProvider::clone(provider);
     memo.signature_verification_algorithms = sigmemo::algorithms(provider.signature_verification_algorithms);
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, Arc::new(memo));
     let mut next_update = None;
-    if let Some(crl) = &tls.crl {
-        let crls = load_crls(crl).context("loading [tls] crl")?;
-        next_update = check_crls(&crls, &tls.ca, crl)?;
+    if let Some(crl) = crl {
+        let crls = load_crls(crl).with_context(|| format!("loading {what} crl"))?;
+        next_update = check_crls(&crls, ca, crl)?;
         builder = builder.with_crls(crls);
     }
-    let verifier = builder.build().map_err(|e| {
-        anyhow!(
-            "building the client-certificate verifier from {}: {e}",
-            tls.ca.display()
-        )
-    })?;
+    let verifier = builder
+        .build()
+        .map_err(|e| anyhow!("building the client-certificate verifier from {}: {e}", ca.display()))?;
     Ok((verifier, next_update))
 }

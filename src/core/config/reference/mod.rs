@@ -12,6 +12,10 @@ mod tables;
 
 pub use tables::TABLES;
 
+/// Keys of one table that exclude each other: `(table, key, key)`. The
+/// examples of a table are used together except for these.
+pub const EXCLUSIVE: &[(&str, &str, &str)] = &[("client", "uri", "dns")];
+
 /// One table of `tlb.toml` (`[tls]`, `[[app]]`, `[app.health]`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableDoc {
@@ -86,6 +90,14 @@ pub enum Kind {
     Version,
     /// A SHA-256 in hex (64 digits, colons allowed).
     Sha256Hex,
+    /// `"enforce"` or `"audit"`.
+    Mode,
+    /// A URI (`SCHEME:...`); a `spiffe://` one must be a SPIFFE ID.
+    Uri,
+    /// A DNS name, not a wildcard.
+    DnsName,
+    /// A SPIFFE trust domain: `a-z`, `0-9`, `.`, `-`, `_`.
+    TrustDomain,
 }
 
 impl Kind {
@@ -104,6 +116,10 @@ impl Kind {
             Kind::Bool => "boolean",
             Kind::Version => "`\"1.2\"` or `\"1.3\"`",
             Kind::Sha256Hex => "64 hex digits",
+            Kind::Mode => "`\"enforce\"` or `\"audit\"`",
+            Kind::Uri => "URI string",
+            Kind::DnsName => "DNS name",
+            Kind::TrustDomain => "trust domain name",
         }
     }
 }

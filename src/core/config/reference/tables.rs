@@ -71,12 +71,47 @@ pub const TABLES: &[TableDoc] = &[
         keys: UPSTREAM_TLS,
     },
     TableDoc {
+        path: "trust_domain",
+        presence: Presence::ZeroOrMore,
+        doc: "A SPIFFE trust domain and the CA that alone may issue its identities: a `[[client]]` matched by \
+              a `spiffe://DOMAIN/...` URI is admitted only if its chain ends at DOMAIN's CA, so one domain's CA \
+              cannot mint another's identities (refused as `wrong_trust_domain`, in audit mode too). Left out: \
+              `[tls] ca` is the one trust domain. With any, every `spiffe://` `[[client]] uri` must name one \
+              of them; CN and DNS identities, and other URIs, still chain to `[tls] ca`.",
+        keys: TRUST_DOMAIN,
+    },
+    TableDoc {
         path: "client",
         presence: Presence::ZeroOrMore,
-        doc: "An identity, the subject CN of a client certificate that chains to `[tls] ca`, and the apps it \
-              may reach. A certificate whose CN has no entry is refused in the handshake (`access_denied`): \
-              default deny.",
+        doc: "An identity and the apps it may reach. It matches the certificate's subject CN (= `name`), or, \
+              with `uri` or `dns`, one of its URI or DNS SANs; the chain must end at `[tls] ca` (or, for a \
+              SPIFFE ID, at its `[[trust_domain]]`'s CA). A certificate no entry matches, or that matches two \
+              entries, is refused in the handshake (`access_denied`): default deny, never a silent pick.",
         keys: CLIENT,
+    },
+];
+
+const TRUST_DOMAIN: &[KeyDoc] = &[
+    KeyDoc {
+        name: "name",
+        kind: TrustDomain,
+        absent: Required,
+        example: r#""prod.example""#,
+        doc: "The trust domain, as in `spiffe://prod.example/...`. Unique.",
+    },
+    KeyDoc {
+        name: "ca",
+        kind: Path,
+        absent: Required,
+        example: r#""pki/prod-example-ca.crt""#,
+        doc: "PEM file of the domain's CA certificate(s).",
+    },
+    KeyDoc {
+        name: "crl",
+        kind: Path,
+        absent: Means("no revocation check for this domain"),
+        example: r#""pki/prod-example.crl""#,
+        doc: "PEM CRL(s) of the domain's CA, as `[tls] crl` for `[tls] ca`.",
     },
 ];
 
@@ -276,6 +311,16 @@ const APP: &[KeyDoc] = &[
               not per connection.",
     },
     KeyDoc {
+        name: "mode",
+        kind: Mode,
+        absent: Is(r#""enforce""#),
+        example: r#""audit""#,
+        doc: "`\"audit\"`: a client the `[[client]]` policy would refuse (not listed, app not allowed, pin \
+              mismatch, ambiguous) is admitted, logged once per identity and reason, and counted in \
+              `tlb_audit_denied_total`; for rolling a policy out. Certificate errors (unknown CA, expired, \
+              revoked, wrong trust domain) are refused in both modes.",
+    },
+    KeyDoc {
         name: "proxy_protocol",
         kind: Bool,
         absent: Is("false"),
@@ -366,8 +411,23 @@ const CLIENT: &[KeyDoc] = &[
         kind: Text,
         absent: Required,
         example: r#""alice""#,
-        doc: "The identity: exactly the certificate's subject CN (case-sensitive). Unique, no control \
-              characters.",
+        doc: "The identity's label in logs, metrics and limits, and, without `uri` or `dns`, exactly the \
+              certificate's subject CN it matches (case-sensitive). Unique, no control characters.",
+    },
+    KeyDoc {
+        name: "uri",
+        kind: Uri,
+        absent: Means("matched by CN (or `dns`)"),
+        example: r#""spiffe://prod.example/ns/web/sa/api""#,
+        doc: "Match a URI SAN instead of the CN: a SPIFFE ID (checked by the SPIFFE ID rules) or another \
+              URI, compared exactly. Not with `dns`; no two entries may match the same URI.",
+    },
+    KeyDoc {
+        name: "dns",
+        kind: DnsName,
+        absent: Means("matched by CN (or `uri`)"),
+        example: r#""api.web.internal""#,
+        doc: "Match a DNS SAN instead of the CN (case-insensitive; no wildcards). Not with `uri`.",
     },
     KeyDoc {
         name: "apps",

@@ -13,7 +13,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use crate::core::config::error::ConfigError;
-use crate::core::config::model::{App, UpstreamAddr};
+use crate::core::config::model::{App, AppMode, UpstreamAddr};
 use crate::core::config::raw::RawApp;
 use crate::core::config::validate::app_tables;
 use crate::core::config::validate::ctx::Ctx;
@@ -84,16 +84,31 @@ fn app(
         .upstream_tls
         .map(|t| app_tables::upstream_tls(t, &k, ctx))
         .transpose()?;
+    let mode = mode(raw.mode.as_ref(), &k, ctx)?;
     let app = App {
         name,
         listen,
         server_names,
         upstreams,
         proxy_protocol: raw.proxy_protocol,
+        mode,
         health,
         upstream_tls,
     };
     Ok((app, spans))
+}
+
+/// `mode`: `"enforce"` (the default) or `"audit"`.
+fn mode(m: Option<&Spanned<String>>, k: &dyn Fn(&str) -> String, ctx: &Ctx<'_>) -> Result<AppMode, ConfigError> {
+    match m.map(|m| (m, m.get_ref().trim())) {
+        None | Some((_, "enforce")) => Ok(AppMode::Enforce),
+        Some((_, "audit")) => Ok(AppMode::Audit),
+        Some((m, other)) => Err(ctx.err(
+            m.span(),
+            k("mode"),
+            format!("mode {other:?} is not known; write \"enforce\" (refuse, the default) or \"audit\" (admit and log would-be refusals)"),
+        )),
+    }
 }
 
 /// `upstreams` of app `name`: present, not empty, each resolved, none twice.

@@ -2,7 +2,7 @@
 //! typed [`Config`], one module per section.
 //!
 //! Promises: sections are checked in one fixed order (`[tls]`, `[limits]`,
-//! `[admin]`, `[defaults]`, `[timeouts]`, `[[app]]`, `[[client]]`, then the
+//! `[admin]`, `[defaults]`, `[timeouts]`, `[[app]]`, `[[trust_domain]]`, `[[client]]`, then the
 //! checks across sections), the first problem found is returned, and every
 //! error names the file, line and key.
 
@@ -13,6 +13,7 @@ mod clients;
 mod ctx;
 mod limits;
 mod tls;
+mod trust_domains;
 
 use std::path::Path;
 
@@ -29,7 +30,8 @@ pub(crate) fn config(raw: RawConfig, text: &str, path: &Path) -> Result<Config, 
     let defaults = limits::defaults(&raw.defaults, &ctx)?;
     let timeouts = limits::timeouts(raw.timeouts);
     let apps = apps::apps(raw.apps, &ctx)?;
-    let clients = clients::clients(raw.clients, &apps, defaults, &ctx)?;
+    let trust_domains = trust_domains::trust_domains(raw.trust_domains, &ctx)?;
+    let clients = clients::clients(raw.clients, &apps, defaults, &trust_domains, &ctx)?;
     admin::check_own_port(admin.as_ref(), admin_span, &apps, &ctx)?;
     Ok(Config {
         path: path.to_path_buf(),
@@ -40,5 +42,6 @@ pub(crate) fn config(raw: RawConfig, text: &str, path: &Path) -> Result<Config, 
         timeouts,
         apps,
         clients,
+        trust_domains,
     })
 }
