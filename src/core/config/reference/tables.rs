@@ -121,8 +121,9 @@ const TLS: &[KeyDoc] = &[
         kind: Path,
         absent: Required,
         example: r#""pki/ca.crt""#,
-        doc: "PEM file of one or more CA certificates: a client certificate must chain to one of them. \
-              The only trust root for clients (the system store is not used).",
+        doc: "PEM file of one or more CA certificates: a client certificate must chain to one of them \
+              (a SPIFFE ID of a `[[trust_domain]]`, to that domain's CA instead). The system store is \
+              never used.",
     },
     KeyDoc {
         name: "cert",
