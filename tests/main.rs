@@ -20,3 +20,4 @@ mod pki;
 mod recipe;
 mod reference;
 mod samples;
+mod upstream_tls;

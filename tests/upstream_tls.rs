@@ -1,0 +1,513 @@
+//! TLS and mTLS from tlb to its upstreams (`[app.upstream_tls]`), with real
+//! processes: `tlb pki` for the certificates, `tlb upstream --tls` (and
+//! `openssl s_server -Verify 1`) as upstreams, `tlb serve` in between, and
+//! an mTLS client in the test.
+//!
+//! Ports: the upstreams and tlb's listeners are reserved (bound on
+//! 127.0.0.1:0 and released) just before the processes start; s_server
+//! binds port 0 itself and prints it. Readiness is a TCP connect polled
+//! with a deadline; every process is killed when its test ends.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use tlb::core::config::writer::{
+    AdminSection, AppSection, ClientSection, ConfigWriter, HealthSection, TimeoutsSection, TlsSection,
+    UpstreamTlsSection,
+};
+use tlb::core::tls::ClientTlsFiles;
+use tlb::core::tools::client::ClientOptions;
+
+use crate::common::*;
+
+/// Limit for one `tlb` command, and for a process to listen.
+const CMD: Duration = Duration::from_secs(30);
+
+/// A directory with a PKI (`tlb pki init`), server certificates for
+/// `good.internal` and `bad.internal` (each also valid for localhost,
+/// 127.0.0.1 and ::1) and `tlb-lb`, tlb's client identity toward upstreams.
+struct Pki {
+    dir: tempfile::TempDir,
+    /// Children of this test, killed at its end.
+    children: Vec<ChildGuard>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::Builder::new().prefix("tlb-utls-").tempdir().expect("tempdir");
+        let d = dir.path();
+        for args in [
+            &["pki", "init", "--dir", "pki", "--config", "init.toml"][..],
+            &["pki", "issue", "good.internal", "--server", "--dir", "pki"],
+            &["pki", "issue", "bad.internal", "--server", "--dir", "pki"],
+            &["pki", "issue", "tlb-lb", "--dir", "pki"],
+        ] {
+            let out = tlb(args, d, CMD);
+            assert_eq!(out.code(), Some(0), "tlb {args:?}: {out:?}");
+        }
+        for f in [
+            "pki/ca.crt",
+            "pki/servers/good.internal.crt",
+            "pki/servers/bad.internal.key",
+            "pki/clients/tlb-lb.crt",
+        ] {
+            assert!(d.join(f).exists(), "tlb pki wrote no {f}");
+        }
+        Pki {
+            dir,
+            children: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, rel: &str) -> String {
+        self.path().join(rel).display().to_string()
+    }
+
+    /// `tlb upstream --tls` named `name` with server certificate `cert`
+    /// (`good.internal` or `bad.internal`), greeting; `extra` flags added.
+    fn upstream(&mut self, name: &str, cert: &str, extra: &[&str]) -> SocketAddr {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let crt = self.file(&format!("pki/servers/{cert}.crt"));
+        let key = self.file(&format!("pki/servers/{cert}.key"));
+        let mut args = vec![
+            "upstream",
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+            "--greet",
+            "--threads",
+            "1",
+            "--tls",
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = self.path().join(format!("{name}.log"));
+        let mut child = start(&format!("tlb upstream {name}"), &args, self.path(), &log);
+        wait_listening(addr, &mut child, &log);
+        self.children.push(child);
+        addr
+    }
+
+    /// `tlb serve` on `config` (written to `serve.toml`), logging to
+    /// `serve.log`, once every address in `listens` accepts.
+    fn serve(&mut self, config: &str, listens: &[SocketAddr]) -> PathBuf {
+        let path = self.path().join("serve.toml");
+        fs::write(&path, config).expect("writing the config");
+        let log = self.path().join("serve.log");
+        let args = ["serve", "--config", &path.display().to_string()].map(String::from);
+        let mut child = start("tlb serve", &args, self.path(), &log);
+        for l in listens {
+            wait_listening(*l, &mut child, &log);
+        }
+        self.children.push(child);
+        log
+    }
+
+    /// Client options for client `client1` of the PKI toward `listen`.
+    fn client(&self, listen: SocketAddr) -> ClientOptions {
+        let (cert, key) = (
+            self.path().join("pki/clients/client1.crt"),
+            self.path().join("pki/clients/client1.key"),
+        );
+        ClientOptions::new(
+            &listen.to_string(),
+            "localhost",
+            &ClientTlsFiles {
+                ca: &self.path().join("pki/ca.crt"),
+                cert: Some(&cert),
+                key: Some(&key),
+                allow_tls12: false,
+                resumption: false,
+            },
+            T,
+        )
+        .expect("client options")
+    }
+}
+
+/// Starts `tlb ARGS` with stdout and stderr going to `log`.
+fn start(name: &str, args: &[String], dir: &Path, log: &Path) -> ChildGuard {
+    let file = fs::File::create(log).expect("log file");
+    let file2 = file.try_clone().expect("log file");
+    ChildGuard::spawn(
+        name,
+        Command::new(tlb_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(file2)),
+    )
+}
+
+/// Waits until `addr` accepts TCP connections, failing early if `child` exits.
+fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) {
+    let deadline = Instant::now() + CMD;
+    loop {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            panic!(
+                "{} exited ({status}) before listening on {addr}; log:\n{}",
+                child.name,
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} not listening within {CMD:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read(log: &Path) -> String {
+    fs::read_to_string(log).unwrap_or_default()
+}
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+/// `[tls]` from the PKI, short drain, an admin endpoint, apps `apps`, and
+/// client1 allowed on all of them.
+fn config(admin: SocketAddr, apps: Vec<AppSection>) -> String {
+    let names: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
+    let mut w = ConfigWriter::new(TlsSection::pki("pki"))
+        .timeouts(TimeoutsSection {
+            drain: Some(Duration::from_secs(1)),
+            ..TimeoutsSection::default()
+        })
+        .admin(AdminSection::new(admin));
+    for a in apps {
+        w = w.app(a);
+    }
+    w.client(ClientSection::new("client1", names.iter().map(String::as_str)))
+        .render()
+}
+
+/// App `name` on `listen` over `ups` with `tls` toward them.
+fn tls_app(name: &str, listen: SocketAddr, ups: &[SocketAddr], tls: UpstreamTlsSection) -> AppSection {
+    AppSection {
+        upstream_tls: Some(tls),
+        ..AppSection::new(name, listen, ups)
+    }
+}
+
+/// `[app.upstream_tls]` trusting the PKI's CA.
+fn verify() -> UpstreamTlsSection {
+    UpstreamTlsSection::new("pki/ca.crt")
+}
+
+/// `[app.upstream_tls]` trusting the PKI's CA, with tlb's client identity.
+fn mutual() -> UpstreamTlsSection {
+    UpstreamTlsSection {
+        cert: Some("pki/clients/tlb-lb.crt".into()),
+        key: Some("pki/clients/tlb-lb.key".into()),
+        ..verify()
+    }
+}
+
+/// One exchange through tlb: (the greeting line, the echo after it).
+fn greeted(opts: &ClientOptions, msg: &str) -> Result<(String, String), String> {
+    let reply =
+        smol::block_on(tlb::core::tools::client::exchange(opts, msg.as_bytes(), T)).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(reply).map_err(|e| e.to_string())?;
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    Ok((first.to_string(), rest.to_string()))
+}
+
+fn state(admin: SocketAddr, app: &str, up: SocketAddr) -> serde_json::Value {
+    upstream_status(admin, app, &up.to_string())
+}
+
+#[test]
+fn upstream_certificate_verified_by_ip_san_and_bytes_echo() {
+    let mut pki = Pki::new();
+    let up = pki.upstream("good", "good.internal", &[]);
+    let (listen, admin) = (addr(), addr());
+    let log = pki.serve(
+        &config(admin, vec![tls_app("web", listen, &[up], verify())]),
+        &[listen, admin],
+    );
+    let opts = pki.client(listen);
+    for i in 0..3 {
+        let msg = format!("hello over TLS {i}\n");
+        let (greeting, echo) = greeted(&opts, &msg).unwrap_or_else(|e| panic!("exchange {i}: {e}\n{}", read(&log)));
+        // Verified as 127.0.0.1 (an IP SAN): no SNI for an IP, no client cert.
+        assert!(greeting.starts_with("good client=127.0.0.1:"), "{greeting}");
+        assert!(greeting.ends_with(" tls_sni=- tls_client=-"), "{greeting}");
+        assert_eq!(echo, msg);
+    }
+    let s = state(admin, "web", up);
+    assert_eq!(s["state"], "up", "{s}");
+    assert_eq!(s["consecutive_failures"], 0, "{s}");
+    assert!(!read(&log).contains("upstream_tls:"), "{}", read(&log));
+}
+
+#[test]
+fn upstream_mtls_with_tlbs_client_certificate_and_refused_without_it() {
+    let mut pki = Pki::new();
+    let ca = pki.file("pki/ca.crt");
+    let up = pki.upstream("strict", "good.internal", &["--ca", &ca, "--require-client-cert"]);
+    let (with, without, admin) = (addr(), addr(), addr());
+    let text = config(
+        admin,
+        vec![
+            tls_app("mtls", with, &[up], mutual()),
+            tls_app(
+                "nocert",
+                without,
+                &[up],
+                UpstreamTlsSection {
+                    server_name: Some("good.internal".into()),
+                    ..verify()
+                },
+            ),
+        ],
+    );
+    let log = pki.serve(&text, &[with, without, admin]);
+
+    // With tlb's client certificate: the upstream sees identity tlb-lb.
+    let (greeting, echo) =
+        greeted(&pki.client(with), "mutual\n").unwrap_or_else(|e| panic!("mTLS exchange: {e}\n{}", read(&log)));
+    assert!(greeting.starts_with("strict client=127.0.0.1:"), "{greeting}");
+    assert!(greeting.ends_with(" tls_sni=- tls_client=tlb-lb"), "{greeting}");
+    assert_eq!(echo, "mutual\n");
+
+    // Without: the upstream refuses tlb (TLS 1.3: its alert comes after
+    // tlb's handshake, on the first read); the client gets no byte.
+    let got = greeted(&pki.client(without), "no cert\n");
+    assert!(
+        !matches!(&got, Ok((g, _)) if !g.is_empty()),
+        "served without a client certificate: {got:?}"
+    );
+    let s = state(admin, "nocert", up);
+    let last = s["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(last.contains("upstream_tls: alert certificate_required"), "{s}");
+    assert!(last.contains("set [app.upstream_tls] cert and key"), "{s}");
+    let text = read(&log);
+    assert!(
+        text.contains("upstream_tls: alert certificate_required"),
+        "no passive failure logged:\n{text}"
+    );
+    // The same upstream still serves the app that shows a certificate.
+    assert_eq!(state(admin, "mtls", up)["consecutive_failures"], 0);
+    assert!(read(&pki.path().join("strict.log")).contains("TLS handshake failed"));
+}
+
+#[test]
+fn upstream_with_a_certificate_for_another_name_is_refused_retried_elsewhere_and_ejected() {
+    let mut pki = Pki::new();
+    let good = pki.upstream("good", "good.internal", &[]);
+    let bad = pki.upstream("bad", "bad.internal", &[]);
+    let (listen, admin) = (addr(), addr());
+    let tls = UpstreamTlsSection {
+        server_name: Some("good.internal".into()),
+        ..verify()
+    };
+    let log = pki.serve(
+        &config(admin, vec![tls_app("web", listen, &[good, bad], tls)]),
+        &[listen, admin],
+    );
+    let opts = pki.client(listen);
+    // Every client is served by the good upstream, the bad one's failed
+    // handshakes retried there, until the bad one is DOWN (fall = 3).
+    let mut n = 0;
+    while state(admin, "web", bad)["state"] != "down" {
+        assert!(n < 30, "bad upstream not DOWN after {n} connections:\n{}", read(&log));
+        let msg = format!("hello {n}\n");
+        let (greeting, echo) = greeted(&opts, &msg).unwrap_or_else(|e| panic!("exchange {n}: {e}\n{}", read(&log)));
+        assert!(greeting.starts_with("good "), "{greeting}");
+        assert!(greeting.ends_with(" tls_sni=good.internal tls_client=-"), "{greeting}");
+        assert_eq!(echo, msg);
+        n += 1;
+    }
+    assert!(n >= 3, "DOWN after {n} connections, fall is 3");
+    let s = state(admin, "web", bad);
+    let last = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("upstream_tls: certificate not valid for name \"good.internal\" (it is for: bad.internal"),
+        "{s}"
+    );
+    let text = read(&log);
+    assert!(
+        text.contains("upstream_tls: certificate not valid for name \\\"good.internal\\\"")
+            || text.contains("upstream_tls: certificate not valid for name \"good.internal\""),
+        "no passive failure logged:\n{text}"
+    );
+    assert_eq!(state(admin, "web", good)["state"], "up");
+    // DOWN: still served by the good one.
+    let (greeting, _) = greeted(&opts, "after\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(greeting.starts_with("good "), "{greeting}");
+}
+
+#[test]
+fn active_checks_over_tls_eject_a_wrong_certificate_and_an_upstream_refusing_tlb() {
+    let mut pki = Pki::new();
+    let ca = pki.file("pki/ca.crt");
+    let good = pki.upstream("good", "good.internal", &[]);
+    let bad = pki.upstream("bad", "bad.internal", &[]);
+    let strict = pki.upstream("strict", "good.internal", &["--ca", &ca, "--require-client-cert"]);
+    let (listen, admin) = (addr(), addr());
+    let app = AppSection {
+        health: Some(HealthSection {
+            interval: Some(Duration::from_millis(300)),
+            timeout: Some(Duration::from_millis(300)),
+            rise: Some(1),
+            fall: Some(2),
+            ..HealthSection::default()
+        }),
+        ..tls_app(
+            "web",
+            listen,
+            &[good, bad, strict],
+            UpstreamTlsSection {
+                server_name: Some("good.internal".into()),
+                ..verify()
+            },
+        )
+    };
+    let log = pki.serve(&config(admin, vec![app]), &[listen, admin]);
+    wait_until("bad and strict DOWN by the checks", CMD, || {
+        state(admin, "web", bad)["state"] == "down" && state(admin, "web", strict)["state"] == "down"
+    });
+    let detail = |up| {
+        state(admin, "web", up)["last_check"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let b = detail(bad);
+    assert!(
+        b.starts_with("upstream_tls: certificate not valid for name \"good.internal\""),
+        "{b}"
+    );
+    let s = detail(strict);
+    assert!(s.contains("upstream_tls: alert certificate_required"), "{s}");
+    let g = state(admin, "web", good);
+    assert_eq!(g["state"], "up", "{g}\n{}", read(&log));
+    assert_eq!(g["last_check"]["ok"], true, "{g}");
+    // No client connection was made: the checks alone decided.
+    let (greeting, _) = greeted(&pki.client(listen), "hi\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(greeting.starts_with("good "), "{greeting}");
+}
+
+#[test]
+fn openssl_s_server_verify_1_as_an_mtls_upstream() {
+    if !have("openssl", "version") {
+        eprintln!(
+            "\n******** SKIPPED openssl_s_server_verify_1_as_an_mtls_upstream: openssl is not on PATH ********\n"
+        );
+        return;
+    }
+    let mut pki = Pki::new();
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(pki.path())
+        .args(["s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-Verify", "1"])
+        .args(["-verify_return_error", "-cert", "pki/servers/good.internal.crt"])
+        .args(["-key", "pki/servers/good.internal.key", "-CAfile", "pki/ca.crt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut server = ChildGuard::spawn("openssl s_server", &mut cmd);
+    let stdout = server.child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let next_until = |lines: &mut Vec<String>, what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + CMD;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("s_server printed no {what} within {CMD:?}; got {lines:?}"),
+            }
+        }
+    };
+    let accept = next_until(&mut lines, "ACCEPT line", &|l| l.starts_with("ACCEPT "));
+    let up: SocketAddr = accept["ACCEPT ".len()..].trim().parse().expect("s_server's address");
+    let (listen, admin) = (addr(), addr());
+    let tls = UpstreamTlsSection {
+        server_name: Some("good.internal".into()),
+        ..mutual()
+    };
+    let log = pki.serve(
+        &config(admin, vec![tls_app("web", listen, &[up], tls)]),
+        &[listen, admin],
+    );
+
+    let opts = pki.client(listen);
+    let mut stdin = server.child.stdin.take().expect("stdin");
+    let reply = smol::block_on(within("the exchange through tlb", CMD, async {
+        let mut s = tls_from("127.0.0.1".parse().expect("ip"), &opts)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
+        s.write_all(b"hello from the client\n").await.expect("write");
+        s.flush().await.expect("flush");
+        // s_server prints what it received, and sends what it reads on stdin.
+        let got = next_until(&mut lines, "client line", &|l| l.contains("hello from the client"));
+        assert_eq!(got, "hello from the client");
+        stdin.write_all(b"hello from s_server\n").expect("s_server stdin");
+        stdin.flush().expect("s_server stdin");
+        let mut buf = vec![0u8; 64];
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            let n = s.read(&mut buf).await.expect("reading the reply");
+            assert!(n > 0, "closed before s_server's reply: {got:?}\n{}", read(&log));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }));
+    assert_eq!(String::from_utf8_lossy(&reply), "hello from s_server\n");
+    drop(stdin);
+    drop(server);
+    let _ = reader.join();
+    assert!(!read(&log).contains("upstream_tls:"), "{}", read(&log));
+}
+
+#[test]
+fn serve_check_names_the_unreadable_upstream_tls_file() {
+    let pki = Pki::new();
+    let mut tls = mutual();
+    tls.key = Some("pki/clients/nope.key".into());
+    let text = config(addr(), vec![tls_app("web", addr(), &[addr()], tls)]);
+    let path = pki.path().join("bad.toml");
+    fs::write(&path, text).expect("config");
+    let out = tlb(
+        &["serve", "--check", "--config", &path.display().to_string()],
+        pki.path(),
+        CMD,
+    );
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "{out:?}");
+    assert!(
+        err.contains("[app.upstream_tls] key") && err.contains("nope.key"),
+        "{err}"
+    );
+}
