@@ -27,11 +27,11 @@ use crate::core::tls::upstream::{UpstreamStream, UpstreamTlsClient, late_refusal
 /// A send/expect check reads at most this much looking for `expect`.
 const MAX_CHECK_READ: usize = 16 * 1024;
 
-/// After a TLS handshake, a check without `expect` waits at most this long
-/// for an alert: a TLS 1.3 upstream refuses a client certificate after the
-/// client's side of the handshake is done, so the alert comes one round
-/// trip later, on the first read.
-const LATE_ALERT_GRACE: Duration = Duration::from_millis(100);
+/// After a TLS handshake, a check without `expect` waits for an alert for
+/// half its timeout, at most this long: a TLS 1.3 upstream refuses a client
+/// certificate after the client's side of the handshake is done, so the
+/// alert comes one round trip later, on the first read.
+const LATE_ALERT_GRACE: Duration = Duration::from_millis(500);
 
 /// One active check: connect (and, with `[app.upstream_tls]`, complete the
 /// TLS handshake with the same settings as the data path); with `send`,
@@ -110,7 +110,7 @@ async fn expect_reply(upstream: &Upstream, conn: &mut UpstreamStream, expect: &[
     }
 }
 
-/// Waits up to [`LATE_ALERT_GRACE`] (at most `cap`) for an alert after the
+/// Waits up to `cap` (at most [`LATE_ALERT_GRACE`]) for an alert after the
 /// TLS handshake; bytes, EOF or silence pass.
 async fn late_alert(upstream: &Upstream, conn: &mut UpstreamStream, cap: Duration) -> Result<(), CheckFailure> {
     let mut buf = [0u8; 512];
