@@ -74,11 +74,17 @@ impl Pki {
     }
 
     /// `tlb upstream --tls` named `name` with server certificate `cert`
-    /// (`good.internal` or `bad.internal`), greeting; `extra` flags added.
+    /// (`good.internal` or `bad.internal`, or a path without `.crt`),
+    /// greeting; `extra` flags added.
     fn upstream(&mut self, name: &str, cert: &str, extra: &[&str]) -> SocketAddr {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let crt = self.file(&format!("pki/servers/{cert}.crt"));
-        let key = self.file(&format!("pki/servers/{cert}.key"));
+        let base = if cert.contains('/') {
+            cert.to_string()
+        } else {
+            format!("pki/servers/{cert}")
+        };
+        let crt = self.file(&format!("{base}.crt"));
+        let key = self.file(&format!("{base}.key"));
         let mut args = vec![
             "upstream",
             "--listen",
@@ -241,11 +247,24 @@ fn state(admin: SocketAddr, app: &str, up: SocketAddr) -> serde_json::Value {
 fn upstream_certificate_verified_by_ip_san_and_bytes_echo() {
     let mut pki = Pki::new();
     let up = pki.upstream("good", "good.internal", &[]);
-    let (listen, admin) = (addr(), addr());
-    let log = pki.serve(
-        &config(admin, vec![tls_app("web", listen, &[up], verify())]),
-        &[listen, admin],
+    // A server certificate for the same names from another CA.
+    for args in [
+        &["pki", "init", "--dir", "other", "--config", "other.toml"][..],
+        &["pki", "issue", "good.internal", "--server", "--dir", "other"],
+    ] {
+        let out = tlb(args, pki.path(), CMD);
+        assert_eq!(out.code(), Some(0), "tlb {args:?}: {out:?}");
+    }
+    let foreign = pki.upstream("foreign", "other/servers/good.internal", &[]);
+    let (listen, other, admin) = (addr(), addr(), addr());
+    let text = config(
+        admin,
+        vec![
+            tls_app("web", listen, &[up], verify()),
+            tls_app("other", other, &[foreign], verify()),
+        ],
     );
+    let log = pki.serve(&text, &[listen, other, admin]);
     let opts = pki.client(listen);
     for i in 0..3 {
         let msg = format!("hello over TLS {i}\n");
@@ -259,6 +278,19 @@ fn upstream_certificate_verified_by_ip_san_and_bytes_echo() {
     assert_eq!(s["state"], "up", "{s}");
     assert_eq!(s["consecutive_failures"], 0, "{s}");
     assert!(!read(&log).contains("upstream_tls:"), "{}", read(&log));
+
+    // The same names from a CA that [app.upstream_tls] ca does not hold:
+    // refused, the client gets no byte.
+    let got = greeted(&pki.client(other), "to the foreign upstream\n");
+    assert!(got.is_err(), "served by an upstream of another CA: {got:?}");
+    let s = state(admin, "other", foreign);
+    let last = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("upstream_tls: certificate not issued by a trusted CA (unknown issuer)"),
+        "{s}"
+    );
+    assert!(last.contains("[app.upstream_tls] ca must hold"), "{s}");
+    assert_eq!(s["connections"], 0, "{s}");
 }
 
 #[test]
@@ -307,6 +339,13 @@ fn upstream_mtls_with_tlbs_client_certificate_and_refused_without_it() {
         text.contains("upstream_tls: alert certificate_required"),
         "no passive failure logged:\n{text}"
     );
+    let (_, metrics) = http_get(admin, "/metrics");
+    let labels = format!("app=\"nocert\",upstream=\"{up}\"");
+    assert_eq!(
+        metric(&metrics, "tlb_upstream_tls_failures_total", &labels),
+        Some(1.0),
+        "{metrics}"
+    );
     // The same upstream still serves the app that shows a certificate.
     assert_eq!(state(admin, "mtls", up)["consecutive_failures"], 0);
     assert!(read(&pki.path().join("strict.log")).contains("TLS handshake failed"));
@@ -353,6 +392,14 @@ fn upstream_with_a_certificate_for_another_name_is_refused_retried_elsewhere_and
         "no passive failure logged:\n{text}"
     );
     assert_eq!(state(admin, "web", good)["state"], "up");
+    let (_, metrics) = http_get(admin, "/metrics");
+    let labels = |u: SocketAddr| format!("app=\"web\",upstream=\"{u}\"");
+    let failures = metric(&metrics, "tlb_upstream_tls_failures_total", &labels(bad));
+    assert!(failures.is_some_and(|n| n >= 3.0), "{failures:?}\n{metrics}");
+    assert_eq!(
+        metric(&metrics, "tlb_upstream_tls_failures_total", &labels(good)),
+        Some(0.0)
+    );
     // DOWN: still served by the good one.
     let (greeting, _) = greeted(&opts, "after\n").unwrap_or_else(|e| panic!("{e}"));
     assert!(greeting.starts_with("good "), "{greeting}");
@@ -632,4 +679,72 @@ fn tlb_upstream_tls_flags_missing_their_partners_are_one_line_errors() {
         assert!(err[0].contains(needle), "{args:?}: {}", err[0]);
         assert!(!out.all().contains("panicked"), "{out:?}");
     }
+}
+
+#[test]
+fn a_reload_reads_the_upstream_tls_files_again_and_a_bad_one_is_rejected() {
+    let mut pki = Pki::new();
+    let ca = pki.file("pki/ca.crt");
+    let up = pki.upstream("strict", "good.internal", &["--ca", &ca, "--require-client-cert"]);
+    let (listen, admin) = (addr(), addr());
+    let good = config(admin, vec![tls_app("web", listen, &[up], mutual())]);
+    let log = pki.serve(&good, &[listen, admin]);
+    let opts = pki.client(listen);
+    let served = |what: &str| {
+        let (greeting, echo) = greeted(&opts, "hi\n").unwrap_or_else(|e| panic!("{what}: {e}\n{}", read(&log)));
+        // Until the reload, the TLS config in use is the one loaded.
+        assert!(greeting.ends_with(" tls_client=tlb-lb"), "{what}: {greeting}");
+        assert_eq!(echo, "hi\n");
+    };
+    served("before the reloads");
+    let config_path = pki.path().join("serve.toml");
+    let hup = |pki: &Pki, text: &str, expect: &str| {
+        fs::write(&config_path, text).expect("config");
+        let before = read(&log).matches(expect).count();
+        pki.children.last().expect("tlb serve").signal("HUP");
+        wait_until(&format!("log line {expect:?}"), CMD, || {
+            read(&log).matches(expect).count() > before
+        });
+    };
+
+    // A key that is not there: rejected, naming it; the old TLS keeps serving.
+    let mut tls = mutual();
+    tls.key = Some("pki/clients/nope.key".into());
+    hup(
+        &pki,
+        &config(admin, vec![tls_app("web", listen, &[up], tls)]),
+        "reload rejected",
+    );
+    let text = read(&log);
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("reload rejected"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("[app.upstream_tls] key") && line.contains("nope.key"),
+        "{line}"
+    );
+    served("after the rejected reload");
+
+    // The same config, other contents at the same paths (client1's
+    // certificate and key): read again on reload.
+    for ext in ["crt", "key"] {
+        fs::copy(
+            pki.path().join(format!("pki/clients/client1.{ext}")),
+            pki.path().join(format!("pki/clients/tlb-lb.{ext}")),
+        )
+        .expect("replacing tlb-lb's files");
+    }
+    served("after the files changed, before the reload");
+    hup(&pki, &good, "reloaded");
+    let (greeting, _) = greeted(&opts, "hi\n").unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
+    assert!(greeting.ends_with(" tls_client=client1"), "{greeting}");
+    // And without cert/key: the upstream refuses tlb from now on.
+    hup(
+        &pki,
+        &config(admin, vec![tls_app("web", listen, &[up], verify())]),
+        "reloaded",
+    );
+    let got = greeted(&opts, "hi\n");
+    assert!(!matches!(&got, Ok((g, _)) if !g.is_empty()), "served: {got:?}");
 }

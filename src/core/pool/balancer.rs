@@ -250,14 +250,14 @@ impl Balancer {
             return Ok(UpstreamStream::Plain(tcp));
         };
         let left = limit.saturating_sub(started.elapsed());
-        match timeout(left, tls.handshake(tcp, &up.name)).await {
-            Ok(Ok(s)) => Ok(UpstreamStream::Tls(Box::new(s))),
-            Ok(Err(e)) if e.local => Err(AttemptError::Local(e.reason)),
-            Ok(Err(e)) => Err(AttemptError::Upstream(e.reason)),
-            Err(_) => Err(AttemptError::Upstream(format!(
-                "upstream_tls: no TLS handshake within {limit:?} of the connect"
-            ))),
-        }
+        let failed = match timeout(left, tls.handshake(tcp, &up.name)).await {
+            Ok(Ok(s)) => return Ok(UpstreamStream::Tls(Box::new(s))),
+            Ok(Err(e)) if e.local => return Err(AttemptError::Local(e.reason)),
+            Ok(Err(e)) => e.reason,
+            Err(_) => format!("upstream_tls: no TLS handshake within {limit:?} of the connect"),
+        };
+        up.count_tls_failure();
+        Err(AttemptError::Upstream(failed))
     }
 }
 

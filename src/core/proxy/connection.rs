@@ -302,6 +302,7 @@ fn judge_silent_upstream(app: &AppRuntime, guard: &mut UpstreamGuard, end: &Rela
     {
         let n = app.balancer.failed(guard, &reason);
         let upstream = guard.upstream();
+        upstream.count_tls_failure();
         warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream refused the connection: {reason}");
         return;
     }
