@@ -17,7 +17,7 @@
 //! connect. Without it, the upstream stream is the plain TCP connection.
 //!
 //! Outcomes of real connections go through [`Balancer::connected`] (TCP
-//! established: counted), [`Balancer::answered`] (the upstream sent its
+//! established, and the TLS handshake done when configured: counted), [`Balancer::answered`] (the upstream sent its
 //! first byte: a passive success) and [`Balancer::failed`] (a passive
 //! failure), which feed the health state and log each state change once.
 //! The connect budget is measured on the injected [`Clock`]; the wait for a

@@ -161,7 +161,7 @@ fn tls_reason(e: &TlsError, name: &str) -> String {
         _ => "",
     };
     let mut out = format!("upstream_tls: {what}");
-    if matches!(e, TlsError::InvalidCertificate(_)) && !what.contains(name) {
+    if matches!(e, TlsError::InvalidCertificate(CertificateError::NotValidForName)) {
         out.push_str(&format!(" (verified as {name:?})"));
     }
     if !fix.is_empty() {

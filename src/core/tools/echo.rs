@@ -134,7 +134,12 @@ async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) ->
     let mut s = match timeout(TLS_HANDSHAKE, accept).await {
         Ok(Ok(s)) => s,
         Ok(Err((e, mut conn))) => {
-            info!(name = %opts.name, %peer, "TLS handshake failed: {}", describe_tls_error(&e));
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                // Closed without a handshake (a port probe): not worth a line.
+                debug!(name = %opts.name, %peer, "closed before the TLS handshake");
+            } else {
+                info!(name = %opts.name, %peer, "TLS handshake failed: {}", describe_tls_error(&e));
+            }
             linger(&mut conn).await;
             return Ok(());
         }
