@@ -463,68 +463,115 @@ fn active_checks_over_tls_eject_a_wrong_certificate_and_an_upstream_refusing_tlb
     assert!(greeting.starts_with("good "), "{greeting}");
 }
 
-#[test]
-fn openssl_s_server_verify_1_as_an_mtls_upstream() {
-    if !have("openssl", "version") {
-        eprintln!(
-            "\n******** SKIPPED openssl_s_server_verify_1_as_an_mtls_upstream: openssl is not on PATH ********\n"
-        );
-        return;
-    }
-    let mut pki = Pki::new();
-    let mut cmd = Command::new("openssl");
-    cmd.current_dir(pki.path())
-        .args(["s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-Verify", "1"])
-        .args(["-verify_return_error", "-cert", "pki/servers/good.internal.crt"])
-        .args(["-key", "pki/servers/good.internal.key", "-CAfile", "pki/ca.crt"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut server = ChildGuard::spawn("openssl s_server", &mut cmd);
-    let stdout = server.child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(l) = line else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
+/// `openssl s_server` in the PKI's directory, on a port it picks; its
+/// stdout lines are read by a thread.
+struct SServer {
+    child: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    addr: SocketAddr,
+}
+
+impl SServer {
+    /// `None` (after a loud SKIP) when openssl is not on PATH.
+    fn start(test: &str, dir: &Path, args: &[&str]) -> Option<SServer> {
+        if !have("openssl", "version") {
+            eprintln!("\n******** SKIPPED {test}: openssl is not on PATH ********\n");
+            return None;
         }
-    });
-    let mut lines = Vec::new();
-    let next_until = |lines: &mut Vec<String>, what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(dir)
+            .args(["s_server", "-accept", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = ChildGuard::spawn("openssl s_server", &mut cmd);
+        let stdout = child.child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel::<String>();
+        // Ends at s_server's exit (EOF), when the guard kills it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = SServer {
+            child,
+            lines,
+            seen: Vec::new(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+        };
+        let accept = s.line_where("ACCEPT line", |l| l.starts_with("ACCEPT "));
+        s.addr = accept["ACCEPT ".len()..].trim().parse().expect("s_server's address");
+        Some(s)
+    }
+
+    /// The next stdout line that satisfies `pred`, within [`CMD`].
+    fn line_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + CMD;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(l) if pred(&l) => return l,
-                Ok(l) => lines.push(l),
-                Err(_) => panic!("s_server printed no {what} within {CMD:?}; got {lines:?}"),
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("s_server printed no {what} within {CMD:?}; got {:?}", self.seen),
             }
         }
+    }
+}
+
+/// Opens an mTLS connection through tlb and sends `line`.
+async fn send_through(opts: &ClientOptions, line: &str, log: &Path) -> tlb::core::tools::client::ClientStream {
+    let mut s = tls_from("127.0.0.1".parse().expect("ip"), opts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", read(log)));
+    s.write_all(line.as_bytes()).await.expect("write");
+    s.flush().await.expect("flush");
+    s
+}
+
+#[test]
+fn openssl_s_server_verify_1_as_an_mtls_upstream() {
+    let mut pki = Pki::new();
+    let Some(mut server) = SServer::start(
+        "openssl_s_server_verify_1_as_an_mtls_upstream",
+        pki.path(),
+        &[
+            "-naccept",
+            "1",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-cert",
+            "pki/servers/good.internal.crt",
+            "-key",
+            "pki/servers/good.internal.key",
+            "-CAfile",
+            "pki/ca.crt",
+        ],
+    ) else {
+        return;
     };
-    let accept = next_until(&mut lines, "ACCEPT line", &|l| l.starts_with("ACCEPT "));
-    let up: SocketAddr = accept["ACCEPT ".len()..].trim().parse().expect("s_server's address");
     let (listen, admin) = (addr(), addr());
     let tls = UpstreamTlsSection {
         server_name: Some("good.internal".into()),
         ..mutual()
     };
     let log = pki.serve(
-        &config(admin, vec![tls_app("web", listen, &[up], tls)]),
+        &config(admin, vec![tls_app("web", listen, &[server.addr], tls)]),
         &[listen, admin],
     );
-
     let opts = pki.client(listen);
-    let mut stdin = server.child.stdin.take().expect("stdin");
+    let mut stdin = server.child.child.stdin.take().expect("stdin");
     let reply = smol::block_on(within("the exchange through tlb", CMD, async {
-        let mut s = tls_from("127.0.0.1".parse().expect("ip"), &opts)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
-        s.write_all(b"hello from the client\n").await.expect("write");
-        s.flush().await.expect("flush");
+        let mut s = send_through(&opts, "hello from the client\n", &log).await;
         // s_server prints what it received, and sends what it reads on stdin.
-        let got = next_until(&mut lines, "client line", &|l| l.contains("hello from the client"));
+        let got = server.line_where("client line", |l| l.contains("hello from the client"));
         assert_eq!(got, "hello from the client");
         stdin.write_all(b"hello from s_server\n").expect("s_server stdin");
         stdin.flush().expect("s_server stdin");
@@ -538,10 +585,52 @@ fn openssl_s_server_verify_1_as_an_mtls_upstream() {
         got
     }));
     assert_eq!(String::from_utf8_lossy(&reply), "hello from s_server\n");
-    drop(stdin);
-    drop(server);
-    let _ = reader.join();
     assert!(!read(&log).contains("upstream_tls:"), "{}", read(&log));
+}
+
+#[test]
+fn min_version_against_an_openssl_s_server_that_speaks_only_tls_1_2() {
+    let mut pki = Pki::new();
+    let Some(mut server) = SServer::start(
+        "min_version_against_an_openssl_s_server_that_speaks_only_tls_1_2",
+        pki.path(),
+        &[
+            "-tls1_2",
+            "-cert",
+            "pki/servers/good.internal.crt",
+            "-key",
+            "pki/servers/good.internal.key",
+        ],
+    ) else {
+        return;
+    };
+    let (v13, any, admin) = (addr(), addr(), addr());
+    let only13 = UpstreamTlsSection {
+        min_version: Some(tlb::core::config::TlsVersion::V1_3),
+        ..verify()
+    };
+    let text = config(
+        admin,
+        vec![
+            tls_app("v13", v13, &[server.addr], only13),
+            tls_app("any", any, &[server.addr], verify()),
+        ],
+    );
+    let log = pki.serve(&text, &[v13, any, admin]);
+    // TLS 1.3 only: refused by the upstream, in words.
+    let got = greeted(&pki.client(v13), "over 1.3\n");
+    assert!(got.is_err(), "{got:?}");
+    let s = state(admin, "v13", server.addr);
+    let last = s["last_error"].as_str().unwrap_or_default();
+    assert!(last.starts_with("upstream_tls: alert protocol_version"), "{s}");
+    assert!(last.contains("min_version"), "{s}");
+    // The default ("1.2"): the bytes reach the TLS 1.2 server.
+    smol::block_on(within("the exchange through tlb", CMD, async {
+        let _s = send_through(&pki.client(any), "over tls 1.2\n", &log).await;
+        let got = server.line_where("client line", |l| l.contains("over tls 1.2"));
+        assert_eq!(got, "over tls 1.2");
+    }));
+    assert_eq!(state(admin, "any", server.addr)["consecutive_failures"], 0);
 }
 
 #[test]
