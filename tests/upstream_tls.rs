@@ -111,6 +111,17 @@ impl Pki {
         addr
     }
 
+    /// A plain-TCP `tlb upstream` (no TLS) named `name`, greeting.
+    fn plain_upstream(&mut self, name: &str) -> SocketAddr {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let args = ["upstream", "--listen", &addr.to_string(), "--name", name, "--greet"].map(String::from);
+        let log = self.path().join(format!("{name}.log"));
+        let mut child = start(&format!("tlb upstream {name}"), &args, self.path(), &log);
+        wait_listening(addr, &mut child, &log);
+        self.children.push(child);
+        addr
+    }
+
     /// `tlb serve` on `config` (written to `serve.toml`), logging to
     /// `serve.log`, once every address in `listens` accepts.
     fn serve(&mut self, config: &str, listens: &[SocketAddr]) -> PathBuf {
@@ -256,15 +267,17 @@ fn upstream_certificate_verified_by_ip_san_and_bytes_echo() {
         assert_eq!(out.code(), Some(0), "tlb {args:?}: {out:?}");
     }
     let foreign = pki.upstream("foreign", "other/servers/good.internal", &[]);
-    let (listen, other, admin) = (addr(), addr(), addr());
+    let plain = pki.plain_upstream("plain");
+    let (listen, other, to_plain, admin) = (addr(), addr(), addr(), addr());
     let text = config(
         admin,
         vec![
             tls_app("web", listen, &[up], verify()),
             tls_app("other", other, &[foreign], verify()),
+            tls_app("plain", to_plain, &[plain], verify()),
         ],
     );
-    let log = pki.serve(&text, &[listen, other, admin]);
+    let log = pki.serve(&text, &[listen, other, to_plain, admin]);
     let opts = pki.client(listen);
     for i in 0..3 {
         let msg = format!("hello over TLS {i}\n");
@@ -291,6 +304,17 @@ fn upstream_certificate_verified_by_ip_san_and_bytes_echo() {
     );
     assert!(last.contains("[app.upstream_tls] ca must hold"), "{s}");
     assert_eq!(s["connections"], 0, "{s}");
+
+    // An upstream that does not speak TLS (this one greets, then echoes
+    // tlb's ClientHello back): refused, no plaintext leaks to the client.
+    let got = greeted(&pki.client(to_plain), "to the plain upstream\n");
+    assert!(got.is_err(), "served by a plain upstream: {got:?}");
+    let s = state(admin, "plain", plain);
+    let last = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("upstream_tls: ") && last.contains("is the upstream speaking TLS?"),
+        "{s}"
+    );
 }
 
 #[test]

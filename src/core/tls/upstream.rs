@@ -155,7 +155,9 @@ fn tls_reason(e: &TlsError, name: &str) -> String {
     let fix = match e {
         TlsError::InvalidCertificate(c) => certificate_advice(c),
         TlsError::AlertReceived(a) => alert_advice(*a),
-        TlsError::InvalidMessage(_) | TlsError::InappropriateMessage { .. } => {
+        TlsError::InvalidMessage(_)
+        | TlsError::InappropriateMessage { .. }
+        | TlsError::InappropriateHandshakeMessage { .. } => {
             "is the upstream speaking TLS? (remove [app.upstream_tls] for a plain-TCP upstream)"
         }
         _ => "",
