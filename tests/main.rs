@@ -21,3 +21,4 @@ mod pki;
 mod recipe;
 mod reference;
 mod samples;
+mod upstream_tls;

@@ -25,15 +25,23 @@ const CMD: Duration = Duration::from_secs(30);
 
 /// A fenced block of the recipe.
 #[derive(Debug)]
-enum Block {
+pub(crate) enum Block {
     Sh(Vec<String>),
     Toml(String),
 }
 
 /// The `sh` and `toml` blocks of the README's recipe section, in order.
 fn recipe(readme: &str) -> Vec<Block> {
-    let start = readme.find(SECTION).expect("the README has the recipe section");
-    let body = &readme[start + SECTION.len()..];
+    blocks_of(readme, SECTION)
+}
+
+/// The `sh` and `toml` blocks of the README's section headed `section`
+/// (up to the next `## ` heading), in order.
+pub(crate) fn blocks_of(readme: &str, section: &str) -> Vec<Block> {
+    let start = readme
+        .find(section)
+        .unwrap_or_else(|| panic!("the README has no section {section:?}"));
+    let body = &readme[start + section.len()..];
     let body = &body[..body.find("\n## ").unwrap_or(body.len())];
     let mut blocks = Vec::new();
     let mut open: Option<(String, Vec<String>)> = None;

@@ -77,6 +77,7 @@ fn every_key_the_writer_knows_loads_with_its_value() {
             cert: Some("u/c.crt".into()),
             key: Some("u/c.key".into()),
             server_name: Some("up.internal".into()),
+            min_version: Some(TlsVersion::V1_3),
         }),
         ..AppSection::new("echo", addr("127.0.0.1:8443"), ["127.0.0.1:9001", "[::1]:9002"])
     })

@@ -1,6 +1,9 @@
-//! `tlb upstream`: TCP echo servers for demos and tests.
+//! `tlb upstream`: echo servers for demos and tests, over TCP or (with
+//! `--tls`) TLS, optionally requiring client certificates.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_signal::{Signal, Signals};
@@ -9,7 +12,7 @@ use tracing::info;
 
 use tlb::core::proxy::listener::bind_listener_or;
 use tlb::core::rt::{Runtime, raise_fd_limit};
-use tlb::core::tools::echo::{EchoOptions, serve_echo};
+use tlb::core::tools::echo::{ClientCa, EchoOptions, echo_tls_config, serve_echo};
 
 use super::UsageError;
 
@@ -27,6 +30,23 @@ pub struct Args {
     /// Send a first line `<name> client=<addr> sni=- identity=-` on each connection.
     #[arg(long)]
     pub greet: bool,
+    /// Serve over TLS with --cert and --key (a server certificate, e.g. from
+    /// `tlb pki issue NAME --server`).
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the server certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// With --tls: the key of --cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// With --tls: CA that client certificates must chain to (a client
+    /// certificate is then checked when offered).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// With --tls and --ca: refuse clients without a valid certificate (mTLS).
+    #[arg(long)]
+    pub require_client_cert: bool,
     /// Worker threads, 0-1024 (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
@@ -41,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
+    let tls = tls_config(&args)?;
     raise_fd_limit();
     let mut servers = Vec::new();
     for i in 0..args.count {
@@ -66,10 +87,11 @@ pub fn run(args: Args) -> Result<()> {
     rt.block_on(async move {
         let mut tasks = Vec::new();
         for (l, name, addr) in servers {
-            println!("{name} echoing on {addr}");
+            println!("{name} echoing on {addr}{}", if tls.is_some() { " (TLS)" } else { "" });
             let opts = EchoOptions {
                 name,
                 greet: args.greet,
+                tls: tls.clone(),
             };
             let rx = stop_rx.clone();
             let ex2 = ex.clone();
@@ -89,4 +111,33 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The TLS config the flags ask for (`None` without --tls); flags that
+/// need another one are a usage error.
+fn tls_config(args: &Args) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    let usage = |m: &str| -> anyhow::Error { UsageError(m.to_string()).into() };
+    if !args.tls {
+        if args.cert.is_some() || args.key.is_some() || args.ca.is_some() || args.require_client_cert {
+            return Err(usage("--cert, --key, --ca and --require-client-cert need --tls"));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
+        return Err(usage(
+            "--tls needs --cert FILE and --key FILE (a server certificate: tlb pki issue NAME --server)",
+        ));
+    };
+    if args.require_client_cert && args.ca.is_none() {
+        return Err(usage(
+            "--require-client-cert needs --ca FILE, the CA that client certificates must chain to",
+        ));
+    }
+    let client_ca = args.ca.as_deref().map(|ca| ClientCa {
+        ca,
+        required: args.require_client_cert,
+    });
+    echo_tls_config(cert, key, client_ca)
+        .context("setting up TLS for the echo server")
+        .map(Some)
 }

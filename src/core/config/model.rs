@@ -175,7 +175,12 @@ pub struct UpstreamTls {
     pub ca: PathBuf,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// SNI to send and name to verify; `None`: each upstream's host as
+    /// written (a DNS name, or an IP address checked against IP SANs).
     pub server_name: Option<String>,
+    /// Lowest TLS version offered to the upstreams (default 1.2: TLS 1.3
+    /// and 1.2, as arbitrary upstreams may still need).
+    pub min_version: TlsVersion,
 }
 
 /// `[[app]] mode`: what the gate does with a client the `[[client]]`

@@ -119,7 +119,8 @@ pub(crate) struct RawUpstreamTls {
     pub(crate) ca: PathBuf,
     pub(crate) cert: Option<PathBuf>,
     pub(crate) key: Option<PathBuf>,
-    pub(crate) server_name: Option<String>,
+    pub(crate) server_name: Option<Spanned<String>>,
+    pub(crate) min_version: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

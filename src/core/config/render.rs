@@ -355,6 +355,7 @@ fn write_app(a: &AppSection, out: &mut Out) {
                 key("cert", u.cert.as_deref().map(string)),
                 key("key", u.key.as_deref().map(string)),
                 key("server_name", u.server_name.as_deref().map(string)),
+                key("min_version", u.min_version.map(version)),
             ],
         );
         t.nested = true;

@@ -263,6 +263,20 @@ pub struct UpstreamTlsSection {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub server_name: Option<String>,
+    pub min_version: Option<TlsVersion>,
+}
+
+impl UpstreamTlsSection {
+    /// Verify the upstreams against `ca`; nothing else set.
+    pub fn new(ca: &str) -> UpstreamTlsSection {
+        UpstreamTlsSection {
+            ca: ca.to_string(),
+            cert: None,
+            key: None,
+            server_name: None,
+            min_version: None,
+        }
+    }
 }
 
 /// One `[[client]]`.

@@ -265,6 +265,13 @@ impl Collector for ServerCollector {
         )?;
         family(
             e,
+            "upstream_tls_failures",
+            "Failed TLS handshakes with the upstream on real traffic ([app.upstream_tls]): its certificate refused, or tlb's refused by it",
+            MetricType::Counter,
+            ups().map(|(a, u)| ([("app", a), ("upstream", u.name.as_str())], u.tls_failures())),
+        )?;
+        family(
+            e,
             "bytes",
             "Bytes relayed, counted when each connection closes",
             MetricType::Counter,

@@ -10,10 +10,14 @@
 //! slot back on drop, on every exit path, and releases an unfinished trial.
 //! [`Balancer::connect`] retries at most twice within one connect budget,
 //! refuses at once when no upstream is UP, and never blames an upstream
-//! for the balancer's own resource errors.
+//! for the balancer's own resource errors. With `[app.upstream_tls]`, an
+//! attempt is the TCP connect and then the TLS handshake, both within the
+//! attempt's share of the budget; a failed handshake is a failure of that
+//! upstream (reason `upstream_tls: ...`) and retried like a refused
+//! connect. Without it, the upstream stream is the plain TCP connection.
 //!
 //! Outcomes of real connections go through [`Balancer::connected`] (TCP
-//! established: counted), [`Balancer::answered`] (the upstream sent its
+//! established, and the TLS handshake done when configured: counted), [`Balancer::answered`] (the upstream sent its
 //! first byte: a passive success) and [`Balancer::failed`] (a passive
 //! failure), which feed the health state and log each state change once.
 //! The connect budget is measured on the injected [`Clock`]; the wait for a
@@ -28,6 +32,7 @@ use crate::core::pool::policy::HealthPolicy;
 use crate::core::rt::clock::Clock;
 use crate::core::rt::net::{TcpConn, describe_io, is_local_error};
 use crate::core::rt::timeout;
+use crate::core::tls::upstream::{UpstreamStream, UpstreamTlsClient};
 
 /// What a pick hands out (defined in `pool::upstream`; re-exported so the
 /// data path imports the balancer alone).
@@ -55,6 +60,16 @@ pub struct Balancer {
     /// Rotating start of the tie-break scan; the lock also serializes picks
     /// so concurrent ones see each other's active counts.
     next: Mutex<usize>,
+    /// `[app.upstream_tls]` of this generation; `None`: plain TCP.
+    tls: Option<Arc<UpstreamTlsClient>>,
+}
+
+/// Why one connect attempt failed.
+enum AttemptError {
+    /// The balancer's own resources: stop, blame no upstream.
+    Local(String),
+    /// The upstream's failure: counted, then the next upstream.
+    Upstream(String),
 }
 
 impl Balancer {
@@ -67,7 +82,19 @@ impl Balancer {
             policy,
             clock,
             next: Mutex::new(0),
+            tls: None,
         }
+    }
+
+    /// Reaches the upstreams over TLS with `tls` (`None`: plain TCP).
+    pub fn with_tls(mut self, tls: Option<Arc<UpstreamTlsClient>>) -> Balancer {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS towards the upstreams, when configured (health checks use it).
+    pub fn tls(&self) -> Option<&Arc<UpstreamTlsClient>> {
+        self.tls.as_ref()
     }
 
     pub fn app(&self) -> &Arc<str> {
@@ -162,7 +189,7 @@ impl Balancer {
     /// toward the upstream's `fall`; when no upstream is UP the refusal is
     /// immediate; the balancer's own resource errors are
     /// [`ConnectError::LocalResource`], never the upstream's fault.
-    pub async fn connect(&self, budget: Duration) -> Result<(UpstreamGuard, TcpConn), ConnectError> {
+    pub async fn connect(&self, budget: Duration) -> Result<(UpstreamGuard, UpstreamStream), ConnectError> {
         const MAX_ATTEMPTS: usize = 3;
         let now = self.clock.instant();
         let deadline = now
@@ -186,25 +213,51 @@ impl Balancer {
             let share = left / u32::try_from(later + 1).unwrap_or(1);
             // A half-open trial gets at most a third of the budget.
             let limit = if guard.is_trial() { share.min(budget / 3) } else { share };
-            let reason = match timeout(limit, TcpConn::connect(up.addr)).await {
-                Ok(Ok(s)) => {
+            let reason = match self.attempt(&up, limit).await {
+                Ok(s) => {
                     self.connected(&guard);
                     return Ok((guard, s));
                 }
-                Ok(Err(e)) if is_local_error(&e) => {
+                Err(AttemptError::Local(why)) => {
                     // Our own resources ran out: not the upstream's failure, and
                     // another upstream would fail the same way.
-                    warn!(app = %self.app, upstream = %up.name, "upstream connect failed on the balancer's side (local_resource): {}", describe_io(&e));
+                    warn!(app = %self.app, upstream = %up.name, "upstream connect failed on the balancer's side (local_resource): {why}");
                     return Err(ConnectError::LocalResource);
                 }
-                Ok(Err(e)) => describe_io(&e),
-                Err(_) => format!("connect timed out after {limit:?}"),
+                Err(AttemptError::Upstream(why)) => why,
             };
             let n = self.failed(&mut guard, &reason);
             warn!(app = %self.app, upstream = %up.name, consecutive_failures = n, "upstream connect failed: {reason}");
             last = ConnectError::Failed;
         }
         Err(last)
+    }
+
+    /// One attempt on `up` within `limit` (a real timer): the TCP connect,
+    /// then, with `[app.upstream_tls]`, the TLS handshake in what is left.
+    async fn attempt(&self, up: &Upstream, limit: Duration) -> Result<UpstreamStream, AttemptError> {
+        let started = std::time::Instant::now();
+        let tcp = match timeout(limit, TcpConn::connect(up.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if is_local_error(&e) => return Err(AttemptError::Local(describe_io(&e))),
+            Ok(Err(e)) => return Err(AttemptError::Upstream(describe_io(&e))),
+            Err(_) => return Err(AttemptError::Upstream(format!("connect timed out after {limit:?}"))),
+        };
+        // Seam for bytes that must precede TLS, in plain, on every attempt
+        // (a PROXY protocol v2 header): write them to `tcp` here, before
+        // the handshake, within the same `limit`.
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamStream::Plain(tcp));
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        let failed = match timeout(left, tls.handshake(tcp, &up.name)).await {
+            Ok(Ok(s)) => return Ok(UpstreamStream::Tls(Box::new(s))),
+            Ok(Err(e)) if e.local => return Err(AttemptError::Local(e.reason)),
+            Ok(Err(e)) => e.reason,
+            Err(_) => format!("upstream_tls: no TLS handshake within {limit:?} of the connect"),
+        };
+        up.count_tls_failure();
+        Err(AttemptError::Upstream(failed))
     }
 }
 

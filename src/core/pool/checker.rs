@@ -1,4 +1,6 @@
-//! Active health checks: the probe (a TCP connect, or send/expect) and the
+//! Active health checks: the probe (a TCP connect, or send/expect; over
+//! TLS with the app's `[app.upstream_tls]`, a failed handshake failing the
+//! check with its reason) and the
 //! per-upstream loop that runs it every `interval` and hands each result to
 //! the upstream's health state machine.
 //!
@@ -8,8 +10,8 @@
 //! next one `interval` after the start of the previous one (a real timer);
 //! how long a check took is read from the injected [`Clock`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use smol::Timer;
@@ -20,47 +22,46 @@ use crate::core::pool::upstream::Upstream;
 use crate::core::rt::clock::Clock;
 use crate::core::rt::net::{TcpConn, describe_io, is_local_error};
 use crate::core::rt::timeout;
+use crate::core::tls::upstream::{UpstreamStream, UpstreamTlsClient, late_refusal};
 
 /// A send/expect check reads at most this much looking for `expect`.
 const MAX_CHECK_READ: usize = 16 * 1024;
 
-/// One active check: connect; with `send`, write it; with `expect`, read
-/// until those bytes appear. Bounded by `settings.timeout`.
-pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), CheckFailure> {
+/// After a TLS handshake, a check without `expect` waits for an alert for
+/// half its timeout, at most this long: a TLS 1.3 upstream refuses a client
+/// certificate after the client's side of the handshake is done, so the
+/// alert comes one round trip later, on the first read.
+const LATE_ALERT_GRACE: Duration = Duration::from_millis(500);
+
+/// One active check: connect (and, with `[app.upstream_tls]`, complete the
+/// TLS handshake with the same settings as the data path); with `send`,
+/// write it; with `expect`, read until those bytes appear. Bounded by
+/// `settings.timeout`.
+pub async fn probe(
+    upstream: &Upstream,
+    tls: Option<&UpstreamTlsClient>,
+    settings: &HealthSettings,
+) -> Result<(), CheckFailure> {
     let run = async {
-        let mut conn = TcpConn::connect(addr).await.map_err(|e| io_failure("", &e))?;
+        let tcp = TcpConn::connect(upstream.addr).await.map_err(|e| io_failure("", &e))?;
+        let mut conn = match tls {
+            None => UpstreamStream::Plain(tcp),
+            Some(t) => UpstreamStream::Tls(Box::new(t.handshake(tcp, &upstream.name).await.map_err(|e| {
+                CheckFailure {
+                    detail: e.reason,
+                    local: e.local,
+                }
+            })?)),
+        };
         if !settings.send.is_empty() {
             conn.write_all(&settings.send)
                 .await
-                .map_err(|e| io_failure("sending the check payload: ", &e))?;
+                .map_err(|e| read_failure(upstream, "sending the check payload: ", &e))?;
         }
         if !settings.expect.is_empty() {
-            let mut seen = Vec::with_capacity(256);
-            let mut buf = [0u8; 2048];
-            loop {
-                if contains(&seen, &settings.expect) {
-                    break;
-                }
-                if seen.len() >= MAX_CHECK_READ {
-                    return Err(CheckFailure::upstream(format!(
-                        "expected {:?}, got {} bytes without it",
-                        String::from_utf8_lossy(&settings.expect),
-                        seen.len()
-                    )));
-                }
-                let n = conn
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| io_failure("reading the check reply: ", &e))?;
-                if n == 0 {
-                    return Err(CheckFailure::upstream(format!(
-                        "expected {:?}, got {:?} before the upstream closed",
-                        String::from_utf8_lossy(&settings.expect),
-                        String::from_utf8_lossy(&seen[..seen.len().min(64)])
-                    )));
-                }
-                seen.extend_from_slice(&buf[..n]);
-            }
+            expect_reply(upstream, &mut conn, &settings.expect).await?;
+        } else if tls.is_some() {
+            late_alert(upstream, &mut conn, settings.timeout / 2).await?;
         }
         let _ = conn.close().await;
         Ok(())
@@ -69,13 +70,62 @@ pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), Ch
         Ok(r) => r,
         Err(_) => Err(CheckFailure::upstream(format!(
             "no {} within {}",
-            if settings.expect.is_empty() {
-                "connection"
-            } else {
-                "expected reply"
+            match (settings.expect.is_empty(), tls.is_some()) {
+                (false, _) => "expected reply",
+                (true, true) => "TLS connection",
+                (true, false) => "connection",
             },
             humantime::format_duration(settings.timeout)
         ))),
+    }
+}
+
+/// Reads until `expect` appears (at most [`MAX_CHECK_READ`] bytes).
+async fn expect_reply(upstream: &Upstream, conn: &mut UpstreamStream, expect: &[u8]) -> Result<(), CheckFailure> {
+    let mut seen = Vec::with_capacity(256);
+    let mut buf = [0u8; 2048];
+    loop {
+        if contains(&seen, expect) {
+            return Ok(());
+        }
+        if seen.len() >= MAX_CHECK_READ {
+            return Err(CheckFailure::upstream(format!(
+                "expected {:?}, got {} bytes without it",
+                String::from_utf8_lossy(expect),
+                seen.len()
+            )));
+        }
+        let n = conn
+            .read(&mut buf)
+            .await
+            .map_err(|e| read_failure(upstream, "reading the check reply: ", &e))?;
+        if n == 0 {
+            return Err(CheckFailure::upstream(format!(
+                "expected {:?}, got {:?} before the upstream closed",
+                String::from_utf8_lossy(expect),
+                String::from_utf8_lossy(&seen[..seen.len().min(64)])
+            )));
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Waits up to `cap` (at most [`LATE_ALERT_GRACE`]) for an alert after the
+/// TLS handshake; bytes, EOF or silence pass.
+async fn late_alert(upstream: &Upstream, conn: &mut UpstreamStream, cap: Duration) -> Result<(), CheckFailure> {
+    let mut buf = [0u8; 512];
+    match timeout(LATE_ALERT_GRACE.min(cap), conn.read(&mut buf)).await {
+        Ok(Err(e)) => Err(read_failure(upstream, "", &e)),
+        Ok(Ok(_)) | Err(_) => Ok(()),
+    }
+}
+
+/// A read or write failed: a TLS alert or error in words
+/// ([`late_refusal`]), else as [`io_failure`].
+fn read_failure(upstream: &Upstream, what: &str, e: &std::io::Error) -> CheckFailure {
+    match late_refusal(e, &upstream.name) {
+        Some(reason) => CheckFailure::upstream(format!("{what}{reason}")),
+        None => io_failure(what, e),
     }
 }
 
@@ -94,13 +144,19 @@ fn io_failure(what: &str, e: &std::io::Error) -> CheckFailure {
 
 /// Checks `upstream` every `interval` forever (the caller cancels the task).
 /// The first check runs at once.
-pub async fn check_loop(app: Arc<str>, upstream: Arc<Upstream>, policy: HealthPolicy, clock: Arc<dyn Clock>) {
+pub async fn check_loop(
+    app: Arc<str>,
+    upstream: Arc<Upstream>,
+    tls: Option<Arc<UpstreamTlsClient>>,
+    policy: HealthPolicy,
+    clock: Arc<dyn Clock>,
+) {
     let Some(settings) = policy.active.clone() else {
         return;
     };
     loop {
         let began = clock.instant();
-        let result = probe(upstream.addr, &settings).await;
+        let result = probe(&upstream, tls.as_deref(), &settings).await;
         let took = clock.instant().saturating_duration_since(began);
         if let Some(t) = upstream.health.check_result(&policy, result, took) {
             t.log(&app, &upstream.name);

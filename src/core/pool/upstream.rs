@@ -26,6 +26,8 @@ pub struct Upstream {
     pub bytes_to_upstream: AtomicU64,
     /// Bytes relayed upstream -> client, counted when a connection closes.
     pub bytes_to_client: AtomicU64,
+    /// Failed TLS handshakes with it on real traffic (`[app.upstream_tls]`).
+    tls_failures: AtomicU64,
     pub health: UpstreamHealth,
 }
 
@@ -39,12 +41,22 @@ impl Upstream {
             total: AtomicU64::new(0),
             bytes_to_upstream: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
             health: UpstreamHealth::new(clock),
         }
     }
     /// Connections currently proxied to it.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+    /// Failed TLS handshakes with it on real traffic: its certificate
+    /// refused, or tlb's refused by it.
+    pub fn tls_failures(&self) -> u64 {
+        self.tls_failures.load(Ordering::Relaxed)
+    }
+    /// Counts a failed TLS handshake with it (see [`Upstream::tls_failures`]).
+    pub fn count_tls_failure(&self) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
     /// Connections ever established to it (by the data path).
     pub fn total(&self) -> u64 {

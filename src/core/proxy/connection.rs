@@ -45,6 +45,7 @@ use crate::core::rt::timeout;
 use crate::core::tls;
 use crate::core::tls::gate::{self, CloseReason};
 use crate::core::tls::policy::Admitted;
+use crate::core::tls::upstream::{UpstreamStream, late_refusal};
 
 /// Serves one accepted connection; `slot` holds its `[limits]` share.
 /// `generation` is the one current at accept.
@@ -284,7 +285,9 @@ async fn proxy(
         RelayEnd::Idle => Outcome::Relayed("idle_timeout".into()),
         RelayEnd::Deadline => Outcome::Closed(deadline.map_or(CloseReason::MaxLifetime, |d| d.1)),
         RelayEnd::Error(Side::A, e) => Outcome::Relayed(format!("client_error: {}", tls::describe_tls_error(e)).into()),
-        RelayEnd::Error(Side::B, e) => Outcome::Relayed(format!("upstream_error: {e}").into()),
+        RelayEnd::Error(Side::B, e) => {
+            Outcome::Relayed(format!("upstream_error: {}", tls::describe_tls_error(e)).into())
+        }
     };
     if log.moved.b_to_a == 0 {
         span.in_scope(|| judge_silent_upstream(app, &mut guard, &end, log.moved));
@@ -300,10 +303,21 @@ async fn proxy(
 
 /// The upstream never answered (`moved.b_to_a == 0`). A reset is a passive
 /// failure (an upstream that accepts and dies), like a refused connect; so
-/// is a half-open trial the upstream closed although the client had spoken
-/// (a proxy in front of a dead backend). Otherwise the guard's drop leaves
-/// a trial without a verdict.
+/// is a TLS alert instead of a first byte (a TLS 1.3 upstream refusing
+/// tlb's client certificate after the handshake), and a half-open trial
+/// the upstream closed although the client had spoken (a proxy in front of
+/// a dead backend). Otherwise the guard's drop leaves a trial without a
+/// verdict.
 fn judge_silent_upstream(app: &AppRuntime, guard: &mut UpstreamGuard, end: &RelayEnd, moved: Transferred) {
+    if let RelayEnd::Error(Side::B, e) = end
+        && let Some(reason) = late_refusal(e, &guard.upstream().name)
+    {
+        let n = app.balancer.failed(guard, &reason);
+        let upstream = guard.upstream();
+        upstream.count_tls_failure();
+        warn!(app = %app.name, upstream = %upstream.name, consecutive_failures = n, "upstream refused the connection: {reason}");
+        return;
+    }
     let reset = matches!(end, RelayEnd::Error(Side::B, e) if is_disconnect(e));
     let silent_trial = guard.is_trial() && moved.a_to_b > 0 && matches!(end, RelayEnd::Done);
     if reset || silent_trial {
@@ -322,7 +336,7 @@ fn judge_silent_upstream(app: &AppRuntime, guard: &mut UpstreamGuard, end: &Rela
 /// reported once as a passive success ([`Balancer::answered`]); an accept
 /// alone proves little (a proxy in front of a dead backend accepts too).
 struct Answered<'a> {
-    conn: TcpConn,
+    conn: UpstreamStream,
     pending: Option<(&'a Balancer, &'a mut UpstreamGuard)>,
 }
 

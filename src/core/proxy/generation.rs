@@ -1,6 +1,7 @@
 //! A configuration generation: everything the data path derives from one
 //! [`Config`] (apps with their TLS configs, gates and balancers, the apps
-//! of each listener by SNI, per-client limiter state), built whole and
+//! of each listener by SNI, per-client limiter state, TLS towards each
+//! app's upstreams, read from its files again), built whole and
 //! swapped whole on reload.
 //!
 //! Promises: building is all-or-nothing (an error leaves nothing half
@@ -26,6 +27,7 @@ use crate::core::proxy::limiter::Limiter;
 use crate::core::proxy::stats::AppStats;
 use crate::core::rt::clock::Clock;
 use crate::core::tls::gate::Gate;
+use crate::core::tls::upstream::UpstreamTlsClient;
 use crate::core::tls::{ServerTls, TicketKeys};
 
 /// One app as the data path sees it.
@@ -101,6 +103,10 @@ impl Generation {
                 .get(&app.name)
                 .cloned()
                 .with_context(|| format!("internal: no TLS config for app {}", app.name))?;
+            let upstream_tls = match &app.upstream_tls {
+                Some(t) => Some(Arc::new(UpstreamTlsClient::load(app, t)?)),
+                None => None,
+            };
             let rt = Arc::new(AppRuntime {
                 name: app.name.clone(),
                 balancer: Balancer::new(
@@ -108,7 +114,8 @@ impl Generation {
                     upstreams_for(app, previous, &deps.clock),
                     HealthPolicy::new(app.health.as_ref()),
                     deps.clock.clone(),
-                ),
+                )
+                .with_tls(upstream_tls),
                 server_config,
                 gate,
                 stats: previous
@@ -172,15 +179,9 @@ impl Generation {
     }
 }
 
-/// Parsed but not built yet: refuse rather than silently send plaintext, or
-/// no PROXY header, to upstreams expecting them.
+/// Parsed but not built yet: refuse rather than silently send no PROXY
+/// header to upstreams expecting one.
 fn refuse_unsupported(app: &App) -> Result<()> {
-    if app.upstream_tls.is_some() {
-        bail!(
-            "app {:?}: [app.upstream_tls] is not supported by this version of tlb (upstreams are reached over plain TCP); remove the table",
-            app.name
-        );
-    }
     if app.proxy_protocol {
         bail!(
             "app {:?}: proxy_protocol = true is not supported by this version of tlb; remove it or set it to false",

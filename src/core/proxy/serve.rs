@@ -154,6 +154,7 @@ impl Server {
                     tasks.push(ex.spawn(checker::check_loop(
                         app.balancer.app().clone(),
                         u.clone(),
+                        app.balancer.tls().cloned(),
                         policy.clone(),
                         self.clock().clone(),
                     )));

@@ -1,8 +1,8 @@
 //! TLS set-up: loading PEM material, the per-app server configs whose
 //! client-certificate verifier and session tickets are the app's
-//! [`Gate`](crate::core::tls::gate::Gate), and client configs for `tlb client` and
-//! `tlb bench`. (TLS towards upstreams is not built yet; a config asking
-//! for it is refused when the server is built.)
+//! [`Gate`](crate::core::tls::gate::Gate), client configs for `tlb client` and
+//! `tlb bench`, and TLS towards upstreams (`[app.upstream_tls]`, see
+//! [`upstream`]).
 //!
 //! Promises:
 //! - One crypto provider (aws-lc-rs), TLS 1.3 only unless `min_version = "1.2"`
@@ -26,6 +26,7 @@ pub mod policy;
 pub mod server;
 pub mod sigmemo;
 pub mod suites;
+pub mod upstream;
 
 // The names the rest of tlb uses, in one place.
 pub use alerts::{alert_name, describe_rustls_error, describe_tls_error};

@@ -1,31 +1,81 @@
 //! Echo upstream servers (`tlb upstream`): everything received is sent
 //! back; a half-close from the peer is answered by a half-close after the
 //! echo. With `greet`, one line comes first:
-//! `<name> client=<addr> sni=- identity=-`.
+//! `<name> client=<addr> sni=- identity=-`. With `tls`, the echo runs over
+//! TLS (optionally mutual: see [`echo_tls_config`]), so tlb's
+//! `[app.upstream_tls]` can be tried on one machine, and the greeting ends
+//! with what this server saw of its TLS peer (tlb):
+//! ` tls_sni=<SNI or -> tls_client=<client certificate CN or ->`.
 //!
-//! Each connection is one task; memory per connection is one 16 KiB buffer;
-//! a connection idle for 10 minutes is closed.
+//! Each connection is one task; memory per connection is one 16 KiB buffer
+//! (plus the TLS session's); a connection idle for 10 minutes, or whose TLS
+//! handshake is not done within 10 s, is closed.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use anyhow::{Result, anyhow};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
 use smol::{Async, Executor};
-use tracing::debug;
+use tracing::{debug, info};
 
+use crate::core::config::TlsVersion;
 use crate::core::proxy::listener::Listener;
 use crate::core::rt::log::Throttle;
+use crate::core::rt::net::TcpConn;
 use crate::core::rt::timeout;
+use crate::core::tls::identity::common_name;
+use crate::core::tls::load::{load_certified_key, load_roots_as};
+use crate::core::tls::suites::{provider, versions};
+use crate::core::tls::{describe_tls_error, load_certs, load_key};
 
 /// How one echo server behaves.
 #[derive(Debug, Clone)]
 pub struct EchoOptions {
     /// Name used in the greeting and logs (`up1`...).
     pub name: String,
-    /// Send `<name> client=<addr> sni=- identity=-\n` first.
+    /// Send `<name> client=<addr> sni=... identity=...\n` first.
     pub greet: bool,
+    /// Serve over TLS with this config ([`echo_tls_config`]); `None`: plain TCP.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// Where the client certificates of a TLS echo server are checked.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCa<'a> {
+    pub ca: &'a Path,
+    /// Refuse a client without a certificate (else one is optional, but
+    /// checked when offered).
+    pub required: bool,
+}
+
+/// A TLS server config for an echo server: `cert`/`key` (a server
+/// certificate), TLS 1.3 and 1.2, client certificates checked against
+/// `client_ca` when given.
+pub fn echo_tls_config(cert: &Path, key: &Path, client_ca: Option<ClientCa<'_>>) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    // Checked as a pair first, for a message naming both files.
+    load_certified_key(cert, key, &provider)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(TlsVersion::V1_2))
+        .map_err(|e| anyhow!("configuring TLS versions: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let roots = load_roots_as(c.ca, "client CA (--ca)")?;
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let v = if c.required { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| anyhow!("client CA {}: {e}", c.ca.display()))?)
+        }
+    };
+    let cfg = builder
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| anyhow!("certificate {} and key {}: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(cfg))
 }
 
 /// Serves echo on `listener` until `shutdown` resolves.
@@ -68,23 +118,76 @@ async fn bounded<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "stalled for 10 minutes"))?
 }
 
+/// How long a TLS echo connection may take to complete its handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) -> std::io::Result<()> {
-    let _ = stream.get_ref().set_nodelay(true);
-    let mut w = &stream;
-    if opts.greet {
+    let conn = TcpConn::new(stream);
+    let Some(tls) = &opts.tls else {
+        let mut conn = conn;
         let line = format!("{} client={peer} sni=- identity=-\n", opts.name);
-        bounded(w.write_all(line.as_bytes())).await?;
+        return echo_on(&mut conn, opts.greet.then_some(line)).await;
+    };
+    let accept = futures_rustls::TlsAcceptor::from(tls.clone())
+        .accept(conn)
+        .into_fallible();
+    let mut s = match timeout(TLS_HANDSHAKE, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err((e, mut conn))) => {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                // Closed without a handshake (a port probe): not worth a line.
+                debug!(name = %opts.name, %peer, "closed before the TLS handshake");
+            } else {
+                info!(name = %opts.name, %peer, "TLS handshake failed: {}", describe_tls_error(&e));
+            }
+            linger(&mut conn).await;
+            return Ok(());
+        }
+        Err(_) => {
+            info!(name = %opts.name, %peer, "TLS handshake not done within {TLS_HANDSHAKE:?}");
+            return Ok(());
+        }
+    };
+    let session = s.get_ref().1;
+    let sni = session.server_name().unwrap_or("-").to_string();
+    let identity = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| common_name(c))
+        .unwrap_or_else(|| "-".into());
+    let line = format!(
+        "{} client={peer} sni=- identity=- tls_sni={sni} tls_client={identity}\n",
+        opts.name
+    );
+    echo_on(&mut s, opts.greet.then_some(line)).await
+}
+
+/// After a refused handshake (the alert is sent): closes the write side and
+/// discards what the peer still sends for up to a second, so the peer reads
+/// the alert rather than a reset.
+async fn linger(conn: &mut TcpConn) {
+    let _ = conn.close().await;
+    let _ = timeout(Duration::from_secs(1), async {
+        let mut scratch = [0u8; 2048];
+        while matches!(conn.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Greets (when given a line), then echoes until EOF, then closes the
+/// write side (a FIN, or close_notify and FIN over TLS).
+async fn echo_on<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, greeting: Option<String>) -> std::io::Result<()> {
+    if let Some(line) = greeting {
+        bounded(s.write_all(line.as_bytes())).await?;
     }
-    let mut r = &stream;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = bounded(r.read(&mut buf)).await?;
+        let n = bounded(s.read(&mut buf)).await?;
         if n == 0 {
             break;
         }
-        bounded(w.write_all(&buf[..n])).await?;
+        bounded(s.write_all(&buf[..n])).await?;
     }
-    bounded(w.flush()).await?;
-    stream.get_ref().shutdown(std::net::Shutdown::Write)?;
-    Ok(())
+    bounded(s.flush()).await?;
+    bounded(s.close()).await
 }

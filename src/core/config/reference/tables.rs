@@ -66,8 +66,11 @@ pub const TABLES: &[TableDoc] = &[
     TableDoc {
         path: "app.upstream_tls",
         presence: Presence::Optional,
-        doc: "TLS towards the app's upstreams. **Not built yet**: parsed and validated, but `tlb serve` (and \
-              `--check`) refuses a config that has it rather than reach the upstreams over plain TCP.",
+        doc: "TLS towards the app's upstreams: tlb verifies each upstream's certificate (and, with `cert` and \
+              `key`, shows its own client certificate for upstreams that require mTLS). Health checks use the \
+              same settings. A failed upstream handshake is a failure of that upstream, retried on another \
+              like a refused connect. Sessions toward upstreams are resumed (a bounded cache per app). The \
+              files are read at start and on each reload; an unreadable one refuses the reload.",
         keys: UPSTREAM_TLS,
     },
     TableDoc {
@@ -400,9 +403,18 @@ const UPSTREAM_TLS: &[KeyDoc] = &[
     KeyDoc {
         name: "server_name",
         kind: Text,
-        absent: Means("none"),
+        absent: Means("the upstream's host"),
         example: r#""db.internal""#,
-        doc: "The name to send as SNI and check the upstreams' certificates against.",
+        doc: "The name to send as SNI and check the upstreams' certificates against (a DNS name, or an IP \
+              address matched against IP SANs). Left out: each upstream's host as written in `upstreams`.",
+    },
+    KeyDoc {
+        name: "min_version",
+        kind: Version,
+        absent: Is(r#""1.2""#),
+        example: r#""1.3""#,
+        doc: "`\"1.2\"`: offer TLS 1.3 and 1.2 (AEAD + ECDHE suites only), as many upstreams still need. \
+              `\"1.3\"`: TLS 1.3 only.",
     },
 ];
 

@@ -3,14 +3,17 @@
 //!
 //! Promises: what `[app.health]` leaves out is `HealthSettings::default()`,
 //! and a timeout never exceeds the interval; upstream TLS has both a client
-//! certificate and key, or neither; paths are resolved like every path.
+//! certificate and key, or neither, a `server_name` that is a DNS name or
+//! an IP address, and offers TLS 1.2 and 1.3 unless `min_version = "1.3"`;
+//! paths are resolved like every path.
 
 use toml::Spanned;
 
 use crate::core::config::error::ConfigError;
-use crate::core::config::model::{HealthSettings, UpstreamTls};
+use crate::core::config::model::{HealthSettings, TlsVersion, UpstreamTls};
 use crate::core::config::raw::{RawHealth, RawUpstreamTls};
 use crate::core::config::validate::ctx::Ctx;
+use crate::core::config::validate::tls;
 
 /// `[app.health]` checked, with defaults; `k` makes the app's keys.
 pub(crate) fn health(
@@ -72,10 +75,31 @@ pub(crate) fn upstream_tls(
             "set both cert and key (for mTLS to upstreams) or neither",
         ));
     }
+    let min_version = match &t.min_version {
+        None => TlsVersion::V1_2,
+        Some(v) => tls::version(v, k("upstream_tls.min_version"), TlsVersion::V1_2, ctx)?,
+    };
+    let server_name = match t.server_name {
+        None => None,
+        Some(n) => {
+            if rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+                return Err(ctx.err(
+                    n.span(),
+                    k("upstream_tls.server_name"),
+                    format!(
+                        "{:?} is not a DNS name or an IP address; write the name the upstreams' certificates carry",
+                        n.get_ref()
+                    ),
+                ));
+            }
+            Some(n.into_inner())
+        }
+    };
     Ok(UpstreamTls {
         ca: ctx.resolve(t.ca),
         cert: t.cert.map(|p| ctx.resolve(p)),
         key: t.key.map(|p| ctx.resolve(p)),
-        server_name: t.server_name,
+        server_name,
+        min_version,
     })
 }

@@ -10,21 +10,35 @@ use crate::core::config::model::{DEFAULT_SESSION_LIFETIME, TlsSettings, TlsVersi
 use crate::core::config::raw::RawTls;
 use crate::core::config::validate::ctx::Ctx;
 
+/// A `min_version` value: "1.3" or "1.2"; the message names `default`.
+pub(crate) fn version(
+    v: &toml::Spanned<String>,
+    key: String,
+    default: TlsVersion,
+    ctx: &Ctx<'_>,
+) -> Result<TlsVersion, ConfigError> {
+    match v.get_ref().as_str() {
+        "1.3" => Ok(TlsVersion::V1_3),
+        "1.2" => Ok(TlsVersion::V1_2),
+        other => {
+            let (d, o) = match default {
+                TlsVersion::V1_3 => ("1.3", "1.2"),
+                TlsVersion::V1_2 => ("1.2", "1.3"),
+            };
+            Err(ctx.err(
+                v.span(),
+                key,
+                format!("unsupported TLS version {other:?}; use \"{d}\" (default) or \"{o}\""),
+            ))
+        }
+    }
+}
+
 /// `[tls]` checked and resolved.
 pub(crate) fn settings(tls: RawTls, ctx: &Ctx<'_>) -> Result<TlsSettings, ConfigError> {
     let min_version = match &tls.min_version {
         None => TlsVersion::V1_3,
-        Some(v) => match v.get_ref().as_str() {
-            "1.3" => TlsVersion::V1_3,
-            "1.2" => TlsVersion::V1_2,
-            other => {
-                return Err(ctx.err(
-                    v.span(),
-                    "tls.min_version",
-                    format!("unsupported TLS version {other:?}; use \"1.3\" (default) or \"1.2\""),
-                ));
-            }
-        },
+        Some(v) => version(v, "tls.min_version".into(), TlsVersion::V1_3, ctx)?,
     };
     Ok(TlsSettings {
         ca: ctx.resolve(tls.ca),
