@@ -1,4 +1,5 @@
-//! Active health checks: the probe (a TCP connect, or send/expect) and the
+//! Active health checks: the probe (a TCP connect, or send/expect, after
+//! the app's PROXY `LOCAL` header when it sends PROXY headers) and the
 //! per-upstream loop that runs it every `interval` and hands each result to
 //! the upstream's health state machine.
 //!
@@ -24,11 +25,17 @@ use crate::core::rt::timeout;
 /// A send/expect check reads at most this much looking for `expect`.
 const MAX_CHECK_READ: usize = 16 * 1024;
 
-/// One active check: connect; with `send`, write it; with `expect`, read
-/// until those bytes appear. Bounded by `settings.timeout`.
-pub async fn probe(addr: SocketAddr, settings: &HealthSettings) -> Result<(), CheckFailure> {
+/// One active check: connect; write `preamble` (the app's PROXY `LOCAL`
+/// header, or nothing); with `send`, write it; with `expect`, read until
+/// those bytes appear. Bounded by `settings.timeout`.
+pub async fn probe(addr: SocketAddr, settings: &HealthSettings, preamble: &[u8]) -> Result<(), CheckFailure> {
     let run = async {
         let mut conn = TcpConn::connect(addr).await.map_err(|e| io_failure("", &e))?;
+        if !preamble.is_empty() {
+            conn.write_all(preamble)
+                .await
+                .map_err(|e| io_failure("sending the PROXY header: ", &e))?;
+        }
         if !settings.send.is_empty() {
             conn.write_all(&settings.send)
                 .await
@@ -92,15 +99,21 @@ fn io_failure(what: &str, e: &std::io::Error) -> CheckFailure {
     }
 }
 
-/// Checks `upstream` every `interval` forever (the caller cancels the task).
-/// The first check runs at once.
-pub async fn check_loop(app: Arc<str>, upstream: Arc<Upstream>, policy: HealthPolicy, clock: Arc<dyn Clock>) {
+/// Checks `upstream` every `interval` forever (the caller cancels the task),
+/// each check starting with `preamble`. The first check runs at once.
+pub async fn check_loop(
+    app: Arc<str>,
+    upstream: Arc<Upstream>,
+    policy: HealthPolicy,
+    clock: Arc<dyn Clock>,
+    preamble: &'static [u8],
+) {
     let Some(settings) = policy.active.clone() else {
         return;
     };
     loop {
         let began = clock.instant();
-        let result = probe(upstream.addr, &settings).await;
+        let result = probe(upstream.addr, &settings, preamble).await;
         let took = clock.instant().saturating_duration_since(began);
         if let Some(t) = upstream.health.check_result(&policy, result, took) {
             t.log(&app, &upstream.name);

@@ -36,6 +36,7 @@ use crate::core::proxy::generation::{AppRuntime, Generation};
 use crate::core::proxy::handshake::{ClientTls, DECODE_ERROR_ALERT, HandshakeFailure, Handshaken, handshake};
 use crate::core::proxy::linger::close_and_drain;
 use crate::core::proxy::outcome::{HandshakeFailureKind, Refusal};
+use crate::core::proxy::proxy_header;
 use crate::core::proxy::registry::{KillSignal, Open, Tracked};
 use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
 use crate::core::proxy::server::Server;
@@ -247,16 +248,23 @@ async fn proxy(
         Ok(slot) => slot,
         Err(r) => return Outcome::Refused(r),
     };
+    let connect_began = Instant::now();
     let connected = app
         .balancer
         .connect(timeouts.connect)
         .instrument(span.clone())
         .await
         .map_err(refusal);
-    let (mut guard, upstream_stream) = match connected {
+    let (mut guard, mut upstream_stream) = match connected {
         Ok(x) => x,
         Err(r) => return Outcome::Refused(r), // `slot` drops: not held while the refusal lingers
     };
+    let left = timeouts.connect.saturating_sub(connect_began.elapsed());
+    let who = (log.peer, log.identity, log.sni);
+    let header = proxy_header::send(app, tls, &mut upstream_stream, &mut guard, who, left);
+    if header.instrument(span.clone()).await.is_err() {
+        return Outcome::Refused(Refusal::UpstreamConnectFailed);
+    }
     let upstream = guard.upstream().clone();
     log.upstream = Some(upstream.clone());
     server.metrics.proxied.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use rustls::ServerConfig;
 use tracing::warn;
 
-use crate::core::config::{App, Config};
+use crate::core::config::{App, Config, ProxyProtocol};
 use crate::core::pool::balancer::{Balancer, Upstream};
 use crate::core::pool::policy::HealthPolicy;
 use crate::core::proxy::limiter::Limiter;
@@ -37,6 +37,10 @@ pub struct AppRuntime {
     pub gate: Arc<Gate>,
     /// Counters kept across reloads while the app keeps its name.
     pub stats: Arc<AppStats>,
+    /// The PROXY header its upstream connections (and checks) start with.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// With v2: the client certificate goes in the header.
+    pub proxy_protocol_cert: bool,
 }
 
 /// Apps reachable through one listener.
@@ -115,6 +119,8 @@ impl Generation {
                     .and_then(|p| p.app(&app.name))
                     .map(|a| a.stats.clone())
                     .unwrap_or_default(),
+                proxy_protocol: app.proxy_protocol,
+                proxy_protocol_cert: app.proxy_protocol_cert,
             });
             let entry = listeners.entry(app.listen).or_default();
             if app.server_names.is_empty() {
@@ -167,18 +173,12 @@ impl Generation {
     }
 }
 
-/// Parsed but not built yet: refuse rather than silently send plaintext, or
-/// no PROXY header, to upstreams expecting them.
+/// Parsed but not built yet: refuse rather than silently send plaintext to
+/// upstreams expecting TLS.
 fn refuse_unsupported(app: &App) -> Result<()> {
     if app.upstream_tls.is_some() {
         bail!(
             "app {:?}: [app.upstream_tls] is not supported by this version of tlb (upstreams are reached over plain TCP); remove the table",
-            app.name
-        );
-    }
-    if app.proxy_protocol {
-        bail!(
-            "app {:?}: proxy_protocol = true is not supported by this version of tlb; remove it or set it to false",
             app.name
         );
     }

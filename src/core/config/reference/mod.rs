@@ -86,6 +86,8 @@ pub enum Kind {
     Version,
     /// A SHA-256 in hex (64 digits, colons allowed).
     Sha256Hex,
+    /// `"v1"` or `"v2"` (PROXY protocol).
+    ProxyVersion,
 }
 
 impl Kind {
@@ -104,6 +106,7 @@ impl Kind {
             Kind::Bool => "boolean",
             Kind::Version => "`\"1.2\"` or `\"1.3\"`",
             Kind::Sha256Hex => "64 hex digits",
+            Kind::ProxyVersion => "`\"v2\"` or `\"v1\"`",
         }
     }
 }
