@@ -24,9 +24,14 @@ pub struct Args {
     /// Name; with --count N > 1 the servers are <name>1..<name>N.
     #[arg(long, default_value = "up")]
     pub name: String,
-    /// Send a first line `<name> client=<addr> sni=- identity=-` on each connection.
+    /// Send a first line `<name> client=<addr> sni=<sni> identity=<id>` on each
+    /// connection (from the PROXY header with --proxy-protocol, else `-`).
     #[arg(long)]
     pub greet: bool,
+    /// Require a PROXY protocol header (v1 or v2, within 5 s) on each
+    /// connection; one without a valid one is logged and closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Worker threads, 0-1024 (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
@@ -70,6 +75,7 @@ pub fn run(args: Args) -> Result<()> {
             let opts = EchoOptions {
                 name,
                 greet: args.greet,
+                proxy_protocol: args.proxy_protocol,
             };
             let rx = stop_rx.clone();
             let ex2 = ex.clone();

@@ -414,6 +414,7 @@ impl Echo {
         let opts = tlb::core::tools::echo::EchoOptions {
             name: name.to_string(),
             greet: true,
+            proxy_protocol: false,
         };
         let thread = std::thread::spawn(move || {
             let ex = std::sync::Arc::new(smol::Executor::new());

@@ -172,6 +172,7 @@ impl Lab {
                         let opts = EchoOptions {
                             name: format!("up{}", i + 1),
                             greet,
+                            proxy_protocol: false,
                         };
                         let ex2 = ex.clone();
                         ex.spawn(async move {

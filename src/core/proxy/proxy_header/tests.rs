@@ -50,7 +50,10 @@ fn v2_carries_addresses_sni_alpn_ssl_and_identity() {
     assert_eq!(&bytes[..12], ppp::v2::PROTOCOL_PREFIX);
     assert_eq!(bytes[12], 0x21, "version 2, PROXY");
     assert_eq!(bytes[13], 0x11, "TCP over IPv4");
-    assert_eq!(usize::from(u16::from_be_bytes([bytes[14], bytes[15]])), bytes.len() - 16);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([bytes[14], bytes[15]])),
+        bytes.len() - 16
+    );
     assert_eq!(&bytes[16..28], &[127, 0, 0, 1, 127, 0, 0, 2, 0xCF, 0xDB, 0x20, 0xFB]);
     let h = Header::try_from(&bytes[..]).expect("parses");
     assert_eq!(h.address_family(), AddressFamily::IPv4);
@@ -65,11 +68,19 @@ fn v2_carries_addresses_sni_alpn_ssl_and_identity() {
     assert_eq!(ssl[0], PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS);
     assert_eq!(&ssl[1..5], &[0, 0, 0, 0], "verify = 0");
     let subs = sub_tlvs(ssl);
-    let text = |k: u8| subs.iter().find(|(t, _)| *t == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let text = |k: u8| {
+        subs.iter()
+            .find(|(t, _)| *t == k)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
     assert_eq!(text(0x21).as_deref(), Some("TLSv1.3"));
     assert_eq!(text(0x22).as_deref(), Some("client1"));
     assert_eq!(text(0x23).as_deref(), Some("TLS_AES_128_GCM_SHA256"));
-    assert_eq!(text(0x24).as_deref(), Some("ecdsa-with-SHA256"), "rcgen's default key is P-256");
+    assert_eq!(
+        text(0x24).as_deref(),
+        Some("ecdsa-with-SHA256"),
+        "rcgen's default key is P-256"
+    );
     assert_eq!(text(0x25).as_deref(), Some("EC256"));
     let order: Vec<u8> = subs.iter().map(|(k, _)| *k).collect();
     assert_eq!(order, [0x21, 0x22, 0x23, 0x24, 0x25]);
@@ -131,7 +142,10 @@ fn mixed_families_are_written_as_ipv6() {
     let Addresses::IPv6(a) = h.addresses else {
         panic!("not IPv6: {:?}", h.addresses)
     };
-    assert_eq!(a.source_address, "::ffff:127.0.0.1".parse::<std::net::Ipv6Addr>().expect("ip"));
+    assert_eq!(
+        a.source_address,
+        "::ffff:127.0.0.1".parse::<std::net::Ipv6Addr>().expect("ip")
+    );
 }
 
 #[test]
@@ -141,7 +155,10 @@ fn a_header_over_the_length_field_is_an_error_not_a_truncation() {
     i.send_cert = true;
     assert_eq!(build(ProxyProtocol::V2, &i), Err(HeaderTooLarge));
     i.send_cert = false;
-    assert!(build(ProxyProtocol::V2, &i).is_ok(), "an unparsable certificate is left out of the SSL TLV");
+    assert!(
+        build(ProxyProtocol::V2, &i).is_ok(),
+        "an unparsable certificate is left out of the SSL TLV"
+    );
 }
 
 #[test]
@@ -157,7 +174,10 @@ fn health_check_headers_are_local_v2_and_unknown_v1() {
 fn names_follow_openssl() {
     use rustls::CipherSuite as CS;
     assert_eq!(cipher_name(CS::TLS13_AES_256_GCM_SHA384), "TLS_AES_256_GCM_SHA384");
-    assert_eq!(cipher_name(CS::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256), "ECDHE-RSA-AES128-GCM-SHA256");
+    assert_eq!(
+        cipher_name(CS::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+        "ECDHE-RSA-AES128-GCM-SHA256"
+    );
     assert_eq!(tls_version_name(rustls::ProtocolVersion::TLSv1_2), Some("TLSv1.2"));
     assert_eq!(sig_alg_name("1.2.840.113549.1.1.11"), "RSA-SHA256");
     assert_eq!(sig_alg_name("1.2.3.4"), "1.2.3.4");
