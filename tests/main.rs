@@ -17,6 +17,7 @@ mod health;
 mod interop;
 mod local_resource;
 mod pki;
+mod proxy_protocol;
 mod recipe;
 mod reference;
 mod samples;
