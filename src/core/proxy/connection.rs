@@ -1,6 +1,7 @@
 //! One client connection, start to end: the handshake (see
 //! [`handshake`](super::handshake)), then admission by the client's limits,
-//! connect to the least-loaded healthy upstream with retries, relay, close,
+//! connect to the least-loaded healthy upstream with retries, the app's
+//! PROXY header (see [`proxy_header`](super::proxy_header)), relay, close,
 //! and one access-log line.
 //!
 //! Promises: every network wait has a timeout (handshake, connect, idle);

@@ -66,7 +66,7 @@ pub enum Parse {
     /// A header may still come: read more.
     Incomplete,
     /// A header of `len` bytes (the rest is the client's).
-    Done { len: usize, header: Received },
+    Done { len: usize, header: Box<Received> },
     /// Not a PROXY header, or a broken one: why.
     Malformed(String),
 }
@@ -118,7 +118,7 @@ fn parse_v1(buf: &[u8]) -> Parse {
     }
     Parse::Done {
         len: h.header.len(),
-        header: out,
+        header: Box::new(out),
     }
 }
 
@@ -152,7 +152,7 @@ fn parse_v2(buf: &[u8]) -> Parse {
     }
     Parse::Done {
         len: h.len(),
-        header: out,
+        header: Box::new(out),
     }
 }
 
@@ -219,7 +219,7 @@ pub async fn read_header<R: AsyncRead + Unpin>(conn: &mut R, limit: Duration) ->
         let mut chunk = [0u8; 4096];
         loop {
             match parse(&buf) {
-                Parse::Done { len, header } => return Ok((header, buf.split_off(len))),
+                Parse::Done { len, header } => return Ok((*header, buf.split_off(len))),
                 Parse::Malformed(why) => return Err(why),
                 Parse::Incomplete => {}
             }

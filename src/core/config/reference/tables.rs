@@ -329,7 +329,8 @@ const HEALTH: &[KeyDoc] = &[
         kind: Text,
         absent: Is(r#""""#),
         example: r#""GET /health HTTP/1.0\r\n\r\n""#,
-        doc: "Sent after connecting. Empty, with `expect` empty too: the check is a TCP connect.",
+        doc: "Sent after connecting (and after the `LOCAL` header when the app has `proxy_protocol`). Empty, \
+              with `expect` empty too: the check is a TCP connect.",
     },
     KeyDoc {
         name: "expect",

@@ -30,7 +30,7 @@ fn v2(send_cert: bool) -> Vec<u8> {
 
 fn done(buf: &[u8]) -> (usize, Received) {
     match parse(buf) {
-        Parse::Done { len, header } => (len, header),
+        Parse::Done { len, header } => (len, *header),
         other => panic!("not a header: {other:?}"),
     }
 }
