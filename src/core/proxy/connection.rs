@@ -260,14 +260,14 @@ async fn proxy(
         Ok(x) => x,
         Err(r) => return Outcome::Refused(r), // `slot` drops: not held while the refusal lingers
     };
+    let upstream = guard.upstream().clone();
+    log.upstream = Some(upstream.clone());
     let left = timeouts.connect.saturating_sub(connect_began.elapsed());
     let who = (log.peer, log.identity, log.sni);
     let header = proxy_header::send(app, tls, &mut upstream_stream, &mut guard, who, left);
     if header.instrument(span.clone()).await.is_err() {
         return Outcome::Refused(Refusal::UpstreamConnectFailed);
     }
-    let upstream = guard.upstream().clone();
-    log.upstream = Some(upstream.clone());
     server.metrics.proxied.fetch_add(1, Ordering::Relaxed);
     let mut up = Answered {
         conn: upstream_stream,
