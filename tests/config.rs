@@ -91,7 +91,7 @@ name = "echo"
 listen = "127.0.0.1:8443"
 server_names = ["Echo.Example.COM", "echo.internal."]
 upstreams = ["127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003"]
-proxy_protocol = true
+proxy_protocol = "v2"
   [app.health]
   interval = "2s"
   timeout  = "250ms"
@@ -160,7 +160,8 @@ fn full_config_parses_to_expected_values() {
             "[::1]:9003".parse().unwrap()
         ]
     );
-    assert!(echo.proxy_protocol);
+    assert_eq!(echo.proxy_protocol, Some(tlb::core::config::ProxyProtocol::V2));
+    assert!(!echo.proxy_protocol_cert);
     let h = echo.health.as_ref().expect("[app.health]");
     assert_eq!(h.interval, Duration::from_secs(2));
     assert_eq!(h.timeout, Duration::from_millis(250));
@@ -174,7 +175,7 @@ fn full_config_parses_to_expected_values() {
 
     let db = c.app("db").expect("app db");
     assert!(db.server_names.is_empty());
-    assert!(!db.proxy_protocol);
+    assert_eq!(db.proxy_protocol, None);
     assert!(db.health.is_none());
     assert!(db.upstream_tls.is_none());
     assert_eq!(db.upstreams[0].addr, "10.0.0.5:5432".parse::<SocketAddr>().unwrap());
@@ -224,7 +225,8 @@ fn defaults_when_sections_are_omitted() {
     assert_eq!(c.timeouts.idle, Duration::from_secs(600));
     let app = &c.apps[0];
     assert!(app.server_names.is_empty());
-    assert!(!app.proxy_protocol);
+    assert_eq!(app.proxy_protocol, None);
+    assert!(!app.proxy_protocol_cert);
     assert!(app.health.is_none(), "no [app.health] table means passive checks only");
     assert!(app.upstream_tls.is_none());
     assert!(c.clients.is_empty(), "no [[client]] means nobody is authorized");

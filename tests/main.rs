@@ -18,6 +18,7 @@ mod identity;
 mod interop;
 mod local_resource;
 mod pki;
+mod proxy_protocol;
 mod recipe;
 mod reference;
 mod samples;

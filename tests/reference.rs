@@ -294,6 +294,7 @@ fn refused_values(kind: Kind) -> &'static [&'static str] {
         Kind::DurationOrZero => &[r#""-1s""#, r#""5""#, r#""101y""#],
         Kind::Bool => &[r#""true""#, "1"],
         Kind::Version => &[r#""1.1""#, "1.3"],
+        Kind::ProxyVersion => &["true", "false", r#""v3""#, r#""V2""#, "2"],
         Kind::Sha256Hex => &[
             r#""abc""#,
             r#""zz41402abc4b2a76b9719d911017c592aabbccddeeff00112233445566778899""#,

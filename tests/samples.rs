@@ -14,7 +14,7 @@ use tlb::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
     TimeoutsSection, TlsSection, TrustDomainSection, UpstreamTlsSection,
 };
-use tlb::core::config::{AppMode, ClientMatch, Config, ConfigError, TlsVersion, example_toml};
+use tlb::core::config::{AppMode, ClientMatch, Config, ConfigError, ProxyProtocol, TlsVersion, example_toml};
 use tlb::core::tools::lab::LabPaths;
 
 fn addr(s: &str) -> SocketAddr {
@@ -63,7 +63,8 @@ fn every_key_the_writer_knows_loads_with_its_value() {
     })
     .app(AppSection {
         server_names: Some(vec!["echo.example".into()]),
-        proxy_protocol: Some(true),
+        proxy_protocol: Some(ProxyProtocol::V2),
+        proxy_protocol_cert: Some(true),
         health: Some(HealthSection {
             interval: Some(Duration::from_secs(2)),
             timeout: Some(Duration::from_millis(250)),
@@ -138,7 +139,8 @@ fn every_key_the_writer_knows_loads_with_its_value() {
     assert!(admin.token.as_ref().expect("token").matches(b"s3cret"));
     let echo = c.app("echo").expect("echo");
     assert_eq!(echo.server_names, ["echo.example"]);
-    assert!(echo.proxy_protocol);
+    assert_eq!(echo.proxy_protocol, Some(ProxyProtocol::V2));
+    assert!(echo.proxy_protocol_cert);
     let names: Vec<&str> = echo.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["127.0.0.1:9001", "[::1]:9002"]);
     let h = echo.health.as_ref().expect("health");

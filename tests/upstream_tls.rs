@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use tlb::core::config::ProxyProtocol;
 use tlb::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, HealthSection, TimeoutsSection, TlsSection,
     UpstreamTlsSection,
@@ -864,4 +865,50 @@ fn a_reload_reads_the_upstream_tls_files_again_and_a_bad_one_is_rejected() {
     );
     let got = greeted(&opts, "hi\n");
     assert!(!matches!(&got, Ok((g, _)) if !g.is_empty()), "served: {got:?}");
+}
+
+#[test]
+fn proxy_v2_header_goes_in_plain_before_upstream_mtls_on_traffic_and_checks() {
+    let mut pki = Pki::new();
+    let ca = pki.file("pki/ca.crt");
+    let up = pki.upstream(
+        "ppmtls",
+        "good.internal",
+        &["--ca", &ca, "--require-client-cert", "--proxy-protocol"],
+    );
+    let (listen, admin) = (addr(), addr());
+    let app = AppSection {
+        proxy_protocol: Some(ProxyProtocol::V2),
+        health: Some(HealthSection {
+            interval: Some(Duration::from_millis(200)),
+            timeout: Some(Duration::from_millis(150)),
+            rise: Some(1),
+            ..HealthSection::default()
+        }),
+        ..tls_app("pp", listen, &[up], mutual())
+    };
+    let log = pki.serve(&config(admin, vec![app]), &[listen, admin]);
+
+    // Traffic: the upstream read the header (client, SNI, identity), then
+    // completed mTLS with tlb's certificate.
+    let opts = pki.client(listen);
+    let (greeting, echo) =
+        greeted(&opts, "both\n").unwrap_or_else(|e| panic!("PROXY + mTLS exchange: {e}\n{}", read(&log)));
+    assert!(greeting.starts_with("ppmtls client=127.0.0.1:"), "{greeting}");
+    assert!(
+        greeting.ends_with(" sni=localhost identity=client1 tls_sni=- tls_client=tlb-lb"),
+        "{greeting}"
+    );
+    assert_eq!(echo, "both\n");
+
+    // Health checks: a LOCAL header, then the TLS handshake, accepted.
+    wait_until("a passing TLS check after a LOCAL header", CMD, || {
+        state(admin, "pp", up)["last_check"]["ok"] == true
+    });
+    let up_log = read(&pki.path().join("ppmtls.log"));
+    assert!(
+        !up_log.contains("connection refused: no PROXY") && !up_log.contains("malformed"),
+        "{up_log}"
+    );
+    assert!(!up_log.contains("TLS handshake failed"), "{up_log}");
 }

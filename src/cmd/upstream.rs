@@ -27,7 +27,8 @@ pub struct Args {
     /// Name; with --count N > 1 the servers are <name>1..<name>N.
     #[arg(long, default_value = "up")]
     pub name: String,
-    /// Send a first line `<name> client=<addr> sni=- identity=-` on each connection.
+    /// Send a first line `<name> client=<addr> sni=<sni> identity=<id>` on each
+    /// connection (from the PROXY header with --proxy-protocol, else `-`).
     #[arg(long)]
     pub greet: bool,
     /// Serve over TLS with --cert and --key (a server certificate, e.g. from
@@ -47,6 +48,10 @@ pub struct Args {
     /// With --tls and --ca: refuse clients without a valid certificate (mTLS).
     #[arg(long)]
     pub require_client_cert: bool,
+    /// Require a PROXY protocol header (v1 or v2, within 5 s) on each
+    /// connection; one without a valid one is logged and closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Worker threads, 0-1024 (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
@@ -92,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
                 name,
                 greet: args.greet,
                 tls: tls.clone(),
+                proxy_protocol: args.proxy_protocol,
             };
             let rx = stop_rx.clone();
             let ex2 = ex.clone();

@@ -415,6 +415,7 @@ impl Echo {
             name: name.to_string(),
             greet: true,
             tls: None,
+            proxy_protocol: false,
         };
         let thread = std::thread::spawn(move || {
             let ex = std::sync::Arc::new(smol::Executor::new());

@@ -242,6 +242,25 @@ pub struct UpstreamAddr {
     pub addr: SocketAddr,
 }
 
+/// `proxy_protocol`: which PROXY protocol header upstreams receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// `"v1"`: the text header, addresses only.
+    V1,
+    /// `"v2"`: the binary header with the TLS and identity TLVs.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// As written in `tlb.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
 /// `[[app]]`: a group of upstreams reached through one listener (+ SNI).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
@@ -250,7 +269,12 @@ pub struct App {
     /// Lower-cased SNI names; empty = the listener's default app.
     pub server_names: Vec<String>,
     pub upstreams: Vec<UpstreamAddr>,
-    pub proxy_protocol: bool,
+    /// The PROXY protocol header sent first on every upstream connection
+    /// (`None`: none).
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// With [`ProxyProtocol::V2`]: the client certificate (DER) goes in the
+    /// header too (TLV 0xE2).
+    pub proxy_protocol_cert: bool,
     pub mode: AppMode,
     pub health: Option<HealthSettings>,
     pub upstream_tls: Option<UpstreamTls>,

@@ -93,8 +93,9 @@ pub(crate) struct RawApp {
     pub(crate) server_names: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub(crate) upstreams: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    pub(crate) proxy_protocol: bool,
+    /// Any TOML value, so that `true` gets an error saying what to write.
+    pub(crate) proxy_protocol: Option<Spanned<toml::Value>>,
+    pub(crate) proxy_protocol_cert: Option<Spanned<bool>>,
     pub(crate) mode: Option<Spanned<String>>,
     pub(crate) health: Option<Spanned<RawHealth>>,
     pub(crate) upstream_tls: Option<Spanned<RawUpstreamTls>>,

@@ -331,7 +331,9 @@ fn write_app(a: &AppSection, out: &mut Out) {
             key("server_names", a.server_names.as_deref().map(strings))
                 .doc("SNI names that select this app on a shared listener"),
             key("upstreams", Some(strings(&a.upstreams))),
-            key("proxy_protocol", a.proxy_protocol.map(|b| b.to_string())),
+            key("proxy_protocol", a.proxy_protocol.map(|v| string(v.as_str())))
+                .doc("a PROXY protocol header to the upstreams: \"v2\" (or \"v1\")"),
+            key("proxy_protocol_cert", a.proxy_protocol_cert.map(|b| b.to_string())),
             key(
                 "mode",
                 a.mode.map(|m| {

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::core::config::model::{AppMode, Limits, Timeouts, TlsVersion};
+use crate::core::config::model::{AppMode, Limits, ProxyProtocol, Timeouts, TlsVersion};
 
 /// A `tlb.toml` under construction; [`ConfigWriter::render`] makes its text.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -223,7 +223,8 @@ pub struct AppSection {
     pub server_names: Option<Vec<String>>,
     /// `HOST:PORT`s.
     pub upstreams: Vec<String>,
-    pub proxy_protocol: Option<bool>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    pub proxy_protocol_cert: Option<bool>,
     pub mode: Option<AppMode>,
     pub health: Option<HealthSection>,
     pub upstream_tls: Option<UpstreamTlsSection>,
@@ -238,6 +239,7 @@ impl AppSection {
             server_names: None,
             upstreams: upstreams.into_iter().map(|u| u.to_string()).collect(),
             proxy_protocol: None,
+            proxy_protocol_cert: None,
             mode: None,
             health: None,
             upstream_tls: None,

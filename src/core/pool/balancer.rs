@@ -26,6 +26,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_lite::AsyncWriteExt;
 use tracing::warn;
 
 use crate::core::pool::policy::HealthPolicy;
@@ -189,7 +190,14 @@ impl Balancer {
     /// toward the upstream's `fall`; when no upstream is UP the refusal is
     /// immediate; the balancer's own resource errors are
     /// [`ConnectError::LocalResource`], never the upstream's fault.
-    pub async fn connect(&self, budget: Duration) -> Result<(UpstreamGuard, UpstreamStream), ConnectError> {
+    /// `preamble` (a PROXY protocol header, or nothing) is written in plain
+    /// on each attempt's connection before anything else: a failed write is
+    /// a failed attempt.
+    pub async fn connect(
+        &self,
+        budget: Duration,
+        preamble: &[u8],
+    ) -> Result<(UpstreamGuard, UpstreamStream), ConnectError> {
         const MAX_ATTEMPTS: usize = 3;
         let now = self.clock.instant();
         let deadline = now
@@ -213,7 +221,7 @@ impl Balancer {
             let share = left / u32::try_from(later + 1).unwrap_or(1);
             // A half-open trial gets at most a third of the budget.
             let limit = if guard.is_trial() { share.min(budget / 3) } else { share };
-            let reason = match self.attempt(&up, limit).await {
+            let reason = match self.attempt(&up, limit, preamble).await {
                 Ok(s) => {
                     self.connected(&guard);
                     return Ok((guard, s));
@@ -234,18 +242,33 @@ impl Balancer {
     }
 
     /// One attempt on `up` within `limit` (a real timer): the TCP connect,
-    /// then, with `[app.upstream_tls]`, the TLS handshake in what is left.
-    async fn attempt(&self, up: &Upstream, limit: Duration) -> Result<UpstreamStream, AttemptError> {
+    /// `preamble` in plain, then, with `[app.upstream_tls]`, the TLS
+    /// handshake in what is left.
+    async fn attempt(&self, up: &Upstream, limit: Duration, preamble: &[u8]) -> Result<UpstreamStream, AttemptError> {
         let started = std::time::Instant::now();
-        let tcp = match timeout(limit, TcpConn::connect(up.addr)).await {
+        let mut tcp = match timeout(limit, TcpConn::connect(up.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if is_local_error(&e) => return Err(AttemptError::Local(describe_io(&e))),
             Ok(Err(e)) => return Err(AttemptError::Upstream(describe_io(&e))),
             Err(_) => return Err(AttemptError::Upstream(format!("connect timed out after {limit:?}"))),
         };
-        // Seam for bytes that must precede TLS, in plain, on every attempt
-        // (a PROXY protocol v2 header): write them to `tcp` here, before
-        // the handshake, within the same `limit`.
+        if !preamble.is_empty() {
+            let left = limit.saturating_sub(started.elapsed());
+            match timeout(left, tcp.write_all(preamble)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(AttemptError::Upstream(format!(
+                        "writing the PROXY header: {}",
+                        describe_io(&e)
+                    )));
+                }
+                Err(_) => {
+                    return Err(AttemptError::Upstream(format!(
+                        "writing the PROXY header: not done within {limit:?} of the connect"
+                    )));
+                }
+            }
+        }
         let Some(tls) = &self.tls else {
             return Ok(UpstreamStream::Plain(tcp));
         };

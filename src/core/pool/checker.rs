@@ -1,5 +1,6 @@
-//! Active health checks: the probe (a TCP connect, or send/expect; over
-//! TLS with the app's `[app.upstream_tls]`, a failed handshake failing the
+//! Active health checks: the probe (a TCP connect, or send/expect; after
+//! the app's PROXY `LOCAL` header when it sends PROXY headers; over TLS
+//! with the app's `[app.upstream_tls]`, a failed handshake failing the
 //! check with its reason) and the
 //! per-upstream loop that runs it every `interval` and hands each result to
 //! the upstream's health state machine.
@@ -33,17 +34,24 @@ const MAX_CHECK_READ: usize = 16 * 1024;
 /// alert comes one round trip later, on the first read.
 const LATE_ALERT_GRACE: Duration = Duration::from_millis(500);
 
-/// One active check: connect (and, with `[app.upstream_tls]`, complete the
-/// TLS handshake with the same settings as the data path); with `send`,
+/// One active check: connect; write `preamble` (the app's PROXY `LOCAL`
+/// header, or nothing) in plain; with `[app.upstream_tls]`, complete the
+/// TLS handshake with the same settings as the data path; with `send`,
 /// write it; with `expect`, read until those bytes appear. Bounded by
 /// `settings.timeout`.
 pub async fn probe(
     upstream: &Upstream,
     tls: Option<&UpstreamTlsClient>,
     settings: &HealthSettings,
+    preamble: &[u8],
 ) -> Result<(), CheckFailure> {
     let run = async {
-        let tcp = TcpConn::connect(upstream.addr).await.map_err(|e| io_failure("", &e))?;
+        let mut tcp = TcpConn::connect(upstream.addr).await.map_err(|e| io_failure("", &e))?;
+        if !preamble.is_empty() {
+            tcp.write_all(preamble)
+                .await
+                .map_err(|e| io_failure("sending the PROXY header: ", &e))?;
+        }
         let mut conn = match tls {
             None => UpstreamStream::Plain(tcp),
             Some(t) => UpstreamStream::Tls(Box::new(t.handshake(tcp, &upstream.name).await.map_err(|e| {
@@ -142,21 +150,22 @@ fn io_failure(what: &str, e: &std::io::Error) -> CheckFailure {
     }
 }
 
-/// Checks `upstream` every `interval` forever (the caller cancels the task).
-/// The first check runs at once.
+/// Checks `upstream` every `interval` forever (the caller cancels the task),
+/// each check starting with `preamble`. The first check runs at once.
 pub async fn check_loop(
     app: Arc<str>,
     upstream: Arc<Upstream>,
     tls: Option<Arc<UpstreamTlsClient>>,
     policy: HealthPolicy,
     clock: Arc<dyn Clock>,
+    preamble: &'static [u8],
 ) {
     let Some(settings) = policy.active.clone() else {
         return;
     };
     loop {
         let began = clock.instant();
-        let result = probe(&upstream, tls.as_deref(), &settings).await;
+        let result = probe(&upstream, tls.as_deref(), &settings, preamble).await;
         let took = clock.instant().saturating_duration_since(began);
         if let Some(t) = upstream.health.check_result(&policy, result, took) {
             t.log(&app, &upstream.name);

@@ -1,6 +1,7 @@
 //! One client connection, start to end: the handshake (see
 //! [`handshake`](super::handshake)), then admission by the client's limits,
-//! connect to the least-loaded healthy upstream with retries, relay, close,
+//! connect to the least-loaded healthy upstream with retries, the app's
+//! PROXY header (see [`proxy_header`](super::proxy_header)), relay, close,
 //! and one access-log line.
 //!
 //! Promises: every network wait has a timeout (handshake, connect, idle);
@@ -36,6 +37,7 @@ use crate::core::proxy::generation::{AppRuntime, Generation};
 use crate::core::proxy::handshake::{ClientTls, DECODE_ERROR_ALERT, HandshakeFailure, Handshaken, handshake};
 use crate::core::proxy::linger::close_and_drain;
 use crate::core::proxy::outcome::{HandshakeFailureKind, Refusal};
+use crate::core::proxy::proxy_header;
 use crate::core::proxy::registry::{KillSignal, Open, Tracked};
 use crate::core::proxy::relay::{RelayEnd, Side, Transferred, relay};
 use crate::core::proxy::server::Server;
@@ -107,6 +109,7 @@ pub(super) async fn handle(
         peer,
         identity,
         listed: who.listed,
+        spiffe_id: who.uri.as_deref(),
         app: &app.name,
         upstream: None,
         sni: sni.as_deref(),
@@ -260,9 +263,15 @@ async fn proxy(
         Ok(slot) => slot,
         Err(r) => return Outcome::Refused(r),
     };
+    // The PROXY header, if the app sends one: written first on each
+    // connect attempt, in plain, before any upstream TLS.
+    let who = (log.peer, log.identity, log.spiffe_id, log.sni);
+    let Ok(header) = span.in_scope(|| proxy_header::header_for(app, tls, who)) else {
+        return Outcome::Refused(Refusal::UpstreamConnectFailed);
+    };
     let connected = app
         .balancer
-        .connect(timeouts.connect)
+        .connect(timeouts.connect, header.as_deref().unwrap_or_default())
         .instrument(span.clone())
         .await
         .map_err(refusal);
@@ -398,6 +407,8 @@ struct AccessLog<'a> {
     /// `identity` is a `[[client]]` (false: an unlisted client admitted
     /// in audit mode, under the shared `[defaults]` limits).
     listed: bool,
+    /// The URI SAN (SPIFFE ID) the identity was matched by, if it was.
+    spiffe_id: Option<&'a str>,
     app: &'a str,
     upstream: Option<Arc<Upstream>>,
     sni: Option<&'a str>,

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rustls::ServerConfig;
 use tracing::warn;
 
-use crate::core::config::{App, Config};
+use crate::core::config::{App, Config, ProxyProtocol};
 use crate::core::pool::balancer::{Balancer, Upstream};
 use crate::core::pool::policy::HealthPolicy;
 use crate::core::proxy::limiter::Limiter;
@@ -39,6 +39,10 @@ pub struct AppRuntime {
     pub gate: Arc<Gate>,
     /// Counters kept across reloads while the app keeps its name.
     pub stats: Arc<AppStats>,
+    /// The PROXY header its upstream connections (and checks) start with.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// With v2: the client certificate goes in the header.
+    pub proxy_protocol_cert: bool,
 }
 
 /// Apps reachable through one listener.
@@ -97,7 +101,6 @@ impl Generation {
         let mut apps = Vec::with_capacity(config.apps.len());
         let mut listeners: HashMap<SocketAddr, ListenerApps> = HashMap::new();
         for app in &config.apps {
-            refuse_unsupported(app)?;
             let (server_config, gate) = tls
                 .apps
                 .get(&app.name)
@@ -122,6 +125,8 @@ impl Generation {
                     .and_then(|p| p.app(&app.name))
                     .map(|a| a.stats.clone())
                     .unwrap_or_default(),
+                proxy_protocol: app.proxy_protocol,
+                proxy_protocol_cert: app.proxy_protocol_cert,
             });
             let entry = listeners.entry(app.listen).or_default();
             if app.server_names.is_empty() {
@@ -177,18 +182,6 @@ impl Generation {
             );
         }
     }
-}
-
-/// Parsed but not built yet: refuse rather than silently send no PROXY
-/// header to upstreams expecting one.
-fn refuse_unsupported(app: &App) -> Result<()> {
-    if app.proxy_protocol {
-        bail!(
-            "app {:?}: proxy_protocol = true is not supported by this version of tlb; remove it or set it to false",
-            app.name
-        );
-    }
-    Ok(())
 }
 
 /// Upstream states are kept across reloads when the app and address match,

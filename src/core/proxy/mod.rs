@@ -10,6 +10,7 @@
 //! - [`server`]: the balancer's state, reloads;
 //! - [`admission`]: the `[limits]` caps at accept;
 //! - [`handshake`]: the mTLS handshake, app chosen by SNI;
+//! - [`proxy_header`]: the PROXY protocol header sent to upstreams;
 //! - [`connection`]: one connection, accept to access log;
 //! - [`serve`]: [`Server::run`](server::Server::run), the accept loops and the drain.
 
@@ -21,6 +22,7 @@ pub mod limiter;
 pub mod linger;
 pub mod listener;
 pub mod outcome;
+pub mod proxy_header;
 pub mod registry;
 pub mod relay;
 pub mod serve;

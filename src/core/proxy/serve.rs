@@ -24,6 +24,7 @@ use crate::core::pool::checker;
 use crate::core::proxy::connection;
 use crate::core::proxy::generation::Generation;
 use crate::core::proxy::listener::Listener;
+use crate::core::proxy::proxy_header;
 use crate::core::proxy::server::Server;
 use crate::core::rt::timeout;
 
@@ -157,6 +158,7 @@ impl Server {
                         app.balancer.tls().cloned(),
                         policy.clone(),
                         self.clock().clone(),
+                        app.proxy_protocol.map_or(&[][..], proxy_header::health_check_header),
                     )));
                 }
             }

@@ -36,6 +36,12 @@ impl TcpConn {
         }
     }
 
+    /// The local end's address (for an accepted connection: the address
+    /// the peer reached).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+
     /// Connects to `addr` (no timeout: wrap the call in one).
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpConn> {
         Ok(TcpConn::new(Async::<TcpStream>::connect(addr).await?))

@@ -1,16 +1,24 @@
 //! Echo upstream servers (`tlb upstream`): everything received is sent
 //! back; a half-close from the peer is answered by a half-close after the
 //! echo. With `greet`, one line comes first:
-//! `<name> client=<addr> sni=- identity=-`. With `tls`, the echo runs over
-//! TLS (optionally mutual: see [`echo_tls_config`]), so tlb's
-//! `[app.upstream_tls]` can be tried on one machine, and the greeting ends
-//! with what this server saw of its TLS peer (tlb):
+//! `<name> client=<addr> sni=<sni> identity=<identity>`.
+//! With `proxy_protocol`, each connection must start with a PROXY v1 or v2
+//! header (read within [`PROXY_HEADER_TIMEOUT`], see
+//! [`proxy_read`](crate::core::tools::proxy_read), which never reads past
+//! the header); the greeting's client, SNI and identity are the header's
+//! (`-` where it has none), and a connection without a valid header is
+//! closed with one log line. With `tls`, the echo runs over TLS (after the
+//! PROXY header, if any; optionally mutual: see [`echo_tls_config`]), so
+//! tlb's `[app.upstream_tls]` can be tried on one machine, and the greeting
+//! ends with what this server saw of its TLS peer (tlb):
 //! ` tls_sni=<SNI or -> tls_client=<client certificate CN or ->`.
 //!
 //! Each connection is one task; memory per connection is one 16 KiB buffer
-//! (plus the TLS session's); a connection idle for 10 minutes, or whose TLS
-//! handshake is not done within 10 s, is closed.
+//! (plus the TLS session's, and while a PROXY header is read, at most that
+//! header); a connection idle for 10 minutes, or whose TLS handshake is not
+//! done within 10 s, is closed.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -21,28 +29,34 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use smol::{Async, Executor};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::core::config::TlsVersion;
 use crate::core::proxy::listener::Listener;
-use crate::core::rt::log::Throttle;
+use crate::core::rt::log::{Throttle, escaped};
 use crate::core::rt::net::TcpConn;
 use crate::core::rt::timeout;
 use crate::core::tls::identity::common_name;
 use crate::core::tls::load::{load_certified_key, load_roots_as};
 use crate::core::tls::suites::{provider, versions};
 use crate::core::tls::{describe_tls_error, load_certs, load_key};
+use crate::core::tools::proxy_read::{Received, read_header};
 
 /// How one echo server behaves.
 #[derive(Debug, Clone)]
 pub struct EchoOptions {
     /// Name used in the greeting and logs (`up1`...).
     pub name: String,
-    /// Send `<name> client=<addr> sni=... identity=...\n` first.
+    /// Send `<name> client=<addr> sni=<sni> identity=<identity>\n` first.
     pub greet: bool,
     /// Serve over TLS with this config ([`echo_tls_config`]); `None`: plain TCP.
     pub tls: Option<Arc<ServerConfig>>,
+    /// Require a PROXY protocol header (v1 or v2) on every connection.
+    pub proxy_protocol: bool,
 }
+
+/// A connection must deliver its whole PROXY header within this.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the client certificates of a TLS echo server are checked.
 #[derive(Debug, Clone, Copy)]
@@ -122,10 +136,20 @@ async fn bounded<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) -> std::io::Result<()> {
-    let conn = TcpConn::new(stream);
+    let mut conn = TcpConn::new(stream);
+    let header = if opts.proxy_protocol {
+        match read_header(&mut conn, PROXY_HEADER_TIMEOUT).await {
+            Ok(h) => Some(h),
+            Err(why) => {
+                warn!(name = %opts.name, %peer, "connection refused: {why}");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let line = greeting(&opts.name, peer, header.as_ref());
     let Some(tls) = &opts.tls else {
-        let mut conn = conn;
-        let line = format!("{} client={peer} sni=- identity=-\n", opts.name);
         return echo_on(&mut conn, opts.greet.then_some(line)).await;
     };
     let accept = futures_rustls::TlsAcceptor::from(tls.clone())
@@ -155,11 +179,23 @@ async fn echo(stream: Async<TcpStream>, peer: SocketAddr, opts: &EchoOptions) ->
         .and_then(|c| c.first())
         .and_then(|c| common_name(c))
         .unwrap_or_else(|| "-".into());
-    let line = format!(
-        "{} client={peer} sni=- identity=- tls_sni={sni} tls_client={identity}\n",
-        opts.name
-    );
+    let line = format!("{} tls_sni={sni} tls_client={identity}\n", line.trim_end_matches('\n'));
     echo_on(&mut s, opts.greet.then_some(line)).await
+}
+
+/// The greeting line: the client, SNI and identity a PROXY header names
+/// (the TCP peer as client when it names none, `-` for the others).
+fn greeting(name: &str, peer: SocketAddr, header: Option<&Received>) -> String {
+    let client = header.and_then(|h| h.source).unwrap_or(peer);
+    let sni = text(header.and_then(|h| h.sni.as_deref()));
+    let identity = text(header.and_then(|h| h.identity.as_deref()));
+    format!("{name} client={client} sni={sni} identity={identity}\n")
+}
+
+/// Header text for the greeting: escaped (and `-` when absent), so the
+/// line stays one line whatever the header says.
+fn text(v: Option<&str>) -> Cow<'_, str> {
+    v.map_or(Cow::Borrowed("-"), escaped)
 }
 
 /// After a refused handshake (the alert is sent): closes the write side and

@@ -173,6 +173,7 @@ impl Lab {
                             name: format!("up{}", i + 1),
                             greet,
                             tls: None,
+                            proxy_protocol: false,
                         };
                         let ex2 = ex.clone();
                         ex.spawn(async move {

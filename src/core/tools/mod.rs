@@ -1,7 +1,9 @@
-//! What stands a system up on one laptop and measures it: echo upstreams,
-//! the mTLS client, the load generator and the in-process lab.
+//! What stands a system up on one laptop and measures it: echo upstreams
+//! (and the PROXY header reader they use), the mTLS client, the load
+//! generator and the in-process lab.
 
 pub mod bench;
 pub mod client;
 pub mod echo;
 pub mod lab;
+pub mod proxy_read;

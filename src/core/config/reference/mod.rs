@@ -98,6 +98,8 @@ pub enum Kind {
     DnsName,
     /// A SPIFFE trust domain: `a-z`, `0-9`, `.`, `-`, `_`.
     TrustDomain,
+    /// `"v1"` or `"v2"` (PROXY protocol).
+    ProxyVersion,
 }
 
 impl Kind {
@@ -120,6 +122,7 @@ impl Kind {
             Kind::Uri => "URI string",
             Kind::DnsName => "DNS name",
             Kind::TrustDomain => "trust domain name",
+            Kind::ProxyVersion => "`\"v2\"` or `\"v1\"`",
         }
     }
 }

@@ -326,10 +326,21 @@ const APP: &[KeyDoc] = &[
     },
     KeyDoc {
         name: "proxy_protocol",
+        kind: ProxyVersion,
+        absent: Means("no header: upstreams see tlb's address as the client"),
+        example: r#""v2""#,
+        doc: "A PROXY protocol header sent first on every upstream connection, before any client byte: \
+              `\"v2\"` (binary, with the client's address, SNI, ALPN, TLS details and identity as TLVs) or \
+              `\"v1\"` (text, addresses only). Active health checks then send a `LOCAL` header first. See \
+              [PROXY protocol](#proxy-protocol).",
+    },
+    KeyDoc {
+        name: "proxy_protocol_cert",
         kind: Bool,
         absent: Is("false"),
-        example: "false",
-        doc: "`true` (send a PROXY protocol header to the upstreams) is **not built yet**: `tlb serve` refuses it.",
+        example: "true",
+        doc: "With `proxy_protocol = \"v2\"`: the client certificate (DER) goes in the header too (TLV `0xE2`). \
+              Refused without `\"v2\"`.",
     },
 ];
 
@@ -367,7 +378,8 @@ const HEALTH: &[KeyDoc] = &[
         kind: Text,
         absent: Is(r#""""#),
         example: r#""GET /health HTTP/1.0\r\n\r\n""#,
-        doc: "Sent after connecting. Empty, with `expect` empty too: the check is a TCP connect.",
+        doc: "Sent after connecting (and after the `LOCAL` header when the app has `proxy_protocol`). Empty, \
+              with `expect` empty too: the check is a TCP connect.",
     },
     KeyDoc {
         name: "expect",

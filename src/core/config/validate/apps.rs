@@ -13,7 +13,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use crate::core::config::error::ConfigError;
-use crate::core::config::model::{App, AppMode, UpstreamAddr};
+use crate::core::config::model::{App, AppMode, ProxyProtocol, UpstreamAddr};
 use crate::core::config::raw::RawApp;
 use crate::core::config::validate::app_tables;
 use crate::core::config::validate::ctx::Ctx;
@@ -79,6 +79,7 @@ fn app(
     })?;
     let upstreams = upstreams(&name, &raw.upstreams, app_span, &k, ctx)?;
     let (server_names, spans) = server_names(&raw, &k, ctx)?;
+    let (proxy_protocol, proxy_protocol_cert) = proxy_protocol(&raw, &k, ctx)?;
     let health = raw.health.map(|h| app_tables::health(h, &k, ctx)).transpose()?;
     let upstream_tls = raw
         .upstream_tls
@@ -90,7 +91,8 @@ fn app(
         listen,
         server_names,
         upstreams,
-        proxy_protocol: raw.proxy_protocol,
+        proxy_protocol,
+        proxy_protocol_cert,
         mode,
         health,
         upstream_tls,
@@ -109,6 +111,45 @@ fn mode(m: Option<&Spanned<String>>, k: &dyn Fn(&str) -> String, ctx: &Ctx<'_>) 
             format!("mode {other:?} is not known; write \"enforce\" (refuse, the default) or \"audit\" (admit and log would-be refusals)"),
         )),
     }
+}
+
+/// `proxy_protocol` (`"v1"`, `"v2"` or left out) and `proxy_protocol_cert`
+/// (only with `"v2"`: v1 has no room for a certificate).
+fn proxy_protocol(
+    raw: &RawApp,
+    k: &dyn Fn(&str) -> String,
+    ctx: &Ctx<'_>,
+) -> Result<(Option<ProxyProtocol>, bool), ConfigError> {
+    let version = match &raw.proxy_protocol {
+        None => None,
+        Some(v) => match v.get_ref().as_str() {
+            Some("v2") => Some(ProxyProtocol::V2),
+            Some("v1") => Some(ProxyProtocol::V1),
+            _ => {
+                let written = v.get_ref().to_string();
+                return Err(ctx.err(
+                    v.span(),
+                    k("proxy_protocol"),
+                    format!("proxy_protocol = {written} is not a PROXY protocol version; write proxy_protocol = \"v2\" (or \"v1\" for receivers that only read the text header), or leave it out for none"),
+                ));
+            }
+        },
+    };
+    let cert = match &raw.proxy_protocol_cert {
+        Some(c) if *c.get_ref() && version != Some(ProxyProtocol::V2) => {
+            let have = version.map_or("no proxy_protocol".to_string(), |v| {
+                format!("proxy_protocol = \"{}\"", v.as_str())
+            });
+            return Err(ctx.err(
+                c.span(),
+                k("proxy_protocol_cert"),
+                format!("proxy_protocol_cert = true needs proxy_protocol = \"v2\" (the certificate travels in a v2 TLV), but the app has {have}; set proxy_protocol = \"v2\" or remove proxy_protocol_cert"),
+            ));
+        }
+        Some(c) => *c.get_ref(),
+        None => false,
+    };
+    Ok((version, cert))
 }
 
 /// `upstreams` of app `name`: present, not empty, each resolved, none twice.
