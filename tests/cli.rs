@@ -7,10 +7,8 @@
 //! when a test ends, however it ends.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use tlb::core::config::writer::{
@@ -128,45 +126,6 @@ fn serve_reports_a_missing_config_file() {
     assert!(line.contains("tlb pki init"), "{line}");
 }
 
-/// Waits until `addr` accepts TCP connections, failing early if `child` exits.
-fn wait_listening(addr: &str, child: &mut ChildGuard, logs: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.child.try_wait() {
-            panic!(
-                "{} exited ({status}) before listening on {addr}; log:\n{}",
-                child.name,
-                fs::read_to_string(logs).unwrap_or_default()
-            );
-        }
-        if TcpStream::connect_timeout(&addr.parse().expect("an address"), Duration::from_secs(1)).is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} not listening within 30 s; log:\n{}",
-            fs::read_to_string(logs).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Starts `tlb ARGS` with stdout and stderr going to `log`.
-fn start(name: &str, args: &[&str], dir: &Path, log: &Path) -> ChildGuard {
-    let file = fs::File::create(log).expect("log file");
-    let file2 = file.try_clone().expect("log file");
-    ChildGuard::spawn(
-        name,
-        Command::new(tlb_bin())
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(file2)),
-    )
-}
-
 /// `tlb upstream --count 3 --greet` and `tlb serve` on the config `tlb pki
 /// init` wrote in `d`, moved to free ports; their output goes to files.
 struct System {
@@ -197,13 +156,13 @@ fn start_system(d: &Path) -> System {
 
     let up_log = d.join("upstream.log");
     let serve_log = d.join("serve.log");
-    let mut upstream = start(
+    let mut upstream = start_logged(
         "tlb upstream",
         &["upstream", "--count", "3", "--listen", &ups[0], "--greet"],
         d,
         &up_log,
     );
-    let mut serve = start("tlb serve", &["serve", "--config", path_str(&config)], d, &serve_log);
+    let mut serve = start_logged("tlb serve", &["serve", "--config", path_str(&config)], d, &serve_log);
     for u in &ups {
         wait_listening(u, &mut upstream, &up_log);
     }
@@ -320,7 +279,7 @@ fn serve_json_logs_each_health_change_once_and_serves_admin() {
 
     let up_log = d.join("upstream.log");
     let serve_log = d.join("serve.log");
-    let mut upstream = start(
+    let mut upstream = start_logged(
         "tlb upstream",
         &["upstream", "--count", "2", "--listen", &ups[0], "--greet"],
         d,
@@ -330,14 +289,14 @@ fn serve_json_logs_each_health_change_once_and_serves_admin() {
     for u in &ups {
         wait_listening(u, &mut upstream, &up_log);
     }
-    let mut serve = start(
+    let mut serve = start_logged(
         "tlb serve",
         &["--log-format", "json", "serve", "--config", path_str(&config)],
         d,
         &serve_log,
     );
     wait_listening(&listen, &mut serve, &serve_log);
-    wait_listening(&admin.to_string(), &mut serve, &serve_log);
+    wait_listening(admin, &mut serve, &serve_log);
     assert_eq!(http_get(admin, "/healthz").0, 200);
 
     let out = tlb(

@@ -50,25 +50,9 @@ fn other_ca(dir: &Path) -> Pki {
     pki
 }
 
-/// Client options for the lab's server with certificate `cn` of `pki`
-/// (another CA than the lab's, possibly).
+/// Client options for the lab's server with certificate `cn` of `pki`.
 fn client_of(lab: &Lab, pki: &Pki, cn: &str) -> ClientOptions {
-    client_resuming(lab, pki, cn, false)
-}
-
-/// [`client_of`], with resumption on or off.
-fn client_resuming(lab: &Lab, pki: &Pki, cn: &str, resumption: bool) -> ClientOptions {
-    let (cert, key) = pki.client(cn);
-    let mut opts = lab.client(None).expect("client options");
-    opts.tls = tlb::core::tls::client_config(&tlb::core::tls::ClientTlsFiles {
-        ca: &lab.pki.ca_cert(),
-        cert: Some(&cert),
-        key: Some(&key),
-        allow_tls12: false,
-        resumption,
-    })
-    .expect("client config");
-    opts
+    client_with_cert_of(lab, pki, cn, false)
 }
 
 fn uri_client(name: &str, uri: &str) -> ClientSection {
@@ -155,9 +139,9 @@ fn audit_denied(lab: &Lab) -> u64 {
     app.stats.audit_denied.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-#[test]
-fn uri_dns_and_cn_entries_each_admit_their_own_identity_only() {
-    let lab = identity_lab(
+/// Entries of each kind: `api` by URI, `web` by DNS, `client1` by CN.
+fn three_kinds_lab() -> Lab {
+    identity_lab(
         AppMode::Enforce,
         vec![
             uri_client("api", PROD_API),
@@ -165,7 +149,12 @@ fn uri_dns_and_cn_entries_each_admit_their_own_identity_only() {
             ClientSection::new("client1", ["echo"]),
         ],
         vec![],
-    );
+    )
+}
+
+#[test]
+fn uri_dns_and_cn_entries_each_admit_their_own_identity_only() {
+    let lab = three_kinds_lab();
     let pki = &lab.pki;
     issue(pki, "svc-a", &[San::Uri(PROD_API.into())]);
     issue(pki, "svc-b", &[San::Dns("Web.Internal".into())]);
@@ -206,27 +195,11 @@ fn uri_dns_and_cn_entries_each_admit_their_own_identity_only() {
 
 #[test]
 fn a_certificate_matching_two_entries_is_refused_not_picked() {
-    let lab = identity_lab(
-        AppMode::Enforce,
-        vec![
-            uri_client("api", PROD_API),
-            dns_client("web", "web.internal"),
-            ClientSection::new("client1", ["echo"]),
-        ],
-        vec![],
-    );
+    let lab = three_kinds_lab();
     let pki = &lab.pki;
     issue(pki, "both-uri-cn", &[San::Uri(PROD_API.into())]);
     // CN client1 (an entry) plus the URI of another entry.
-    pki.issue_with_sans(
-        "client1",
-        Role::Client,
-        KeyType::EcdsaP256,
-        validity(30),
-        true,
-        &[San::Uri(PROD_API.into())],
-    )
-    .expect("client1 with a URI");
+    issue(pki, "client1", &[San::Uri(PROD_API.into())]);
     issue(
         pki,
         "both-sans",
@@ -449,7 +422,7 @@ fn resumed_echo(opts: &ClientOptions) -> Result<bool, ClientError> {
 fn a_uri_identity_resumes_only_while_the_gate_admits_it() {
     let lab = identity_lab(AppMode::Enforce, vec![uri_client("api", PROD_API)], vec![]);
     issue(&lab.pki, "svc-a", &[San::Uri(PROD_API.into())]);
-    let opts = client_resuming(&lab, &lab.pki, "svc-a", true);
+    let opts = client_with_cert_of(&lab, &lab.pki, "svc-a", true);
     assert!(
         !resumed_echo(&opts).expect("full handshake"),
         "the first is a full handshake"

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -106,7 +106,7 @@ impl Pki {
         .collect::<Vec<_>>();
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("{name}.log"));
-        let mut child = start(&format!("tlb upstream {name}"), &args, self.path(), &log);
+        let mut child = start_logged(&format!("tlb upstream {name}"), &args, self.path(), &log);
         wait_listening(addr, &mut child, &log);
         self.children.push(child);
         addr
@@ -117,7 +117,7 @@ impl Pki {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let args = ["upstream", "--listen", &addr.to_string(), "--name", name, "--greet"].map(String::from);
         let log = self.path().join(format!("{name}.log"));
-        let mut child = start(&format!("tlb upstream {name}"), &args, self.path(), &log);
+        let mut child = start_logged(&format!("tlb upstream {name}"), &args, self.path(), &log);
         wait_listening(addr, &mut child, &log);
         self.children.push(child);
         addr
@@ -130,7 +130,7 @@ impl Pki {
         fs::write(&path, config).expect("writing the config");
         let log = self.path().join("serve.log");
         let args = ["serve", "--config", &path.display().to_string()].map(String::from);
-        let mut child = start("tlb serve", &args, self.path(), &log);
+        let mut child = start_logged("tlb serve", &args, self.path(), &log);
         for l in listens {
             wait_listening(*l, &mut child, &log);
         }
@@ -157,41 +157,6 @@ impl Pki {
             T,
         )
         .expect("client options")
-    }
-}
-
-/// Starts `tlb ARGS` with stdout and stderr going to `log`.
-fn start(name: &str, args: &[String], dir: &Path, log: &Path) -> ChildGuard {
-    let file = fs::File::create(log).expect("log file");
-    let file2 = file.try_clone().expect("log file");
-    ChildGuard::spawn(
-        name,
-        Command::new(tlb_bin())
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(file2)),
-    )
-}
-
-/// Waits until `addr` accepts TCP connections, failing early if `child` exits.
-fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) {
-    let deadline = Instant::now() + CMD;
-    loop {
-        if let Ok(Some(status)) = child.child.try_wait() {
-            panic!(
-                "{} exited ({status}) before listening on {addr}; log:\n{}",
-                child.name,
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{addr} not listening within {CMD:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -512,17 +512,7 @@ pub fn foreign_client(lab: &Lab) -> (ClientOptions, tempfile::TempDir) {
             force: false,
         })
         .expect("foreign PKI");
-    let (cert, key) = foreign.client("client1");
-    let mut opts = lab.client(None).expect("client options");
-    opts.tls = tlb::core::tls::client_config(&tlb::core::tls::ClientTlsFiles {
-        ca: &lab.pki.ca_cert(),
-        cert: Some(&cert),
-        key: Some(&key),
-        allow_tls12: false,
-        resumption: false,
-    })
-    .expect("client config");
-    (opts, dir)
+    (client_with_cert_of(lab, &foreign, "client1", false), dir)
 }
 
 // ---------------------------------------------------------------------------
@@ -657,4 +647,65 @@ pub fn tls12_only(lab: &tlb::core::tools::lab::Lab, client: &str) -> tlb::core::
     let mut o = lab.client(Some(client)).expect("client options");
     o.tls = std::sync::Arc::new(cfg);
     o
+}
+
+// ---------------------------------------------------------------------------
+// Child processes whose output goes to a log file
+
+/// Starts `tlb ARGS` in `dir` with stdout and stderr going to `log`.
+pub fn start_logged<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S], dir: &Path, log: &Path) -> ChildGuard {
+    let file = std::fs::File::create(log).expect("log file");
+    let file2 = file.try_clone().expect("log file");
+    ChildGuard::spawn(
+        name,
+        Command::new(tlb_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(file))
+            .stderr(std::process::Stdio::from(file2)),
+    )
+}
+
+/// Waits (30 s at most) until `addr` accepts TCP connections, failing
+/// early, with `log`, if `child` exits.
+pub fn wait_listening(addr: impl std::fmt::Display, child: &mut ChildGuard, log: &Path) {
+    let addr: SocketAddr = addr.to_string().parse().expect("an IP:PORT address");
+    let limit = Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            panic!(
+                "{} exited ({status}) before listening on {addr}; log:\n{}",
+                child.name,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} not listening within {limit:?}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Client options for `lab`'s server (trusting its CA, SNI `localhost`)
+/// with client certificate `cn` of `pki`, which may be another CA's.
+pub fn client_with_cert_of(lab: &Lab, pki: &tlb::core::pki::Pki, cn: &str, resumption: bool) -> ClientOptions {
+    let (cert, key) = pki.client(cn);
+    let mut opts = lab.client(None).expect("client options");
+    opts.tls = tlb::core::tls::client_config(&tlb::core::tls::ClientTlsFiles {
+        ca: &lab.pki.ca_cert(),
+        cert: Some(&cert),
+        key: Some(&key),
+        allow_tls12: false,
+        resumption,
+    })
+    .expect("client config");
+    opts
 }
