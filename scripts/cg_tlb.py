@@ -162,7 +162,7 @@ def one_run(binary, loader, work, port, cfg, fig, secs, tag):
     ir = None
     with open(cgout) as f:
         for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
+            if line.startswith("summary:"):  # = callgrind_annotate's PROGRAM TOTALS
                 ir = int(line.split()[1])
     res["ir"] = ir
     if fig == "resumed":
