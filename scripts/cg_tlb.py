@@ -40,7 +40,8 @@ Needs: Linux, valgrind, taskset. Both builds must accept the variant's config.
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_seconds, free_port, log, port_free, stop, write_tlb_config  # noqa: E402
+from benchlib import (apply_variant, cpu_seconds, free_port, log, port_free, stop, upstream_flags,  # noqa: E402
+                      write_tlb_config)
 
 FIGS = ["handshake", "resumed", "rr", "stream"]
 
@@ -85,22 +86,10 @@ def setup(work, loader, variant):
     port = free_port()
     cfg = f"{work}/tlb-{variant}.toml"
     write_tlb_config(work, port, ups, path=cfg, preauth_caps=False)
-    text = open(cfg).read()
     # valgrind is ~50x slower: upstream connects must not time out.
-    text = text.replace("[timeouts]\n", '[timeouts]\nconnect = "20s"\n', 1)
-    app_end = text.index("\n[[client]]")
-    extra = ""
-    if variant == "pp2":
-        extra = 'proxy_protocol = "v2"\n'
-    elif variant == "utls":
-        extra = f'[app.upstream_tls]\nca = {json.dumps(pki + "/ca.crt")}\nserver_name = "up"\n'
-    text = text[:app_end] + "\n" + extra.rstrip("\n") + text[app_end:] if extra else text
-    open(cfg, "w").write(text)
-    cmd = ["taskset", "-c", "1", loader, "upstream", "--listen", ups[0], "--count", "3", "--greet", "--threads", "1"]
-    if variant == "pp2":
-        cmd.append("--proxy-protocol")
-    elif variant == "utls":
-        cmd += ["--tls", "--cert", f"{pki}/servers/up.crt", "--key", f"{pki}/servers/up.key"]
+    apply_variant(cfg, variant, pki, connect_timeout="20s")
+    cmd = ["taskset", "-c", "1", loader, "upstream", "--listen", ups[0], "--count", "3", "--greet",
+           "--threads", "1"] + upstream_flags(variant, pki)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = time.time() + 10
     while not all(listening(up + i) for i in range(3)):
