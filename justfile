@@ -30,3 +30,9 @@ bench-vs-haproxy *ARGS:
 # just bench-ab /tmp/tlb.before target/dist/tlb
 bench-ab A B *ARGS:
     python3 scripts/ab_tlb.py --a {{A}} --b {{B}} {{ARGS}}
+
+# Instruction counts (callgrind) of two builds per handshake/resumed/request/GiB:
+# just cg /tmp/tlb.before target/dist/tlb [--figures handshake] [--variant pp2]
+# One build, variants side by side: just cg X X --variants plain,pp2,utls --figures handshake
+cg A B *ARGS:
+    python3 scripts/cg_tlb.py --a {{A}} --b {{B}} {{ARGS}}

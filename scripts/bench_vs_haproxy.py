@@ -16,13 +16,27 @@ Figures (all independent of how fast the loader is):
                     minus the same run straight to an upstream (plain TCP)
   held_ok           connections held at once without error (ramp up to --max-held)
 
+--variant (issue 12) sets what both balancers do toward the upstreams:
+  plain  plain TCP (the default)
+  pp2    a PROXY protocol v2 header first: HAProxy `send-proxy-v2-ssl-cn`,
+         tlb `proxy_protocol = "v2"`; upstreams `tlb upstream --proxy-protocol`
+  utls   TLS with verification: HAProxy `ssl verify required ca-file CA
+         sni str(up) verifyhost up`, tlb `[app.upstream_tls] ca = CA,
+         server_name = "up"`; upstreams `tlb upstream --tls` with a
+         `tlb pki issue up --server` certificate
+--only-conn measures cpu_ms_per_conn alone (the figure the variants change;
+implied by pp2 and utls).
+--tlb BIN benchmarks that binary (it is also the loader and the upstreams).
+
 Usage: scripts/bench_vs_haproxy.py [--rounds 3] [--duration 10] [--out bench-results]
+           [--variant plain|pp2|utls] [--only-conn] [--tlb BIN]
 Needs: Linux, taskset (util-linux), haproxy (installed from Debian if missing, as root).
 """
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 from benchlib import (  # noqa: F401  (shared with ab_tlb.py)
-    ROOT, TLB, CLK, bench, cpu_during, cpu_seconds, free_port, log, port_free, rss_kib, start_upstreams, stop, wait_port, write_tlb_config)
+    ROOT, TLB, CLK, apply_variant, bench, cpu_during, cpu_seconds, free_port, log, port_free, rss_kib, start_upstreams, stop, upstream_flags, wait_port,
+    write_tlb_config)
 
 
 def ensure_haproxy():
@@ -41,13 +55,21 @@ def measure(name, start, port, work, args, direct):
         wait_port(port)
         pid = proc.pid
         r = {}
+        if args.only_conn:
+            bench(work, port, "rr", 1, 1, loader=args.tlb)  # warm-up
+            cpu, b = cpu_during(pid, lambda: bench(work, port, "handshake", 16, args.duration, loader=args.tlb))
+            r["conns"] = b["handshakes"]
+            r["errors"] = sum(b["errors"].values())
+            r["cpu_ms_per_conn"] = cpu * 1000 / max(b["handshakes"], 1)
+            log(f"  {name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+            return r
         # 1. RSS per idle connection (first, on a fresh process: an allocator
         #    keeps freed pages, so a second run would read a delta of zero).
-        bench(work, port, "rr", 1, 1)  # warm-up: one connection's worth of state
+        bench(work, port, "rr", 1, 1, loader=args.tlb)  # warm-up: one connection's worth of state
         base = rss_kib(pid)
         n = args.idle
         ramp = n / 1000  # opened at 1,000/s
-        p = subprocess.Popen(["taskset", "-c", "1", TLB, "bench", "--target", f"127.0.0.1:{port}",
+        p = subprocess.Popen(["taskset", "-c", "1", args.tlb, "bench", "--target", f"127.0.0.1:{port}",
                               "--cert", "client1", "--pki", os.path.join(work, "pki"), "--mode", "idle",
                               "--connections", str(n), "--rate", "1000", "--duration", f"{ramp + 9:.0f}s",
                               "--threads", "1"],
@@ -57,16 +79,16 @@ def measure(name, start, port, work, args, direct):
         p.wait(timeout=60)
         r["rss_kib_per_idle"] = (held - base) / n
         # 2. CPU per new connection.
-        cpu, b = cpu_during(pid, lambda: bench(work, port, "handshake", 16, args.duration))
+        cpu, b = cpu_during(pid, lambda: bench(work, port, "handshake", 16, args.duration, loader=args.tlb))
         r["conns"] = b["handshakes"]
         r["cpu_ms_per_conn"] = cpu * 1000 / max(b["handshakes"], 1)
         # 3. CPU per GiB echoed.
-        cpu, b = cpu_during(pid, lambda: bench(work, port, "stream", 1, args.duration, ["--size", "65536"]))
+        cpu, b = cpu_during(pid, lambda: bench(work, port, "stream", 1, args.duration, ["--size", "65536"], loader=args.tlb))
         gib = b["bytes_echoed"] / 2**30
         r["gib_echoed"] = gib
         r["cpu_s_per_gib"] = cpu / max(gib, 1e-9)
         # 4. Added latency on an established connection.
-        b = bench(work, port, "rr", 1, args.duration)
+        b = bench(work, port, "rr", 1, args.duration, loader=args.tlb)
         r["rr_p50_us"] = b["request_latency"]["p50_us"]
         r["rr_p99_us"] = b["request_latency"]["p99_us"]
         r["added_p50_us"] = r["rr_p50_us"] - direct["request_latency"]["p50_us"]
@@ -74,7 +96,7 @@ def measure(name, start, port, work, args, direct):
         # 5. Connections held at once: ramp at a rate both balancers sustain
         #    (this measures capacity, not handshake speed).
         secs = args.max_held // args.ramp_rate + 8
-        b = bench(work, port, "idle", args.max_held, secs, ["--rate", str(args.ramp_rate)])
+        b = bench(work, port, "idle", args.max_held, secs, ["--rate", str(args.ramp_rate)], loader=args.tlb)
         r["held_ok"] = b["requests"]
         r["held_errors"] = sum(b["errors"].values())
         log(f"  {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
@@ -91,12 +113,18 @@ def main():
     ap.add_argument("--max-held", type=int, default=9000)
     ap.add_argument("--ramp-rate", type=int, default=300, help="new connections/s while ramping the held test")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
+    ap.add_argument("--variant", default="plain", choices=["plain", "pp2", "utls"])
+    ap.add_argument("--only-conn", action="store_true", help="cpu_ms_per_conn only")
+    ap.add_argument("--tlb", default=TLB, help="tlb binary (default target/dist/tlb, built if missing)")
     args = ap.parse_args()
-    if not os.path.exists(TLB):
+    if args.tlb == TLB and not os.path.exists(TLB):
         subprocess.run(["cargo", "build", "--profile", "dist"], cwd=ROOT, check=True)
+    TLB_ = args.tlb
+    if args.variant != "plain":
+        args.only_conn = True  # the other figures' direct-to-upstream baselines need plain upstreams
     ensure_haproxy()
     hv = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    log(f"tlb: {TLB}\nhaproxy: {hv}")
+    log(f"tlb: {TLB_}\nhaproxy: {hv}\nvariant: {args.variant}")
     work = tempfile.mkdtemp(prefix="tlb-vs-haproxy-")
     procs = []
 
@@ -108,13 +136,18 @@ def main():
 
     signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
     try:
-        subprocess.run([TLB, "pki", "init", "--dir", f"{work}/pki", "--config", f"{work}/unused.toml",
+        subprocess.run([TLB_, "pki", "init", "--dir", f"{work}/pki", "--config", f"{work}/unused.toml",
                         "--clients", "client1"], check=True, stdout=subprocess.DEVNULL)
-        ups_proc, ups = start_upstreams(TLB, work)
+        subprocess.run([TLB_, "pki", "issue", "up", "--server", "--dir", f"{work}/pki"], check=True,
+                       stdout=subprocess.DEVNULL)
+        ups_proc, ups = start_upstreams(TLB_, work, upstream_flags(args.variant, f"{work}/pki"))
         procs.append(ups_proc)
         up = int(ups[0].rsplit(":", 1)[1])
         tlb_port, hap_port = free_port(), free_port()
         write_tlb_config(work, tlb_port, ups)
+        apply_variant(f"{work}/tlb.toml", args.variant, f"{work}/pki")
+        srv_opts = {"plain": "", "pp2": " send-proxy-v2-ssl-cn",
+                    "utls": f" ssl verify required ca-file {work}/pki/ca.crt sni str(up) verifyhost up"}[args.variant]
         with open(f"{work}/haproxy.pem", "w") as f:
             f.write(open(f"{work}/pki/server.crt").read() + open(f"{work}/pki/server.key").read())
         with open(f"{work}/haproxy.cfg", "w") as f:
@@ -132,10 +165,10 @@ frontend fe
     default_backend be
 backend be
     balance leastconn
-''' + "".join(f"    server up{i + 1} {u}\n" for i, u in enumerate(ups)))
+''' + "".join(f"    server up{i + 1} {u}{srv_opts}\n" for i, u in enumerate(ups)))
         subprocess.run(["haproxy", "-c", "-f", f"{work}/haproxy.cfg"], check=True, stdout=subprocess.DEVNULL)
         def start_tlb():
-            p = subprocess.Popen(["taskset", "-c", "0", TLB, "serve", "--config", f"{work}/tlb.toml", "--threads", "1"],
+            p = subprocess.Popen(["taskset", "-c", "0", TLB_, "serve", "--config", f"{work}/tlb.toml", "--threads", "1"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(p)
             return p
@@ -146,8 +179,9 @@ backend be
             procs.append(p)
             return p
 
-        direct = bench(work, up, "rr", 1, args.duration, plain=True)
-        log(f"direct to upstream: p50 {direct['request_latency']['p50_us']} us, p99 {direct['request_latency']['p99_us']} us")
+        direct = None if args.only_conn else bench(work, up, "rr", 1, args.duration, plain=True, loader=TLB_)
+        if direct:
+            log(f"direct to upstream: p50 {direct['request_latency']['p50_us']} us, p99 {direct['request_latency']['p99_us']} us")
         results = {"tlb": [], "haproxy": []}
         for rnd in range(args.rounds):
             order = [("tlb", start_tlb, tlb_port), ("haproxy", start_haproxy, hap_port)]
@@ -156,11 +190,12 @@ backend be
             log(f"round {rnd + 1}/{args.rounds}")
             for name, start, port in order:
                 results[name].append(measure(name, start, port, work, args, direct))
-        keys = ["cpu_ms_per_conn", "cpu_s_per_gib", "rss_kib_per_idle", "added_p50_us", "added_p99_us", "held_ok"]
+        keys = ["cpu_ms_per_conn"] if args.only_conn else \
+            ["cpu_ms_per_conn", "cpu_s_per_gib", "rss_kib_per_idle", "added_p50_us", "added_p99_us", "held_ok"]
         med = {n: {k: statistics.median(r[k] for r in rs) for k in keys} for n, rs in results.items()}
         targets = {"cpu_ms_per_conn": "<= 0.25x", "cpu_s_per_gib": "<= 0.55x", "rss_kib_per_idle": "<= 0.45x",
                    "added_p50_us": "<= 1.0x", "added_p99_us": "<= 1.0x", "held_ok": ">= 9000"}
-        lines = [f"| figure (median of {args.rounds}) | tlb | HAProxy | tlb/HAProxy | target |", "|---|---|---|---|---|"]
+        lines = [f"| figure (median of {args.rounds}, variant {args.variant}) | tlb | HAProxy | tlb/HAProxy | target |", "|---|---|---|---|---|"]
         for k in keys:
             t, h = med["tlb"][k], med["haproxy"][k]
             ratio = t / h if h else float("nan")
@@ -170,7 +205,7 @@ backend be
         os.makedirs(args.out, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         with open(os.path.join(args.out, f"vs-haproxy-{stamp}.json"), "w") as f:
-            json.dump({"haproxy": hv, "direct": direct, "rounds": results, "median": med}, f, indent=2)
+            json.dump({"haproxy": hv, "variant": args.variant, "tlb": TLB_, "direct": direct, "rounds": results, "median": med}, f, indent=2)
         with open(os.path.join(args.out, f"vs-haproxy-{stamp}.md"), "w") as f:
             f.write(table + "\n")
     finally:

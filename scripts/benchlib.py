@@ -130,13 +130,37 @@ def cpu_during(pid, run):
     return cpu_seconds(pid) - c0, out
 
 
-def start_upstreams(binary, work):
-    """Three `tlb upstream --greet` on consecutive free ports, pinned to CPU 1."""
+def apply_variant(path, variant, pki, connect_timeout=None):
+    """Edit a write_tlb_config file for a variant toward the upstreams (see
+    upstream_flags): "pp2" adds `proxy_protocol = "v2"` to the app, "utls" an
+    `[app.upstream_tls]` with the PKI's CA and server_name "up". With
+    connect_timeout (e.g. "20s", for runs under valgrind) sets [timeouts] connect."""
+    text = open(path).read()
+    if connect_timeout:
+        text = text.replace("[timeouts]\n", f"[timeouts]\nconnect = {json.dumps(connect_timeout)}\n", 1)
+    extra = {"plain": "", "pp2": 'proxy_protocol = "v2"\n',
+             "utls": f'[app.upstream_tls]\nca = {json.dumps(pki + "/ca.crt")}\nserver_name = "up"\n'}[variant]
+    if extra:
+        i = text.index("\n[[client]]")
+        text = text[:i] + "\n" + extra.rstrip("\n") + text[i:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def upstream_flags(variant, pki):
+    """`tlb upstream` flags for a variant: "pp2" requires a PROXY header,
+    "utls" serves TLS with <pki>/servers/up.crt (`tlb pki issue up --server`)."""
+    return {"plain": [], "pp2": ["--proxy-protocol"],
+            "utls": ["--tls", "--cert", f"{pki}/servers/up.crt", "--key", f"{pki}/servers/up.key"]}[variant]
+
+
+def start_upstreams(binary, work, flags=()):
+    """Three `tlb upstream --greet` (plus flags) on consecutive free ports, pinned to CPU 1."""
     up = free_port()
     while any(not port_free(up + i) for i in range(3)):
         up = free_port()
     proc = subprocess.Popen(["taskset", "-c", "1", binary, "upstream", "--listen", f"127.0.0.1:{up}",
-                             "--count", "3", "--greet", "--threads", "1"],
+                             "--count", "3", "--greet", "--threads", "1"] + list(flags),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for i in range(3):
         wait_port(up + i)
