@@ -157,8 +157,9 @@ pub struct Admitted {
     pub listed: bool,
     /// The URI SAN the entry matched (a SPIFFE ID), if it matched by URI.
     pub uri: Option<String>,
-    /// Audit mode: the denial enforcing would have given.
-    pub audit: Option<Denial>,
+    /// Audit mode: the denial enforcing would have given (boxed: an
+    /// admitted connection carries this struct for its whole life).
+    pub audit: Option<Box<Denial>>,
 }
 
 /// The policy's verdict on one certificate, before the chain is checked.
@@ -319,7 +320,7 @@ impl AppPolicy {
                 identity: d.identity.clone().unwrap_or_else(|| "-".into()),
                 listed: listed && d.identity.is_some(),
                 uri: None,
-                audit: Some(d),
+                audit: Some(Box::new(d)),
             }),
             v => v,
         }
