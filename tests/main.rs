@@ -8,6 +8,7 @@ mod common;
 mod admin;
 mod bench;
 mod cli;
+mod cluster;
 mod config;
 mod data_path;
 mod faults;
