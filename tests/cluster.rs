@@ -60,9 +60,14 @@ fn hget(redis: &RedisServer, identity: &str, field: &str) -> Option<i64> {
 
 #[test]
 fn two_instances_share_max_connections() {
-    let Some(redis) = redis_or_skip("two_instances_share_max_connections") else { return };
+    let Some(redis) = redis_or_skip("two_instances_share_max_connections") else {
+        return;
+    };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (instance(&rt, settings(&redis, "a")), instance(&rt, settings(&redis, "b")));
+    let (a, b) = (
+        instance(&rt, settings(&redis, "a")),
+        instance(&rt, settings(&redis, "b")),
+    );
     let l = limits(4, 1000.0, 1000);
     let a1 = admit(&a, "client1", l).expect("1st on A");
     let _a2 = admit(&a, "client1", l).expect("2nd on A");
@@ -71,23 +76,40 @@ fn two_instances_share_max_connections() {
     assert_eq!(admit(&a, "client1", l).err(), Some(Denied::MaxConnections), "5th on A");
     assert_eq!(admit(&b, "client1", l).err(), Some(Denied::MaxConnections), "5th on B");
     assert!(admit(&b, "client2", l).is_ok(), "another identity has its own limit");
-    assert_eq!((hget(&redis, "client1", "c:a"), hget(&redis, "client1", "c:b")), (Some(2), Some(2)));
+    assert_eq!(
+        (hget(&redis, "client1", "c:a"), hget(&redis, "client1", "c:b")),
+        (Some(2), Some(2))
+    );
     drop(a1);
     let mut b3 = None;
     wait_until("closing one on A lets one more in on B", Duration::from_secs(5), || {
         b3 = admit(&b, "client1", l).ok();
         b3.is_some()
     });
-    assert_eq!(admit(&b, "client1", l).err(), Some(Denied::MaxConnections), "and only one");
+    assert_eq!(
+        admit(&b, "client1", l).err(),
+        Some(Denied::MaxConnections),
+        "and only one"
+    );
     assert_eq!((a.held("client1"), b.held("client1")), (1, 3));
-    assert!(a.is_up() && b.is_up(), "no fallback happened: {:?} {:?}", a.status(), b.status());
+    assert!(
+        a.is_up() && b.is_up(),
+        "no fallback happened: {:?} {:?}",
+        a.status(),
+        b.status()
+    );
 }
 
 #[test]
 fn two_instances_share_the_connection_rate() {
-    let Some(redis) = redis_or_skip("two_instances_share_the_connection_rate") else { return };
+    let Some(redis) = redis_or_skip("two_instances_share_the_connection_rate") else {
+        return;
+    };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (instance(&rt, settings(&redis, "a")), instance(&rt, settings(&redis, "b")));
+    let (a, b) = (
+        instance(&rt, settings(&redis, "a")),
+        instance(&rt, settings(&redis, "b")),
+    );
     let (rate, burst) = (10.0, 2);
     let l = limits(1000, rate, burst);
     let start = Instant::now();
@@ -103,17 +125,32 @@ fn two_instances_share_the_connection_rate() {
     let elapsed = start.elapsed().as_secs_f64();
     let total = admitted[0] + admitted[1];
     let most = f64::from(burst) + rate * elapsed + 1.0;
-    assert!(f64::from(total) <= most, "{admitted:?} admitted in {elapsed:.2}s: over {most:.1}");
-    assert!(f64::from(total) >= rate * elapsed * 0.6, "{admitted:?} in {elapsed:.2}s: too few");
+    assert!(
+        f64::from(total) <= most,
+        "{admitted:?} admitted in {elapsed:.2}s: over {most:.1}"
+    );
+    assert!(
+        f64::from(total) >= rate * elapsed * 0.6,
+        "{admitted:?} in {elapsed:.2}s: too few"
+    );
     assert!(admitted[0] > 0 && admitted[1] > 0, "both instances admit: {admitted:?}");
-    assert!(a.is_up() && b.is_up(), "decided by Redis, not the local share: {:?}", a.status());
+    assert!(
+        a.is_up() && b.is_up(),
+        "decided by Redis, not the local share: {:?}",
+        a.status()
+    );
 }
 
 #[test]
 fn a_silent_instance_is_forgotten_within_the_ttl() {
-    let Some(redis) = redis_or_skip("a_silent_instance_is_forgotten_within_the_ttl") else { return };
+    let Some(redis) = redis_or_skip("a_silent_instance_is_forgotten_within_the_ttl") else {
+        return;
+    };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (instance(&rt, settings(&redis, "a")), instance(&rt, settings(&redis, "b")));
+    let (a, b) = (
+        instance(&rt, settings(&redis, "a")),
+        instance(&rt, settings(&redis, "b")),
+    );
     let l = limits(4, 1000.0, 1000);
     let held_by_a: Vec<_> = (0..3).map(|_| admit(&a, "client1", l).expect("on A")).collect();
     let _b1 = admit(&b, "client1", l).expect("on B");
@@ -121,8 +158,16 @@ fn a_silent_instance_is_forgotten_within_the_ttl() {
     a.leave();
     let silent = Instant::now();
     drop(held_by_a);
-    assert_eq!(hget(&redis, "client1", "c:a"), Some(3), "a silent instance sends no release");
-    assert_eq!(admit(&b, "client1", l).err(), Some(Denied::MaxConnections), "A's counts still hold");
+    assert_eq!(
+        hget(&redis, "client1", "c:a"),
+        Some(3),
+        "a silent instance sends no release"
+    );
+    assert_eq!(
+        admit(&b, "client1", l).err(),
+        Some(Denied::MaxConnections),
+        "A's counts still hold"
+    );
     let mut got = Vec::new();
     wait_until("A's connections are forgotten", TTL + Duration::from_secs(2), || {
         if let Ok(s) = admit(&b, "client1", l) {
@@ -131,9 +176,16 @@ fn a_silent_instance_is_forgotten_within_the_ttl() {
         got.len() == 3
     });
     let forgotten = silent.elapsed();
-    assert!(forgotten <= TTL + Duration::from_millis(500), "forgotten after {forgotten:?}");
+    assert!(
+        forgotten <= TTL + Duration::from_millis(500),
+        "forgotten after {forgotten:?}"
+    );
     assert_eq!(hget(&redis, "client1", "c:a"), None, "A's fields are removed");
-    assert_eq!(admit(&b, "client1", l).err(), Some(Denied::MaxConnections), "B holds all 4");
+    assert_eq!(
+        admit(&b, "client1", l).err(),
+        Some(Denied::MaxConnections),
+        "B holds all 4"
+    );
 }
 
 #[test]
@@ -141,7 +193,10 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     let test = "redis_stopped_means_the_local_share_and_restarted_means_shared_limits";
     let Some(mut redis) = redis_or_skip(test) else { return };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (instance(&rt, settings(&redis, "a")), instance(&rt, settings(&redis, "b")));
+    let (a, b) = (
+        instance(&rt, settings(&redis, "a")),
+        instance(&rt, settings(&redis, "b")),
+    );
     let l = limits(4, 1000.0, 1000);
     redis.stop();
     // Share: 4 / 2 instances = 2 on A, decided without waiting on Redis.
@@ -149,7 +204,11 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     for n in 1..=3 {
         let t = Instant::now();
         let r = admit(&a, "client1", l);
-        assert!(t.elapsed() <= TIMEOUT + Duration::from_millis(100), "admit {n} took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() <= TIMEOUT + Duration::from_millis(100),
+            "admit {n} took {:?}",
+            t.elapsed()
+        );
         match n {
             1 | 2 => held.push(r.expect("within the local share")),
             _ => assert_eq!(r.err(), Some(Denied::MaxConnections), "over the share of 2"),
@@ -159,7 +218,9 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     assert_eq!((st.mode, st.up), ("local", false), "{st:?}");
     assert!(st.errors >= 1 && st.local_decisions >= 2, "{st:?}");
     redis.restart();
-    wait_until("A and B reach Redis again", Duration::from_secs(10), || a.is_up() && b.is_up());
+    wait_until("A and B reach Redis again", Duration::from_secs(10), || {
+        a.is_up() && b.is_up()
+    });
     // A's two connections are written back, and the fleet-wide limit holds.
     wait_until("A's count is reconciled", Duration::from_secs(5), || {
         hget(&redis, "client1", "c:a") == Some(2)
@@ -172,7 +233,9 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
 
 #[test]
 fn a_slow_redis_costs_at_most_the_timeout() {
-    let Some(redis) = redis_or_skip("a_slow_redis_costs_at_most_the_timeout") else { return };
+    let Some(redis) = redis_or_skip("a_slow_redis_costs_at_most_the_timeout") else {
+        return;
+    };
     let rt = Runtime::new(2).expect("runtime");
     let timeout = Duration::from_millis(50);
     let a = instance(

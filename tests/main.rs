@@ -12,6 +12,7 @@ mod cluster;
 mod config;
 mod data_path;
 mod faults;
+mod fleet;
 mod flood;
 mod gate;
 mod health;

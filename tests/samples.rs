@@ -148,8 +148,20 @@ fn every_key_the_writer_knows_loads_with_its_value() {
     assert!(admin.token.as_ref().expect("token").matches(b"s3cret"));
     let cl = c.cluster.as_ref().expect("[cluster]");
     assert_eq!(
-        (cl.redis.as_str(), cl.instance.as_str(), cl.instances, cl.timeout, cl.liveness_ttl),
-        ("rediss://redis.internal:6380/1", "lb-a", 3, Duration::from_millis(30), Duration::from_secs(6))
+        (
+            cl.redis.as_str(),
+            cl.instance.as_str(),
+            cl.instances,
+            cl.timeout,
+            cl.liveness_ttl
+        ),
+        (
+            "rediss://redis.internal:6380/1",
+            "lb-a",
+            3,
+            Duration::from_millis(30),
+            Duration::from_secs(6)
+        )
     );
     assert_eq!(cl.password.as_ref().map(|p| p.reveal()), Some("r3dis"));
     assert_eq!(format!("{:?}", cl.password), "Some(RedisPassword(..))", "never shown");

@@ -54,12 +54,21 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.log()).expect("redis log");
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--enable-debug-command", "yes", "--dir"])
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--enable-debug-command", "yes", "--dir"])
+        .arg(self.dir.path())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(Stdio::null());
         let mut child = ChildGuard::spawn("redis-server", &mut cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -73,11 +82,16 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-        panic!("redis-server on port {} did not answer PING within 10 s; log:\n{log}", self.port);
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s; log:\n{log}",
+            self.port
+        );
     }
 
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
         let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
             return false;
         };
@@ -87,7 +101,9 @@ impl RedisServer {
     /// A plain connection, for checks and faults (`DEBUG SLEEP`).
     pub fn conn(&self) -> redis::Connection {
         let client = redis::Client::open(self.url()).expect("redis url");
-        let c = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connecting to redis");
+        let c = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connecting to redis");
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
         c
     }
@@ -96,7 +112,10 @@ impl RedisServer {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.signal("KILL");
-            assert!(c.wait_for(Duration::from_secs(10)).is_some(), "redis-server did not exit");
+            assert!(
+                c.wait_for(Duration::from_secs(10)).is_some(),
+                "redis-server did not exit"
+            );
         }
     }
 

@@ -45,7 +45,10 @@ pub(crate) struct Link {
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Link").field("redis", &self.shown).field("up", &self.is_up()).finish()
+        f.debug_struct("Link")
+            .field("redis", &self.shown)
+            .field("up", &self.is_up())
+            .finish()
     }
 }
 
@@ -158,7 +161,10 @@ impl Link {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.connect_timeout));
         let attempt = async {
-            let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             for s in [&scripts.admit, &scripts.release, &scripts.refresh] {
                 s.load_async(&mut conn).await?;
             }
@@ -179,7 +185,10 @@ impl Link {
             self.state.swap(UP, Ordering::AcqRel)
         };
         if before != UP {
-            tracing::info!("cluster: Redis at {} reachable; per-client limits are shared", self.shown);
+            tracing::info!(
+                "cluster: Redis at {} reachable; per-client limits are shared",
+                self.shown
+            );
         }
         Ok(())
     }
@@ -189,7 +198,11 @@ impl Link {
     fn connect_failed(&self, err: &dyn fmt::Display) -> String {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let msg = format!("connecting: {err}");
-        if self.state.compare_exchange(STARTING, DOWN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .state
+            .compare_exchange(STARTING, DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             tracing::warn!(
                 "cluster: Redis at {} unreachable ({msg}); per-client limits are this instance's share (limit / instances) until it is reachable",
                 self.shown

@@ -31,19 +31,30 @@ use smol::{Executor, channel};
 
 use crate::core::cluster::link::Link;
 use crate::core::cluster::scripts::{Scripts, conn_key, rate_key};
-use crate::core::cluster::share::Shares;
 pub use crate::core::cluster::share::Denied;
+use crate::core::cluster::share::Shares;
 use crate::core::config::{ClusterSettings, Limits};
 use crate::core::rt::timeout;
 
 /// Reconnect back-off while Redis is unreachable.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Longest a "over the rate until T" answer is trusted without asking again.
+const MAX_CACHED_REFUSAL: Duration = Duration::from_secs(60);
 
 /// A handle on the shared limits (cheap to clone).
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance", &self.inner.settings.instance)
+            .field("link", &self.inner.link)
+            .finish()
+    }
 }
 
 struct Inner {
@@ -57,7 +68,7 @@ struct Inner {
 }
 
 /// What `/status` shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClusterStatus {
     /// `"shared"` (Redis up) or `"local"` (each limit / instances).
     pub mode: &'static str,
@@ -142,7 +153,10 @@ impl Cluster {
             Some(Shared::Admitted) => Ok(slot),
             Some(Shared::OverMax) => Err(slot.forget(Denied::MaxConnections)),
             Some(Shared::OverRate(retry)) => {
-                i.shares.block(identity, Instant::now() + retry);
+                // Remembered for at most a minute (then Redis is asked again).
+                if let Some(until) = Instant::now().checked_add(retry.min(MAX_CACHED_REFUSAL)) {
+                    i.shares.block(identity, until);
+                }
                 Err(slot.forget(Denied::RateLimited))
             }
             None => {
@@ -173,18 +187,20 @@ impl Cluster {
         let ttl_ms = ms(s.liveness_ttl);
         let mut inv = i.scripts.admit.prepare_invoke();
         inv.key(rate_key(identity)).key(conn_key(identity));
-        inv.arg(&s.instance).arg(limits.max_connections).arg(interval_us).arg(limits.burst).arg(ttl_ms);
+        inv.arg(&s.instance)
+            .arg(limits.max_connections)
+            .arg(interval_us)
+            .arg(limits.burst)
+            .arg(ttl_ms);
         let reply: Vec<Value> = i
             .link
             .call("admit", |mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        match parse_admit(&reply) {
-            Some(v) => Some(v),
-            None => {
-                i.link.fail("admit", &format!("unexpected reply {reply:?}"));
-                None
-            }
+        let parsed = parse_admit(&reply);
+        if parsed.is_none() {
+            i.link.fail("admit", &format!("unexpected reply {reply:?}"));
         }
+        parsed
     }
 }
 
@@ -243,16 +259,15 @@ impl Drop for ClusterSlot {
         }
         let inner = self.inner.clone();
         let identity = self.identity.clone();
-        i.ex
-            .spawn(async move {
-                let mut inv = inner.scripts.release.prepare_invoke();
-                inv.key(conn_key(&identity)).arg(&inner.settings.instance);
-                let _: Option<i64> = inner
-                    .link
-                    .call("release", |mut c| async move { inv.invoke_async(&mut c).await })
-                    .await;
-            })
-            .detach();
+        i.ex.spawn(async move {
+            let mut inv = inner.scripts.release.prepare_invoke();
+            inv.key(conn_key(&identity)).arg(&inner.settings.instance);
+            let _: Option<i64> = inner
+                .link
+                .call("release", |mut c| async move { inv.invoke_async(&mut c).await })
+                .await;
+        })
+        .detach();
     }
 }
 
@@ -289,13 +304,18 @@ async fn refresh(inner: &Arc<Inner>) {
     let ttl_ms = ms(inner.settings.liveness_ttl);
     for (identity, held) in inner.shares.snapshot() {
         let mut inv = inner.scripts.refresh.prepare_invoke();
-        inv.key(conn_key(&identity)).arg(&inner.settings.instance).arg(held).arg(ttl_ms);
+        inv.key(conn_key(&identity))
+            .arg(&inner.settings.instance)
+            .arg(held)
+            .arg(ttl_ms);
         let done: Option<i64> = inner
             .link
             .call("refresh", |mut c| async move { inv.invoke_async(&mut c).await })
             .await;
-        if done.is_none() {
-            return;
+        match done {
+            None => return,
+            Some(_) if held == 0 => inner.shares.zero_reported(&identity),
+            Some(_) => {}
         }
     }
 }
@@ -308,7 +328,10 @@ mod tests {
     fn admit_replies_are_read_strictly() {
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         assert_eq!(parse_admit(&[Value::Int(1)]), Some(Shared::Admitted));
-        assert_eq!(parse_admit(&[Value::Int(0), b("max"), Value::Int(4)]), Some(Shared::OverMax));
+        assert_eq!(
+            parse_admit(&[Value::Int(0), b("max"), Value::Int(4)]),
+            Some(Shared::OverMax)
+        );
         assert_eq!(
             parse_admit(&[Value::Int(0), b("rate"), Value::Int(250)]),
             Some(Shared::OverRate(Duration::from_millis(250)))

@@ -5,7 +5,9 @@
 //! so a script touches one Redis Cluster slot only; all timing inside a
 //! script is Redis's own `TIME` (one clock for the whole fleet, whatever the
 //! instances' clocks say); a script never leaves a count below zero or a
-//! key without an expiry.
+//! key without an expiry; numbers a script computes are passed to Redis
+//! commands as decimal strings (`%.0f`, never Lua's exponent form), capped
+//! so that absurd limits (a rate of one per century) stay valid commands.
 //!
 //! Per identity, two keys:
 //! - `tlb:{ID}:rate`: the GCRA theoretical arrival time, in µs of Redis
@@ -64,11 +66,12 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now_us then tat = now_us end
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
-if now_us < allow_at then return {0, 'rate', math.ceil((allow_at - now_us) / 1000)} end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now_us) / 1000) + 1)
+if now_us < allow_at then return {0, 'rate', math.min(math.ceil((allow_at - now_us) / 1000), 1e12)} end
+local px = math.min(math.ceil((new_tat - now_us) / 1000) + 1, 1e15)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', px))
 redis.call('HINCRBY', KEYS[2], 'c:' .. me, 1)
 redis.call('HSET', KEYS[2], 't:' .. me, string.format('%.0f', now_ms + ttl))
-redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return {1}
 "#;
 
@@ -90,8 +93,8 @@ if n <= 0 then
 end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'c:' .. me, n, 't:' .. me, string.format('%.0f', now_ms + ttl))
-redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[1], 'c:' .. me, ARGV[2], 't:' .. me, string.format('%.0f', now_ms + ttl))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return n
 "#;
 

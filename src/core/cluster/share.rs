@@ -32,6 +32,9 @@ struct Entry {
     blocked_until: Option<Instant>,
     /// The local share's GCRA arrival time.
     tat: Instant,
+    /// Redis was told this instance holds none (no refresh needed until
+    /// it holds one again).
+    zero_reported: bool,
 }
 
 /// Per identity state, behind one lock.
@@ -64,6 +67,7 @@ impl Shares {
                     held: 0,
                     blocked_until: None,
                     tat: now,
+                    zero_reported: false,
                 };
                 map.insert(k.clone(), e);
                 k
@@ -91,6 +95,7 @@ impl Shares {
             e.tat = new_tat;
         }
         e.held = e.held.saturating_add(1);
+        e.zero_reported = false;
         Ok(key)
     }
 
@@ -110,11 +115,27 @@ impl Shares {
         }
     }
 
-    /// What this instance holds, per identity (zeros included, so that a
-    /// refresh clears them in Redis).
+    /// What this instance holds, per identity: every identity it holds
+    /// connections of, and those it holds none of any more until a refresh
+    /// has said so ([`Shares::zero_reported`]); idle identities cost no
+    /// refresh.
     pub(crate) fn snapshot(&self) -> Vec<(Arc<str>, u32)> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, e)| (k.clone(), e.held)).collect()
+        map.iter()
+            .filter(|(_, e)| e.held > 0 || !e.zero_reported)
+            .map(|(k, e)| (k.clone(), e.held))
+            .collect()
+    }
+
+    /// A refresh wrote "none" for `identity`: skip it until it holds one
+    /// again (unless it already does).
+    pub(crate) fn zero_reported(&self, identity: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(identity)
+            && e.held == 0
+        {
+            e.zero_reported = true;
+        }
     }
 
     /// Connections of `identity` held here.
@@ -155,8 +176,28 @@ mod tests {
         s.take("a", Some(l), now).expect("3: burst");
         s.give_back("a");
         assert_eq!(s.take("a", Some(l), now), Err(Denied::RateLimited), "burst of 3 spent");
-        assert!(s.take("a", Some(l), now + Duration::from_millis(1100)).is_ok(), "one more a second later");
+        assert!(
+            s.take("a", Some(l), now + Duration::from_millis(1100)).is_ok(),
+            "one more a second later"
+        );
         assert_eq!(s.held("a"), 2);
+    }
+
+    #[test]
+    fn refreshes_skip_identities_whose_zero_was_reported() {
+        let s = Shares::default();
+        let now = Instant::now();
+        s.take("a", None, now).expect("a");
+        s.take("b", None, now).expect("b");
+        s.give_back("b");
+        let mut snap = s.snapshot();
+        snap.sort();
+        assert_eq!(snap, [(Arc::from("a"), 1), (Arc::from("b"), 0)]);
+        s.zero_reported("b");
+        s.zero_reported("a"); // holds one: not skipped
+        assert_eq!(s.snapshot(), [(Arc::from("a"), 1)]);
+        s.take("b", None, now).expect("b again");
+        assert_eq!(s.snapshot().len(), 2, "b holds one again");
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::core::config::model::{
     GlobalLimits, HealthSettings, Limits, Timeouts, TlsVersion,
 };
 use crate::core::config::writer::{
-    AdminSection, AppSection, ClientSection, ClusterSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
-    TimeoutsSection, TlsSection, TrustDomainSection,
+    AdminSection, AppSection, ClientSection, ClusterSection, ConfigWriter, GlobalLimitsSection, HealthSection,
+    LimitsSection, TimeoutsSection, TlsSection, TrustDomainSection,
 };
 
 /// Column (0-based) where an annotated line's `#` comment starts.
@@ -329,9 +329,12 @@ fn cluster(c: Option<&ClusterSection>) -> Table {
         c.is_some(),
         vec![
             key("redis", c.map(|c| string(&c.redis))).example(string("redis://127.0.0.1:6379")),
-            key("redis_password_file", c.and_then(|c| c.redis_password_file.as_deref()).map(string)),
+            key(
+                "redis_password_file",
+                c.and_then(|c| c.redis_password_file.as_deref()).map(string),
+            ),
             key("instance", c.and_then(|c| c.instance.as_deref()).map(string))
-                .doc("unique; default: host name/listen address/pid"),
+                .doc("unique; default: host name/listen address"),
             key("instances", c.and_then(|c| c.instances).map(count))
                 .doc("fleet size: Redis unreachable -> limit / instances")
                 .example(count(DEFAULT_CLUSTER_INSTANCES)),

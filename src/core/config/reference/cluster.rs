@@ -4,8 +4,8 @@
 //! Promises: declarative only, checked like every table by `tests/reference.rs`.
 
 use super::Absent::{Is, Means, Required};
-use super::Kind::*;
 use super::KeyDoc;
+use super::Kind::*;
 
 /// What `[cluster]` is for.
 pub(super) const CLUSTER_DOC: &str = "Per-client limits (`max_connections`, `connection_rate`/`burst`) shared by \
@@ -35,10 +35,11 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
     KeyDoc {
         name: "instance",
         kind: Text,
-        absent: Means("host name, first listen address and process id: `lb-a/0.0.0.0:8443/4242`"),
+        absent: Means("host name and first listen address: `lb-a/0.0.0.0:8443`"),
         example: r#""lb-a""#,
         doc: "This instance's name in the shared counts; unique in the fleet (two instances with one name \
-              overwrite each other's counts).",
+              overwrite each other's counts). What a crashed process left is forgotten within `liveness_ttl`, \
+              sooner once the instance restarted under its name refreshes.",
     },
     KeyDoc {
         name: "instances",

@@ -67,7 +67,12 @@ fn token(ctx: &Ctx<'_>, file: &Spanned<PathBuf>) -> Result<AdminToken, ConfigErr
 /// Reads a file holding one secret (`key` names it in errors, `fix` says
 /// how to write one): printable ASCII, trailing whitespace trimmed, at most
 /// 4 KiB. A file every user may read is accepted with a warning.
-pub(crate) fn secret_file(ctx: &Ctx<'_>, file: &Spanned<PathBuf>, key: &str, fix: &str) -> Result<Vec<u8>, ConfigError> {
+pub(crate) fn secret_file(
+    ctx: &Ctx<'_>,
+    file: &Spanned<PathBuf>,
+    key: &str,
+    fix: &str,
+) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
     const MAX: u64 = 4096;
     let path = ctx.resolve(file.get_ref().clone());

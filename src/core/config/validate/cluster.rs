@@ -5,7 +5,7 @@
 //! optional port and database number, and nothing else (no password in the
 //! URL, no query, no fragment: `#insecure` would turn TLS verification off);
 //! the password file is read once here, like the admin token; `instance`
-//! defaults to the host name, the first listen address and the process id; `liveness_ttl` is
+//! defaults to the host name and the first listen address; `liveness_ttl` is
 //! at least 1 s and at least 4 × `timeout`. Nothing connects to Redis here.
 
 use std::net::SocketAddr;
@@ -40,7 +40,8 @@ pub(crate) fn settings(
         .redis_password_file
         .as_ref()
         .map(|f| {
-            let fix = "write the Redis password (printable ASCII) into it, e.g. `printf %s PASSWORD > FILE; chmod 600 FILE`";
+            let fix =
+                "write the Redis password (printable ASCII) into it, e.g. `printf %s PASSWORD > FILE; chmod 600 FILE`";
             let bytes = secret_file(ctx, f, "cluster.redis_password_file", fix)?;
             // secret_file returns printable ASCII only.
             Ok(RedisPassword::new(String::from_utf8_lossy(&bytes).into_owned()))
@@ -86,7 +87,10 @@ fn redis_url(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<(), ConfigError> {
     let form = "write redis://HOST:PORT (or rediss://HOST:PORT for TLS), optionally with /DB";
     let url = url::Url::parse(text).map_err(|e| err(format!("{text:?} is not a URL ({e}); {form}")))?;
     if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err(err(format!("{text:?}: scheme {:?} is not redis or rediss; {form}", url.scheme())));
+        return Err(err(format!(
+            "{text:?}: scheme {:?} is not redis or rediss; {form}",
+            url.scheme()
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(err(format!("{text:?} has no host; {form}")));
@@ -97,11 +101,15 @@ fn redis_url(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<(), ConfigError> {
         )));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(err(format!("{text:?}: no query (?...) or fragment (#...) is accepted; {form}")));
+        return Err(err(format!(
+            "{text:?}: no query (?...) or fragment (#...) is accepted; {form}"
+        )));
     }
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() && db.parse::<u16>().is_err() {
-        return Err(err(format!("{text:?}: the path {db:?} is not a database number; {form}")));
+        return Err(err(format!(
+            "{text:?}: the path {db:?} is not a database number; {form}"
+        )));
     }
     Ok(())
 }
@@ -120,15 +128,15 @@ fn instance_name(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<String, ConfigErr
     Ok(name.clone())
 }
 
-/// The host name, the first listen address and the process id:
-/// `lb-a/0.0.0.0:8443/4242` (the process id keeps apart instances that
-/// share a listen address through SO_REUSEPORT).
+/// The host name and the first listen address: `lb-a/0.0.0.0:8443`
+/// (unique among live processes of one host, which cannot both bind it;
+/// stable across restarts, so a restarted instance's refreshes overwrite
+/// what its previous process left).
 fn default_instance(listeners: &[SocketAddr]) -> String {
     let host = host_name();
-    let pid = std::process::id();
     match listeners.first() {
-        Some(a) => format!("{host}/{a}/{pid}"),
-        None => format!("{host}/{pid}"),
+        Some(a) => format!("{host}/{a}"),
+        None => host,
     }
 }
 
@@ -136,7 +144,9 @@ fn default_instance(listeners: &[SocketAddr]) -> String {
 /// `localhost`.
 fn host_name() -> String {
     let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
-    let name = from_kernel.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_default();
+    let name = from_kernel
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
     let name: String = name.trim().chars().filter(|c| !c.is_control()).take(100).collect();
     if name.is_empty() { "localhost".into() } else { name }
 }
