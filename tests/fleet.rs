@@ -30,7 +30,11 @@ fn fleet_config(p: &LabPaths, redis: &RedisServer, instance: &str) -> ConfigWrit
             ..ClusterSection::new(&redis.url())
         })
         .app(app_section("echo", p.listen, &[], &ups(p)))
-        .client(client_section("client1", &["echo"], "max_connections = 4\nconnection_rate = 1000\nburst = 1000"))
+        .client(client_section(
+            "client1",
+            &["echo"],
+            "max_connections = 4\nconnection_rate = 1000\nburst = 1000",
+        ))
 }
 
 /// An in-process instance of the fleet, with an admin endpoint.

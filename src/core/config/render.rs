@@ -324,15 +324,13 @@ fn admin(a: Option<&AdminSection>) -> Table {
 }
 
 fn cluster(c: Option<&ClusterSection>) -> Table {
+    let password = c.and_then(|c| c.redis_password_file.as_deref()).map(string);
     let mut t = table(
         "[cluster]",
         c.is_some(),
         vec![
             key("redis", c.map(|c| string(&c.redis))).example(string("redis://127.0.0.1:6379")),
-            key(
-                "redis_password_file",
-                c.and_then(|c| c.redis_password_file.as_deref()).map(string),
-            ),
+            key("redis_password_file", password),
             key("instance", c.and_then(|c| c.instance.as_deref()).map(string))
                 .doc("unique; default: host name/listen address"),
             key("instances", c.and_then(|c| c.instances).map(count))
