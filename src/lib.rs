@@ -12,6 +12,8 @@
 //!   one admission decision (chain, validity, CRL, policy) that full
 //!   handshakes, resumptions and reloads all go through.
 //! - [`core::pool`]: upstreams, their health, least-connections choice.
+//! - [`core::cluster`]: `[cluster]`, per-client limits shared by a fleet
+//!   through Redis, failing open to a local share.
 //! - [`core::proxy`]: listeners and `[limits]` caps, then per connection:
 //!   handshake, per-client limits, upstream connect, relay, close.
 //! - [`core::ops`]: metrics exposition, the admin endpoint, logging set-up.

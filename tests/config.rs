@@ -631,3 +631,74 @@ fn load_resolves_paths_against_the_files_directory() {
     assert_eq!(c.tls.ca, dir.path().join("pki/ca.crt"));
     assert_eq!(c.path, path);
 }
+
+#[test]
+fn cluster_defaults_name_the_instance_after_host_and_listener() {
+    let c = parse(&minimal("[cluster]\nredis = \"redis://10.0.0.5:6379\"\n")).expect("loads");
+    let cl = c.cluster.expect("[cluster]");
+    assert_eq!(
+        (cl.instances, cl.timeout, cl.liveness_ttl),
+        (1, Duration::from_millis(20), Duration::from_secs(5))
+    );
+    let listen = c.apps[0].listen.to_string();
+    let suffix = format!("/{listen}");
+    assert!(
+        cl.instance.ends_with(&suffix) && cl.instance.len() > suffix.len(),
+        "{}",
+        cl.instance
+    );
+    assert!(cl.password.is_none());
+    assert!(
+        parse(&minimal("")).expect("loads").cluster.is_none(),
+        "no [cluster], nothing shared"
+    );
+}
+
+#[test]
+fn cluster_mistakes_name_the_key_and_the_fix() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "redis = \"tcp://10.0.0.5:6379\"",
+            "cluster.redis",
+            "not redis or rediss",
+        ),
+        (
+            "redis = \"redis://:pw@10.0.0.5\"",
+            "cluster.redis",
+            "redis_password_file",
+        ),
+        ("redis = \"rediss://10.0.0.5/#insecure\"", "cluster.redis", "no query"),
+        ("redis = \"redis://10.0.0.5/db\"", "cluster.redis", "database number"),
+        (
+            "redis = \"redis://h\"\ninstance = \"\"",
+            "cluster.instance",
+            "1 to 200 bytes",
+        ),
+        (
+            "redis = \"redis://h\"\ninstances = 0",
+            "cluster.instances",
+            "whole number",
+        ),
+        (
+            "redis = \"redis://h\"\ntimeout = \"2s\"",
+            "cluster.timeout",
+            "4 x timeout",
+        ),
+        (
+            "redis = \"redis://h\"\nliveness_ttl = \"500ms\"",
+            "cluster.liveness_ttl",
+            "at least 1s",
+        ),
+        (
+            "redis = \"redis://h\"\nredis_password_file = \"/nonexistent/pw\"",
+            "cluster.redis_password_file",
+            "cannot read",
+        ),
+    ];
+    for (body, key, fragment) in cases {
+        let text = minimal(&format!("[cluster]\n{body}\n"));
+        let e = parse_err(&text);
+        let last = body.lines().last().unwrap_or_default();
+        assert_err(&e, line_of(&text, last, 0), key, fragment);
+    }
+}

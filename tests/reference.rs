@@ -17,13 +17,15 @@ use tlb::core::config::{Config, ConfigError};
 const BEGIN: &str = "<!-- config-reference:begin -->";
 const END: &str = "<!-- config-reference:end -->";
 
-/// A directory holding what the examples read at load (`admin.token`).
+/// A directory holding what the examples read at load (`admin.token`,
+/// `redis.password`).
 struct Dir(tempfile::TempDir);
 
 impl Dir {
     fn new() -> Dir {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("admin.token"), "an-example-token\n").expect("admin.token");
+        std::fs::write(dir.path().join("redis.password"), "an-example-password\n").expect("redis.password");
         Dir(dir)
     }
 
@@ -309,6 +311,16 @@ fn refused_values(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::DnsName => &[r#""*.web.internal""#, r#""bad name""#, r#""""#, "1"],
         Kind::TrustDomain => &[r#""Prod.Example""#, r#""prod/x""#, r#""""#, "1"],
+        Kind::RedisUrl => &[
+            r#""10.0.0.5:6379""#,
+            r#""http://10.0.0.5:6379""#,
+            r#""redis://""#,
+            r#""redis://:secret@10.0.0.5:6379""#,
+            r#""rediss://10.0.0.5:6379/#insecure""#,
+            r#""redis://10.0.0.5:6379/x""#,
+            r#""redis://10.0.0.5:99999""#,
+            "1",
+        ],
     }
 }
 
@@ -327,6 +339,7 @@ fn accepted_values(kind: Kind) -> &'static [&'static str] {
             r#""spiffe://prod.example""#,
         ],
         Kind::DnsName => &[r#""API.Web.Internal""#],
+        Kind::RedisUrl => &[r#""rediss://redis.internal""#, r#""redis://tlb@[::1]:6380/2""#],
         _ => &[],
     }
 }

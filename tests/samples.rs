@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::common::{have, run_bounded};
 use tlb::core::config::writer::{
-    AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
-    TimeoutsSection, TlsSection, TrustDomainSection, UpstreamTlsSection,
+    AdminSection, AppSection, ClientSection, ClusterSection, ConfigWriter, GlobalLimitsSection, HealthSection,
+    LimitsSection, TimeoutsSection, TlsSection, TrustDomainSection, UpstreamTlsSection,
 };
 use tlb::core::config::{AppMode, ClientMatch, Config, ConfigError, ProxyProtocol, TlsVersion, example_toml};
 use tlb::core::tools::lab::LabPaths;
@@ -33,6 +33,7 @@ fn loads(text: &str) -> Config {
 fn every_key_the_writer_knows_loads_with_its_value() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("admin.token"), "s3cret\n").expect("token");
+    std::fs::write(dir.path().join("redis.password"), "r3dis\n").expect("password");
     let pin = [0xab; 32];
     let text = ConfigWriter::new(TlsSection {
         min_version: Some(TlsVersion::V1_2),
@@ -60,6 +61,14 @@ fn every_key_the_writer_knows_loads_with_its_value() {
     .admin(AdminSection {
         token_file: Some("admin.token".into()),
         ..AdminSection::new(addr("127.0.0.1:9090"))
+    })
+    .cluster(ClusterSection {
+        redis_password_file: Some("redis.password".into()),
+        instance: Some("lb-a".into()),
+        instances: Some(3),
+        timeout: Some(Duration::from_millis(30)),
+        liveness_ttl: Some(Duration::from_secs(6)),
+        ..ClusterSection::new("rediss://redis.internal:6380/1")
     })
     .app(AppSection {
         server_names: Some(vec!["echo.example".into()]),
@@ -137,6 +146,25 @@ fn every_key_the_writer_knows_loads_with_its_value() {
     let admin = c.admin.as_ref().expect("[admin]");
     assert_eq!(admin.listen, addr("127.0.0.1:9090"));
     assert!(admin.token.as_ref().expect("token").matches(b"s3cret"));
+    let cl = c.cluster.as_ref().expect("[cluster]");
+    assert_eq!(
+        (
+            cl.redis.as_str(),
+            cl.instance.as_str(),
+            cl.instances,
+            cl.timeout,
+            cl.liveness_ttl
+        ),
+        (
+            "rediss://redis.internal:6380/1",
+            "lb-a",
+            3,
+            Duration::from_millis(30),
+            Duration::from_secs(6)
+        )
+    );
+    assert_eq!(cl.password.as_ref().map(|p| p.reveal()), Some("r3dis"));
+    assert_eq!(format!("{:?}", cl.password), "Some(RedisPassword(..))", "never shown");
     let echo = c.app("echo").expect("echo");
     assert_eq!(echo.server_names, ["echo.example"]);
     assert_eq!(echo.proxy_protocol, Some(ProxyProtocol::V2));

@@ -1,6 +1,7 @@
 //! The library behind every `tlb` subcommand, in the order a connection
 //! meets it (see the crate docs for the whole layout).
 
+pub mod cluster;
 pub mod config;
 pub mod ops;
 pub mod pki;

@@ -6,6 +6,8 @@
 //! with a deadline, and a timeout on every network wait.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};

@@ -3,7 +3,7 @@
 //! Promises: every value here is already defaulted and checked (ranges,
 //! addresses resolved, paths made relative to the config's directory), so
 //! the rest of tlb never re-validates; the admin token is kept only as its
-//! SHA-256 and is never shown.
+//! SHA-256 and is never shown, nor is the Redis password.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -92,6 +92,52 @@ impl AdminToken {
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminToken(..)")
+    }
+}
+
+/// `[cluster]`: per-client limits shared by several instances through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `redis://HOST[:PORT][/DB]` or `rediss://...` (TLS), as written.
+    pub redis: String,
+    /// From `redis_password_file`: the password sent with `AUTH`.
+    pub password: Option<RedisPassword>,
+    /// This instance's name in the shared counts (unique in the fleet).
+    pub instance: String,
+    /// Expected fleet size: while Redis is unreachable each instance
+    /// enforces `limit / instances` (at least 1).
+    pub instances: u32,
+    /// Longest wait for any one Redis call on the data path.
+    pub timeout: Duration,
+    /// How long after its last refresh an instance's counts are forgotten.
+    pub liveness_ttl: Duration,
+}
+
+/// Default `[cluster] instances`.
+pub const DEFAULT_CLUSTER_INSTANCES: u32 = 1;
+/// Default `[cluster] timeout`.
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_millis(20);
+/// Default `[cluster] liveness_ttl`.
+pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(5);
+
+/// The Redis password, never shown (not even by `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(String);
+
+impl RedisPassword {
+    pub fn new(password: String) -> RedisPassword {
+        RedisPassword(password)
+    }
+
+    /// The password itself, to send to Redis.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedisPassword(..)")
     }
 }
 
@@ -300,6 +346,8 @@ pub struct Config {
     pub path: PathBuf,
     pub tls: TlsSettings,
     pub admin: Option<AdminSettings>,
+    /// `[cluster]`; `None`: every limit is this instance's alone.
+    pub cluster: Option<ClusterSettings>,
     pub limits: GlobalLimits,
     pub defaults: Limits,
     pub timeouts: Timeouts,

@@ -16,6 +16,7 @@ use toml::Spanned;
 pub(crate) struct RawConfig {
     pub(crate) tls: RawTls,
     pub(crate) admin: Option<RawAdmin>,
+    pub(crate) cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub(crate) limits: RawGlobalLimits,
     #[serde(default)]
@@ -64,6 +65,17 @@ pub(crate) struct RawGlobalLimits {
 pub(crate) struct RawAdmin {
     pub(crate) listen: Spanned<String>,
     pub(crate) token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) redis: Spanned<String>,
+    pub(crate) redis_password_file: Option<Spanned<PathBuf>>,
+    pub(crate) instance: Option<Spanned<String>>,
+    pub(crate) instances: Option<Spanned<i64>>,
+    pub(crate) timeout: Option<Spanned<HumanDuration>>,
+    pub(crate) liveness_ttl: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -4,7 +4,7 @@
 //!
 //! Promises: a key is written only when it is set (so the file says what
 //! was asked and nothing else); sections come in one fixed order (`[tls]`,
-//! `[limits]`, `[defaults]`, `[timeouts]`, `[admin]`, `[[app]]`,
+//! `[limits]`, `[defaults]`, `[timeouts]`, `[admin]`, `[cluster]`, `[[app]]`,
 //! `[[trust_domain]]`, `[[client]]`); a whole document is the concatenation of its sections'
 //! `Display` texts; and with valid addresses and existing paths, what it
 //! renders loads with `Config::parse`. The text itself is made in `render`.
@@ -24,6 +24,7 @@ pub struct ConfigWriter {
     pub(crate) defaults: Option<LimitsSection>,
     pub(crate) timeouts: Option<TimeoutsSection>,
     pub(crate) admin: Option<AdminSection>,
+    pub(crate) cluster: Option<ClusterSection>,
     pub(crate) apps: Vec<AppSection>,
     pub(crate) trust_domains: Vec<TrustDomainSection>,
     pub(crate) clients: Vec<ClientSection>,
@@ -87,6 +88,11 @@ impl ConfigWriter {
 
     pub fn admin(mut self, admin: AdminSection) -> ConfigWriter {
         self.admin = Some(admin);
+        self
+    }
+
+    pub fn cluster(mut self, cluster: ClusterSection) -> ConfigWriter {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -210,6 +216,32 @@ impl AdminSection {
         AdminSection {
             listen,
             token_file: None,
+        }
+    }
+}
+
+/// `[cluster]`: limits shared through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSection {
+    /// `redis://HOST:PORT` or `rediss://HOST:PORT`.
+    pub redis: String,
+    pub redis_password_file: Option<String>,
+    pub instance: Option<String>,
+    pub instances: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub liveness_ttl: Option<Duration>,
+}
+
+impl ClusterSection {
+    /// Limits shared through the Redis at `redis`, nothing else set.
+    pub fn new(redis: &str) -> ClusterSection {
+        ClusterSection {
+            redis: redis.to_string(),
+            redis_password_file: None,
+            instance: None,
+            instances: None,
+            timeout: None,
+            liveness_ttl: None,
         }
     }
 }

@@ -38,6 +38,7 @@ use smol::{Async, Executor, Task};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 use tracing::{debug, info, warn};
 
+use crate::core::cluster::{Cluster, ClusterStatus};
 use crate::core::config::Config;
 use crate::core::ops::metrics;
 use crate::core::pool::balancer::{Balancer, Upstream};
@@ -259,6 +260,9 @@ pub struct Status {
     pub connections: ConnectionStatus,
     pub apps: Vec<AppStatus>,
     pub clients: Vec<ClientStatus>,
+    /// `[cluster]`, when configured: `mode` is `shared` or `local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -372,6 +376,7 @@ pub fn status(server: &Server) -> Status {
         },
         apps,
         clients,
+        cluster: server.cluster().map(Cluster::status),
     }
 }
 

@@ -154,6 +154,27 @@ impl Collector for ServerCollector {
             "Session tickets refused by the gate (chain no longer admitted, or older than session_lifetime); the client did a full handshake",
             load(&m.tickets_refused),
         )?;
+        if let Some(c) = server.cluster() {
+            let st = c.status();
+            gauge(
+                e,
+                "cluster_up",
+                "1 while per-client limits are shared through Redis; 0 while this instance enforces its share (limit / instances)",
+                i64::from(st.up),
+            )?;
+            counter(
+                e,
+                "cluster_errors",
+                "Redis calls that failed, were refused or answered later than [cluster] timeout, and failed reconnects",
+                st.errors,
+            )?;
+            counter(
+                e,
+                "cluster_local_decisions",
+                "New connections decided by this instance's share because Redis was unreachable",
+                st.local_decisions,
+            )?;
+        }
         if let Some(t) = g.crl_next_update {
             gauge(
                 e,

@@ -1,5 +1,6 @@
 //! One client connection, start to end: the handshake (see
-//! [`handshake`](super::handshake)), then admission by the client's limits,
+//! [`handshake`](super::handshake)), then admission by the client's limits
+//! (this instance's, then the fleet's with `[cluster]`),
 //! connect to the least-loaded healthy upstream with retries, the app's
 //! PROXY header (see [`proxy_header`](super::proxy_header)), relay, close,
 //! and one access-log line.
@@ -10,9 +11,10 @@
 //! when every upstream of the app is DOWN the client is refused at once;
 //! an admitted connection is registered for reload re-checks and closed at
 //! its certificate's expiry (unless `keep_deauthorized`) or after
-//! `max_lifetime`; per-client and per-upstream slots are released on every
-//! exit path (drop guards). Every log line of the connection is in its
-//! `conn` span (`peer`, then `identity` and `app` once known), except the
+//! `max_lifetime`; per-client (local and fleet) and per-upstream slots are
+//! released on every exit path (drop guards); the fleet's check waits for
+//! Redis at most `[cluster] timeout`. Every log line of the connection is
+//! in its `conn` span (`peer`, then `identity` and `app` once known), except the
 //! access log, which carries those fields itself, and the line of a
 //! handshake the gate refused, which carries the certificate's `identity`
 //! and `serial` (read on that path only); the span is entered
@@ -30,11 +32,13 @@ use futures_lite::{AsyncWriteExt, FutureExt, future};
 use smol::Async;
 use tracing::{Instrument, Span, debug, info, warn};
 
+use crate::core::cluster::{ClusterSlot, Denied};
 use crate::core::pool::balancer::{Balancer, ConnectError, Upstream, UpstreamGuard};
 
 use crate::core::proxy::admission::Slot;
 use crate::core::proxy::generation::{AppRuntime, Generation};
 use crate::core::proxy::handshake::{ClientTls, DECODE_ERROR_ALERT, HandshakeFailure, Handshaken, handshake};
+use crate::core::proxy::limiter::ClientState;
 use crate::core::proxy::linger::close_and_drain;
 use crate::core::proxy::outcome::{HandshakeFailureKind, Refusal};
 use crate::core::proxy::proxy_header;
@@ -255,12 +259,15 @@ async fn proxy(
     // Limits: before any upstream is contacted. (An identity the gate
     // admitted always has limiter state: both come from the same
     // generation's [[client]] list; refuse if it ever had not.)
-    let admitted = match generation.limiter.get(log.identity, log.listed) {
-        Some(c) => c.try_acquire(),
-        None => Err(Refusal::Unauthorized),
+    let Some(client) = generation.limiter.get(log.identity, log.listed) else {
+        return Outcome::Refused(Refusal::Unauthorized);
     };
-    let slot = match admitted {
+    let slot = match client.try_acquire() {
         Ok(slot) => slot,
+        Err(r) => return Outcome::Refused(r),
+    };
+    let shared = match fleet_limits(server, client).await {
+        Ok(shared) => shared,
         Err(r) => return Outcome::Refused(r),
     };
     // The PROXY header, if the app sends one: written first on each
@@ -306,8 +313,28 @@ async fn proxy(
         .fetch_add(log.moved.a_to_b, Ordering::Relaxed);
     upstream.bytes_to_client.fetch_add(log.moved.b_to_a, Ordering::Relaxed);
     drop(guard);
+    drop(shared);
     drop(slot);
     outcome
+}
+
+/// The fleet's limits after the local ones, with `[cluster]`: at most one
+/// Redis call, bounded by `[cluster] timeout` (the local share decides
+/// when Redis is down or late). The slot gives the connection back on drop.
+async fn fleet_limits(server: &Server, client: &ClientState) -> Result<Option<ClusterSlot>, Refusal> {
+    let Some(cluster) = server.cluster() else {
+        return Ok(None);
+    };
+    match cluster.admit(&client.name, client.limits()).await {
+        Ok(slot) => Ok(Some(slot)),
+        Err(denied) => {
+            client.count_refused();
+            Err(match denied {
+                Denied::MaxConnections => Refusal::MaxConnections,
+                Denied::RateLimited => Refusal::RateLimited,
+            })
+        }
+    }
 }
 
 /// The upstream never answered (`moved.b_to_a == 0`). A reset is a passive

@@ -76,6 +76,21 @@ impl ClientState {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// The limits in force now.
+    pub fn limits(&self) -> Limits {
+        let b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        Limits {
+            max_connections: self.max.load(Ordering::Relaxed),
+            connection_rate: b.rate,
+            burst: b.burst as u32,
+        }
+    }
+
+    /// Counts a refusal decided by the fleet's shared limits.
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes a concurrency slot and a token, or says why not
     /// ([`Refusal::MaxConnections`] or [`Refusal::RateLimited`]).
     pub fn try_acquire(self: &Arc<Self>) -> Result<ClientSlot, Refusal> {

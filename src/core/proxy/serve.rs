@@ -20,6 +20,7 @@ use futures_lite::FutureExt;
 use smol::{Executor, Task, Timer, channel};
 use tracing::{info, warn};
 
+use crate::core::cluster::Cluster;
 use crate::core::pool::checker;
 use crate::core::proxy::connection;
 use crate::core::proxy::generation::Generation;
@@ -49,6 +50,10 @@ impl Server {
     {
         let generation = self.current();
         log_limits(&generation);
+        if let Some(settings) = generation.config.cluster.clone() {
+            let cluster = Cluster::start(settings, ex).map_err(anyhow::Error::msg)?;
+            let _ = self.cluster.set(cluster);
+        }
         // Open connections hold a sender; when all are dropped, `recv` ends.
         let (conn_tx, conn_rx) = channel::bounded::<()>(1);
         // Closing `hard_tx` cuts every connection still open after the drain.
@@ -75,6 +80,9 @@ impl Server {
             a.await;
         }
         self.drain(conn_rx, hard_tx).await;
+        if let Some(c) = self.cluster() {
+            c.leave();
+        }
         drop(checks);
         drop(summaries);
         info!("stopped");

@@ -20,13 +20,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use smol::channel;
 use tracing::info;
 
+use crate::core::cluster::Cluster;
 use crate::core::config::Config;
 use crate::core::proxy::generation::{Deps, Generation};
 use crate::core::proxy::listener::bind_listener;
@@ -55,6 +56,8 @@ pub struct Server {
     /// A reload tells the health-check supervisor to restart the checks.
     reloaded_tx: channel::Sender<()>,
     pub(super) reloaded_rx: channel::Receiver<()>,
+    /// `[cluster]`'s shared limits, started by [`Server::run`].
+    pub(super) cluster: OnceLock<Cluster>,
 }
 
 impl Server {
@@ -87,6 +90,7 @@ impl Server {
             accept_log: Throttle::new(Duration::from_secs(1)),
             reloaded_tx,
             reloaded_rx,
+            cluster: OnceLock::new(),
         }))
     }
 
@@ -105,6 +109,11 @@ impl Server {
     /// Time since the server was created.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The fleet's shared limits, once serving with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
     }
 
     /// The gate's wall clock.
@@ -133,6 +142,9 @@ impl Server {
             bail!(
                 "[admin] listen changed; adding, moving or removing the admin endpoint needs a restart in this version"
             );
+        }
+        if old.config.cluster != config.cluster {
+            bail!("[cluster] changed; joining, leaving or changing the fleet needs a restart in this version");
         }
         let new = Arc::new(Generation::build(config, Some(&old), &self.deps)?);
         // Swapped under the registry lock: a connection registering at the

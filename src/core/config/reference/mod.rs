@@ -8,6 +8,7 @@
 //! key is left out; a required key or table is refused when missing; every
 //! example loads; and the README's reference is this module's rendering.
 
+mod cluster;
 mod tables;
 
 pub use tables::TABLES;
@@ -100,6 +101,8 @@ pub enum Kind {
     TrustDomain,
     /// `"v1"` or `"v2"` (PROXY protocol).
     ProxyVersion,
+    /// `redis://HOST[:PORT][/DB]` or `rediss://...`.
+    RedisUrl,
 }
 
 impl Kind {
@@ -123,6 +126,7 @@ impl Kind {
             Kind::DnsName => "DNS name",
             Kind::TrustDomain => "trust domain name",
             Kind::ProxyVersion => "`\"v2\"` or `\"v1\"`",
+            Kind::RedisUrl => "`\"redis://HOST:PORT\"` or `\"rediss://HOST:PORT\"`",
         }
     }
 }

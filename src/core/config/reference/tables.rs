@@ -7,8 +7,8 @@
 
 use super::Absent::{From, Is, Means, Required};
 use super::Kind::*;
-use super::Presence;
-use super::{KeyDoc, TableDoc};
+use super::cluster::{CLUSTER, CLUSTER_DOC};
+use super::{KeyDoc, Presence, TableDoc};
 
 /// Every table of `tlb.toml`.
 pub const TABLES: &[TableDoc] = &[
@@ -47,6 +47,12 @@ pub const TABLES: &[TableDoc] = &[
         doc: "The plain-HTTP admin endpoint: `/metrics`, `/healthz`, `/status` (see \
               [Admin endpoint](#admin-endpoint-metrics-healthz-status)). Left out: no admin endpoint.",
         keys: ADMIN,
+    },
+    TableDoc {
+        path: "cluster",
+        presence: Presence::Optional,
+        doc: CLUSTER_DOC,
+        keys: CLUSTER,
     },
     TableDoc {
         path: "app",

@@ -1,9 +1,9 @@
 //! `[admin]` validation: the admin endpoint's address and its bearer token.
 //!
 //! Promises: `listen` is an IP:PORT that no app listens on; `token_file` is
-//! read once here (bounded to 4 KiB, one printable-ASCII token, trailing
-//! whitespace trimmed) and kept only as its digest; a file every user may
-//! read is accepted with a warning.
+//! read once here (by [`secret_file`], which `[cluster]` shares: bounded to
+//! 4 KiB, one printable-ASCII secret, trailing whitespace trimmed) and kept
+//! only as its digest; a file every user may read is accepted with a warning.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -60,28 +60,40 @@ pub(crate) fn check_own_port(
 /// printable ASCII, trailing whitespace trimmed, at most 4 KiB. A file every
 /// user may read is accepted with a warning.
 fn token(ctx: &Ctx<'_>, file: &Spanned<PathBuf>) -> Result<AdminToken, ConfigError> {
+    let fix = "write one random token (printable ASCII: it travels in an Authorization header) into it, e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`";
+    secret_file(ctx, file, "admin.token_file", fix).map(|t| AdminToken::new(&t))
+}
+
+/// Reads a file holding one secret (`key` names it in errors, `fix` says
+/// how to write one): printable ASCII, trailing whitespace trimmed, at most
+/// 4 KiB. A file every user may read is accepted with a warning.
+pub(crate) fn secret_file(
+    ctx: &Ctx<'_>,
+    file: &Spanned<PathBuf>,
+    key: &str,
+    fix: &str,
+) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
     const MAX: u64 = 4096;
     let path = ctx.resolve(file.get_ref().clone());
     let shown = path.display();
-    let fix = "write one random token into it, e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`";
-    let err = |m: String| ctx.err(file.span(), "admin.token_file", m);
+    let err = |m: String| ctx.err(file.span(), key, m);
     let cannot = |e: std::io::Error| err(format!("cannot read {shown}: {e}; fix the path or {fix}"));
     let f = std::fs::File::open(&path).map_err(cannot)?;
     let mode = f.metadata().map_err(cannot)?.permissions();
     let mut bytes = Vec::new();
     // Bounded: a wrong path (a device, a log) must not fill memory.
     f.take(MAX + 1).read_to_end(&mut bytes).map_err(cannot)?;
-    let token = bytes.trim_ascii_end();
-    if token.is_empty() {
+    let secret = bytes.trim_ascii_end();
+    if secret.is_empty() {
         return Err(err(format!("{shown} is empty; {fix}")));
     }
     if bytes.len() as u64 > MAX {
         return Err(err(format!("{shown} is longer than {MAX} bytes; {fix}")));
     }
-    if !token.iter().all(u8::is_ascii_graphic) {
+    if !secret.iter().all(u8::is_ascii_graphic) {
         return Err(err(format!(
-            "{shown} holds spaces, line breaks, control or non-ASCII characters, which cannot travel in an Authorization header; {fix}"
+            "{shown} holds spaces, line breaks, control or non-ASCII characters; {fix}"
         )));
     }
     #[cfg(unix)]
@@ -89,7 +101,7 @@ fn token(ctx: &Ctx<'_>, file: &Spanned<PathBuf>) -> Result<AdminToken, ConfigErr
         use std::os::unix::fs::PermissionsExt;
         if mode.mode() & 0o004 != 0 {
             tracing::warn!(
-                "{}: [admin] token_file {shown} is readable by every user (mode {:o}); run `chmod 600 {shown}`",
+                "{}: {key} {shown} is readable by every user (mode {:o}); run `chmod 600 {shown}`",
                 ctx.path.display(),
                 mode.mode() & 0o777
             );
@@ -97,5 +109,5 @@ fn token(ctx: &Ctx<'_>, file: &Spanned<PathBuf>) -> Result<AdminToken, ConfigErr
     }
     #[cfg(not(unix))]
     let _ = mode;
-    Ok(AdminToken::new(token))
+    Ok(secret.to_vec())
 }

@@ -2,14 +2,15 @@
 //! typed [`Config`], one module per section.
 //!
 //! Promises: sections are checked in one fixed order (`[tls]`, `[limits]`,
-//! `[admin]`, `[defaults]`, `[timeouts]`, `[[app]]`, `[[trust_domain]]`, `[[client]]`, then the
-//! checks across sections), the first problem found is returned, and every
+//! `[admin]`, `[defaults]`, `[timeouts]`, `[[app]]`, `[[trust_domain]]`,
+//! `[[client]]`, `[cluster]`, then the checks across sections), the first problem found is returned, and every
 //! error names the file, line and key.
 
 mod admin;
 mod app_tables;
 mod apps;
 mod clients;
+mod cluster;
 mod ctx;
 mod limits;
 mod tls;
@@ -32,11 +33,14 @@ pub(crate) fn config(raw: RawConfig, text: &str, path: &Path) -> Result<Config, 
     let apps = apps::apps(raw.apps, &ctx)?;
     let trust_domains = trust_domains::trust_domains(raw.trust_domains, &ctx)?;
     let clients = clients::clients(raw.clients, &apps, defaults, &trust_domains, &ctx)?;
+    let listeners: Vec<_> = apps.iter().map(|a| a.listen).collect();
+    let cluster = cluster::settings(raw.cluster, &listeners, &ctx)?;
     admin::check_own_port(admin.as_ref(), admin_span, &apps, &ctx)?;
     Ok(Config {
         path: path.to_path_buf(),
         tls,
         admin,
+        cluster,
         limits,
         defaults,
         timeouts,

@@ -1,0 +1,69 @@
+//! The reference entries of `[cluster]` (kept apart from `tables` for
+//! size): the Redis server, this instance's name and the fleet's timing.
+//!
+//! Promises: declarative only, checked like every table by `tests/reference.rs`.
+
+use super::Absent::{Is, Means, Required};
+use super::KeyDoc;
+use super::Kind::*;
+
+/// What `[cluster]` is for.
+pub(super) const CLUSTER_DOC: &str = "Per-client limits (`max_connections`, `connection_rate`/`burst`) shared by \
+    several tlb instances through Redis (see [A fleet of instances](#a-fleet-of-instances)). Left out: each \
+    instance enforces every limit alone. Redis unreachable, slow or refusing: each instance enforces \
+    `limit / instances` until it is back. Nothing connects to Redis when the config is loaded.";
+
+pub(super) const CLUSTER: &[KeyDoc] = &[
+    KeyDoc {
+        name: "redis",
+        kind: RedisUrl,
+        absent: Required,
+        example: r#""redis://10.0.0.5:6379""#,
+        doc: "The Redis server (a Redis Cluster node works too: every key of one identity shares a hash tag). \
+              `rediss://` is TLS, verified against the system's trust store. A password goes in \
+              `redis_password_file`, never in the URL.",
+    },
+    KeyDoc {
+        name: "redis_password_file",
+        kind: Path,
+        absent: Means("no `AUTH`"),
+        example: r#""redis.password""#,
+        doc: "File holding the Redis password (printable ASCII, at most 4 KiB, trailing whitespace trimmed), \
+              read when the config is loaded and on every reload; with a user name in the URL \
+              (`redis://USER@HOST:PORT`), an ACL login.",
+    },
+    KeyDoc {
+        name: "instance",
+        kind: Text,
+        absent: Means("host name and first listen address: `lb-a/0.0.0.0:8443`"),
+        example: r#""lb-a""#,
+        doc: "This instance's name in the shared counts; unique in the fleet (two instances with one name \
+              overwrite each other's counts). What a crashed process left is forgotten within `liveness_ttl`, \
+              sooner once the instance restarted under its name refreshes.",
+    },
+    KeyDoc {
+        name: "instances",
+        kind: Count,
+        absent: Is("1"),
+        example: "3",
+        doc: "Expected fleet size. While Redis is unreachable each instance enforces `limit / instances` \
+              (rounded down, at least 1) of every limit, so the fleet stays near the limit; `1` keeps the \
+              whole limit per instance (the fleet may then admit `instances ×` the limit).",
+    },
+    KeyDoc {
+        name: "timeout",
+        kind: Duration,
+        absent: Is(r#""20ms""#),
+        example: r#""50ms""#,
+        doc: "Longest wait for Redis on a new connection; past it the connection is decided by the local \
+              share and Redis is probed in the background.",
+    },
+    KeyDoc {
+        name: "liveness_ttl",
+        kind: Duration,
+        absent: Is(r#""5s""#),
+        example: r#""10s""#,
+        doc: "An instance refreshes its counts every third of this; counts of an instance silent for this long \
+              (crashed, cut off) are forgotten. At least `1s` and 4 × `timeout`.",
+    },
+];
