@@ -46,6 +46,11 @@ fn instance(rt: &Runtime, s: ClusterSettings) -> Cluster {
     c
 }
 
+/// Instances `a` and `b` of one fleet on `redis`, both up.
+fn two_instances(rt: &Runtime, redis: &RedisServer) -> (Cluster, Cluster) {
+    (instance(rt, settings(redis, "a")), instance(rt, settings(redis, "b")))
+}
+
 fn admit(c: &Cluster, identity: &str, l: Limits) -> Result<ClusterSlot, Denied> {
     smol::block_on(c.admit(identity, l))
 }
@@ -64,10 +69,7 @@ fn two_instances_share_max_connections() {
         return;
     };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (
-        instance(&rt, settings(&redis, "a")),
-        instance(&rt, settings(&redis, "b")),
-    );
+    let (a, b) = two_instances(&rt, &redis);
     let l = limits(4, 1000.0, 1000);
     let a1 = admit(&a, "client1", l).expect("1st on A");
     let _a2 = admit(&a, "client1", l).expect("2nd on A");
@@ -106,10 +108,7 @@ fn two_instances_share_the_connection_rate() {
         return;
     };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (
-        instance(&rt, settings(&redis, "a")),
-        instance(&rt, settings(&redis, "b")),
-    );
+    let (a, b) = two_instances(&rt, &redis);
     let (rate, burst) = (10.0, 2);
     let l = limits(1000, rate, burst);
     let start = Instant::now();
@@ -147,10 +146,7 @@ fn a_silent_instance_is_forgotten_within_the_ttl() {
         return;
     };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (
-        instance(&rt, settings(&redis, "a")),
-        instance(&rt, settings(&redis, "b")),
-    );
+    let (a, b) = two_instances(&rt, &redis);
     let l = limits(4, 1000.0, 1000);
     let held_by_a: Vec<_> = (0..3).map(|_| admit(&a, "client1", l).expect("on A")).collect();
     let _b1 = admit(&b, "client1", l).expect("on B");
@@ -193,10 +189,7 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     let test = "redis_stopped_means_the_local_share_and_restarted_means_shared_limits";
     let Some(mut redis) = redis_or_skip(test) else { return };
     let rt = Runtime::new(2).expect("runtime");
-    let (a, b) = (
-        instance(&rt, settings(&redis, "a")),
-        instance(&rt, settings(&redis, "b")),
-    );
+    let (a, b) = two_instances(&rt, &redis);
     let l = limits(4, 1000.0, 1000);
     redis.stop();
     // Share: 4 / 2 instances = 2 on A, decided without waiting on Redis.

@@ -321,6 +321,41 @@ fn a_spiffe_id_is_admitted_only_from_its_own_trust_domains_ca() {
 }
 
 #[test]
+fn a_trust_domains_crl_refuses_its_revoked_spiffe_ids() {
+    let prod_dir = tempfile::tempdir().expect("tempdir");
+    let prod = other_ca(prod_dir.path());
+    issue(&prod, "prod-api", &[San::Uri(PROD_API.into())]);
+    issue(
+        &prod,
+        "prod-other",
+        &[San::Uri("spiffe://prod.example/ns/web/sa/other".into())],
+    );
+    prod.revoke("prod-api").expect("revoking prod-api");
+    let domains = vec![TrustDomainSection {
+        name: "prod.example".into(),
+        ca: prod.ca_cert().display().to_string(),
+        crl: Some(prod.crl().display().to_string()),
+    }];
+    let lab = identity_lab(
+        AppMode::Audit,
+        vec![
+            uri_client("api", PROD_API),
+            uri_client("other", "spiffe://prod.example/ns/web/sa/other"),
+        ],
+        domains,
+    );
+    refused(
+        &client_of(&lab, &prod, "prod-api"),
+        "certificate_revoked",
+        "revoked by its domain's CRL, in audit mode too",
+    );
+    assert!(admitted(&client_of(&lab, &prod, "prod-other")), "not revoked");
+    assert_eq!(granted(&lab, "api"), 0);
+    assert_eq!(audit_denied(&lab), 0);
+    lab.shutdown().expect("shutdown");
+}
+
+#[test]
 fn audit_mode_admits_and_counts_would_be_refusals_but_not_certificate_errors() {
     let lab = identity_lab(
         AppMode::Audit,

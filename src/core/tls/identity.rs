@@ -47,13 +47,12 @@ pub fn sans_of(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
 }
 
 /// What a certificate presents as identity, for refusal log lines:
-/// `cn:X`, then `uri:X` and `dns:X` for each SAN.
+/// `cn:X`, then each SAN as `pki show` lists them (`uri:X`, `dns:X`, ...).
 pub fn presented_of(cert: &X509Certificate<'_>) -> Vec<String> {
-    let (uris, dnss) = sans_of(cert);
     let cn = cn_of(cert).map(|c| format!("cn:{c}"));
+    let sans = crate::core::pki::sans::listed(cert).into_iter();
     cn.into_iter()
-        .chain(uris.into_iter().map(|u| format!("uri:{u}")))
-        .chain(dnss.into_iter().map(|d| format!("dns:{d}")))
+        .chain(sans.map(|(kind, v)| format!("{kind}:{v}")))
         .collect()
 }
 
