@@ -13,7 +13,7 @@ use tlb::core::cluster::{Cluster, ClusterSlot, Denied};
 use tlb::core::config::{ClusterSettings, Limits};
 use tlb::core::rt::Runtime;
 
-use crate::common::redis::{RedisServer, redis_or_skip};
+use crate::common::redis::{RedisServer, conn, redis_or_skip};
 use crate::common::wait_until;
 
 /// Generous for a loaded 2-core machine; the slow-Redis test sets its own.
@@ -59,7 +59,7 @@ fn hget(redis: &RedisServer, identity: &str, field: &str) -> Option<i64> {
     redis::cmd("HGET")
         .arg(format!("tlb:{{{identity}}}:conn"))
         .arg(field)
-        .query(&mut redis.conn())
+        .query(&mut conn(redis))
         .expect("HGET")
 }
 
@@ -210,7 +210,7 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     let st = a.status();
     assert_eq!((st.mode, st.up), ("local", false), "{st:?}");
     assert!(st.errors >= 1 && st.local_decisions >= 2, "{st:?}");
-    redis.restart();
+    redis.restart().expect("restarting redis-server");
     wait_until("A and B reach Redis again", Duration::from_secs(10), || {
         a.is_up() && b.is_up()
     });
@@ -241,7 +241,7 @@ fn a_slow_redis_costs_at_most_the_timeout() {
     // Limits high enough that the local share (half of each), which
     // decides in memory at a far higher rate than Redis, never refuses.
     let l = limits(u32::MAX, 1e12, u32::MAX);
-    let mut sleeper = redis.conn();
+    let mut sleeper = conn(&redis);
     let sleeping = std::thread::spawn(move || {
         let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg("1.5").query(&mut sleeper);
     });

@@ -13,7 +13,7 @@ use tlb::core::config::writer::{ClusterSection, ConfigWriter};
 use tlb::core::tools::client::{ClientError, ClientOptions, ClientStream, connect_to, exchange};
 use tlb::core::tools::lab::{Lab, LabOptions, LabPaths};
 
-use crate::common::redis::{RedisServer, redis_or_skip};
+use crate::common::redis::{RedisServer, conn, redis_or_skip};
 use crate::common::*;
 
 const TTL: Duration = Duration::from_secs(1);
@@ -136,7 +136,7 @@ fn a_killed_instance_is_forgotten_within_the_ttl() {
         let n: Option<i64> = ::redis::cmd("HGET")
             .arg("tlb:{client1}:conn")
             .arg(field)
-            .query(&mut redis.conn())
+            .query(&mut conn(&redis))
             .expect("HGET");
         n
     };
