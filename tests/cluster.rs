@@ -24,6 +24,9 @@ fn settings(redis: &RedisServer, instance: &str) -> ClusterSettings {
     ClusterSettings {
         redis: redis.url(),
         password: None,
+        ca: None,
+        cert_key: None,
+        prefix: "tlb".into(),
         instance: instance.into(),
         instances: 2,
         timeout: TIMEOUT,

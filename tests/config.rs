@@ -648,6 +648,7 @@ fn cluster_defaults_name_the_instance_after_host_and_listener() {
         cl.instance
     );
     assert!(cl.password.is_none());
+    assert_eq!((cl.prefix.as_str(), &cl.ca, &cl.cert_key), ("tlb", &None, &None));
     assert!(
         parse(&minimal("")).expect("loads").cluster.is_none(),
         "no [cluster], nothing shared"
@@ -693,6 +694,27 @@ fn cluster_mistakes_name_the_key_and_the_fix() {
             "redis = \"redis://h\"\nredis_password_file = \"/nonexistent/pw\"",
             "cluster.redis_password_file",
             "cannot read",
+        ),
+        (
+            "redis = \"redis://h\"\nredis_ca = \"ca.crt\"",
+            "cluster.redis_ca",
+            "rediss://HOST:PORT",
+        ),
+        (
+            "redis = \"rediss://h\"\nredis_cert = \"lb.crt\"",
+            "cluster.redis_cert",
+            "set both or neither",
+        ),
+        (
+            "redis = \"rediss://h\"\nredis_key = \"lb.key\"",
+            "cluster.redis_cert",
+            "set both or neither",
+        ),
+        ("redis = \"redis://h\"\nprefix = \"a{b}\"", "cluster.prefix", "braces"),
+        (
+            "redis = \"redis://h\"\nprefix = \"\"",
+            "cluster.prefix",
+            "1 to 64 bytes",
         ),
     ];
     for (body, key, fragment) in cases {

@@ -9,6 +9,7 @@ mod admin;
 mod bench;
 mod cli;
 mod cluster;
+mod cluster_auth;
 mod config;
 mod data_path;
 mod faults;

@@ -339,7 +339,7 @@ fn accepted_values(kind: Kind) -> &'static [&'static str] {
             r#""spiffe://prod.example""#,
         ],
         Kind::DnsName => &[r#""API.Web.Internal""#],
-        Kind::RedisUrl => &[r#""rediss://redis.internal""#, r#""redis://tlb@[::1]:6380/2""#],
+        Kind::RedisUrl => &[r#""rediss://redis.internal""#, r#""rediss://tlb@[::1]:6380/2""#],
         _ => &[],
     }
 }

@@ -9,12 +9,13 @@
 //! counted (`tlb_cluster_errors_total`); no lock is held across an await.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 use smol::channel;
 
 use crate::core::cluster::scripts::Scripts;
@@ -65,7 +66,11 @@ impl Link {
             let redis = info.redis_settings().clone().set_password(p.reveal());
             info = info.set_redis_settings(redis);
         }
-        let client = Client::open(info).map_err(|e| format!("cluster: redis {:?}: {e}; {fix}", s.redis))?;
+        let client = match tls_certificates(s)? {
+            None => Client::open(info),
+            Some(certs) => Client::build_with_tls(info, certs),
+        }
+        .map_err(|e| format!("cluster: redis {:?}: {e}; {fix}", s.redis))?;
         let (broken, rx) = channel::bounded(1);
         let link = Link {
             client,
@@ -210,4 +215,30 @@ impl Link {
         }
         msg
     }
+}
+
+/// `redis_ca`, `redis_cert` and `redis_key` read (PEM, checked by the
+/// client); `None` when none is set (the system's trust store, no client
+/// certificate).
+fn tls_certificates(s: &ClusterSettings) -> Result<Option<TlsCertificates>, String> {
+    if s.ca.is_none() && s.cert_key.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| {
+            format!(
+                "cluster: {key} {}: cannot read it: {e}; fix the path in [cluster] {key}",
+                p.display()
+            )
+        })
+    };
+    let root_cert = s.ca.as_deref().map(|p| read("redis_ca", p)).transpose()?;
+    let client_tls = match &s.cert_key {
+        Some((cert, key)) => Some(ClientTlsConfig {
+            client_cert: read("redis_cert", cert)?,
+            client_key: read("redis_key", key)?,
+        }),
+        None => None,
+    };
+    Ok(Some(TlsCertificates { client_tls, root_cert }))
 }

@@ -186,7 +186,8 @@ impl Cluster {
         let interval_us = (1e6 / limits.connection_rate).min(1e15);
         let ttl_ms = ms(s.liveness_ttl);
         let mut inv = i.scripts.admit.prepare_invoke();
-        inv.key(rate_key(identity)).key(conn_key(identity));
+        inv.key(rate_key(&s.prefix, identity))
+            .key(conn_key(&s.prefix, identity));
         inv.arg(&s.instance)
             .arg(limits.max_connections)
             .arg(interval_us)
@@ -261,7 +262,8 @@ impl Drop for ClusterSlot {
         let identity = self.identity.clone();
         i.ex.spawn(async move {
             let mut inv = inner.scripts.release.prepare_invoke();
-            inv.key(conn_key(&identity)).arg(&inner.settings.instance);
+            inv.key(conn_key(&inner.settings.prefix, &identity))
+                .arg(&inner.settings.instance);
             let _: Option<i64> = inner
                 .link
                 .call("release", |mut c| async move { inv.invoke_async(&mut c).await })
@@ -304,7 +306,7 @@ async fn refresh(inner: &Arc<Inner>) {
     let ttl_ms = ms(inner.settings.liveness_ttl);
     for (identity, held) in inner.shares.snapshot() {
         let mut inv = inner.scripts.refresh.prepare_invoke();
-        inv.key(conn_key(&identity))
+        inv.key(conn_key(&inner.settings.prefix, &identity))
             .arg(&inner.settings.instance)
             .arg(held)
             .arg(ttl_ms);

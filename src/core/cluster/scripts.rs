@@ -9,7 +9,7 @@
 //! commands as decimal strings (`%.0f`, never Lua's exponent form), capped
 //! so that absurd limits (a rate of one per century) stay valid commands.
 //!
-//! Per identity, two keys:
+//! Per identity, two keys (`tlb` is the default `[cluster] prefix`):
 //! - `tlb:{ID}:rate`: the GCRA theoretical arrival time, in µs of Redis
 //!   time, expiring when the bucket would be full again;
 //! - `tlb:{ID}:conn`: a hash, per instance `c:INSTANCE` = connections held
@@ -22,14 +22,14 @@
 
 use redis::Script;
 
-/// The rate key of `identity`.
-pub(crate) fn rate_key(identity: &str) -> String {
-    format!("tlb:{{{identity}}}:rate")
+/// The rate key of `identity` (`prefix`: `[cluster] prefix`).
+pub(crate) fn rate_key(prefix: &str, identity: &str) -> String {
+    format!("{prefix}:{{{identity}}}:rate")
 }
 
 /// The concurrency hash of `identity`.
-pub(crate) fn conn_key(identity: &str) -> String {
-    format!("tlb:{{{identity}}}:conn")
+pub(crate) fn conn_key(prefix: &str, identity: &str) -> String {
+    format!("{prefix}:{{{identity}}}:conn")
 }
 
 /// Admit one connection, or say why not.
@@ -121,9 +121,10 @@ mod tests {
 
     #[test]
     fn keys_of_one_identity_share_a_hash_tag() {
-        assert_eq!(rate_key("client1"), "tlb:{client1}:rate");
-        assert_eq!(conn_key("client1"), "tlb:{client1}:conn");
+        assert_eq!(rate_key("tlb", "client1"), "tlb:{client1}:rate");
+        assert_eq!(conn_key("tlb", "client1"), "tlb:{client1}:conn");
+        assert_eq!(conn_key("tlb-b", "client1"), "tlb-b:{client1}:conn");
         // Distinct identities never share a key, whatever they hold.
-        assert_ne!(conn_key("a}:conn"), conn_key("a"));
+        assert_ne!(conn_key("tlb", "a}:conn"), conn_key("tlb", "a"));
     }
 }

@@ -102,6 +102,15 @@ pub struct ClusterSettings {
     pub redis: String,
     /// From `redis_password_file`: the password sent with `AUTH`.
     pub password: Option<RedisPassword>,
+    /// `redis_ca`: the CA that verifies a `rediss://` server (else the
+    /// system's trust store).
+    pub ca: Option<PathBuf>,
+    /// `redis_cert` + `redis_key`: this instance's client certificate
+    /// towards a `rediss://` server that requires one.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// `prefix`: the first part of every key (two fleets on one Redis use
+    /// two prefixes).
+    pub prefix: String,
     /// This instance's name in the shared counts (unique in the fleet).
     pub instance: String,
     /// Expected fleet size: while Redis is unreachable each instance
@@ -113,6 +122,8 @@ pub struct ClusterSettings {
     pub liveness_ttl: Duration,
 }
 
+/// Default `[cluster] prefix`.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "tlb";
 /// Default `[cluster] instances`.
 pub const DEFAULT_CLUSTER_INSTANCES: u32 = 1;
 /// Default `[cluster] timeout`.

@@ -72,6 +72,10 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawCluster {
     pub(crate) redis: Spanned<String>,
     pub(crate) redis_password_file: Option<Spanned<PathBuf>>,
+    pub(crate) redis_ca: Option<Spanned<PathBuf>>,
+    pub(crate) redis_cert: Option<Spanned<PathBuf>>,
+    pub(crate) redis_key: Option<Spanned<PathBuf>>,
+    pub(crate) prefix: Option<Spanned<String>>,
     pub(crate) instance: Option<Spanned<String>>,
     pub(crate) instances: Option<Spanned<i64>>,
     pub(crate) timeout: Option<Spanned<HumanDuration>>,

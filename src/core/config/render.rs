@@ -10,14 +10,17 @@
 
 use std::fmt;
 
+mod cluster;
+
+use cluster::cluster;
+
 use crate::core::config::literal::{count, duration, rate, string, strings, version};
 use crate::core::config::model::{
-    AppMode, DEFAULT_CLUSTER_INSTANCES, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_LIVENESS_TTL, DEFAULT_SESSION_LIFETIME,
-    GlobalLimits, HealthSettings, Limits, Timeouts, TlsVersion,
+    AppMode, DEFAULT_SESSION_LIFETIME, GlobalLimits, HealthSettings, Limits, Timeouts, TlsVersion,
 };
 use crate::core::config::writer::{
-    AdminSection, AppSection, ClientSection, ClusterSection, ConfigWriter, GlobalLimitsSection, HealthSection,
-    LimitsSection, TimeoutsSection, TlsSection, TrustDomainSection,
+    AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
+    TimeoutsSection, TlsSection, TrustDomainSection,
 };
 
 /// Column (0-based) where an annotated line's `#` comment starts.
@@ -321,31 +324,6 @@ fn admin(a: Option<&AdminSection>) -> Table {
             key("token_file", a.and_then(|a| a.token_file.as_deref()).map(string)),
         ],
     )
-}
-
-fn cluster(c: Option<&ClusterSection>) -> Table {
-    let password = c.and_then(|c| c.redis_password_file.as_deref()).map(string);
-    let mut t = table(
-        "[cluster]",
-        c.is_some(),
-        vec![
-            key("redis", c.map(|c| string(&c.redis))).example(string("redis://127.0.0.1:6379")),
-            key("redis_password_file", password),
-            key("instance", c.and_then(|c| c.instance.as_deref()).map(string))
-                .doc("unique; default: host name/listen address"),
-            key("instances", c.and_then(|c| c.instances).map(count))
-                .doc("fleet size: Redis unreachable -> limit / instances")
-                .example(count(DEFAULT_CLUSTER_INSTANCES)),
-            key("timeout", c.and_then(|c| c.timeout).map(duration))
-                .doc("longest wait for Redis per connection")
-                .example(duration(DEFAULT_CLUSTER_TIMEOUT)),
-            key("liveness_ttl", c.and_then(|c| c.liveness_ttl).map(duration))
-                .doc("a silent instance's counts are forgotten after this")
-                .example(duration(DEFAULT_LIVENESS_TTL)),
-        ],
-    );
-    t.comment = "optional: per-client limits shared by a fleet";
-    t
 }
 
 fn write_app(a: &AppSection, out: &mut Out) {

@@ -226,6 +226,10 @@ pub struct ClusterSection {
     /// `redis://HOST:PORT` or `rediss://HOST:PORT`.
     pub redis: String,
     pub redis_password_file: Option<String>,
+    pub redis_ca: Option<String>,
+    pub redis_cert: Option<String>,
+    pub redis_key: Option<String>,
+    pub prefix: Option<String>,
     pub instance: Option<String>,
     pub instances: Option<u32>,
     pub timeout: Option<Duration>,
@@ -238,6 +242,10 @@ impl ClusterSection {
         ClusterSection {
             redis: redis.to_string(),
             redis_password_file: None,
+            redis_ca: None,
+            redis_cert: None,
+            redis_key: None,
+            prefix: None,
             instance: None,
             instances: None,
             timeout: None,

@@ -18,9 +18,10 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
         name: "redis",
         kind: RedisUrl,
         absent: Required,
-        example: r#""redis://10.0.0.5:6379""#,
+        example: r#""rediss://10.0.0.5:6379""#,
         doc: "The Redis server (a Redis Cluster node works too: every key of one identity shares a hash tag). \
-              `rediss://` is TLS, verified against the system's trust store. A password goes in \
+              `rediss://` is TLS, verified against `redis_ca` (else the system's trust store), the name checked \
+              against the URL's host (an IP address against IP SANs). A password goes in \
               `redis_password_file`, never in the URL.",
     },
     KeyDoc {
@@ -31,6 +32,36 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
         doc: "File holding the Redis password (printable ASCII, at most 4 KiB, trailing whitespace trimmed), \
               read when the config is loaded and on every reload; with a user name in the URL \
               (`redis://USER@HOST:PORT`), an ACL login.",
+    },
+    KeyDoc {
+        name: "redis_ca",
+        kind: Path,
+        absent: Means("the system's trust store"),
+        example: r#""pki/redis-ca.crt""#,
+        doc: "PEM CA bundle that verifies the `rediss://` server, read when tlb starts. Only with `rediss://`.",
+    },
+    KeyDoc {
+        name: "redis_cert",
+        kind: Path,
+        absent: Means("no client certificate"),
+        example: r#""pki/lb-a.crt""#,
+        doc: "PEM certificate tlb presents to a `rediss://` server that requires one (Redis's default \
+              `tls-auth-clients yes`), with `redis_key`; both or neither, only with `rediss://`.",
+    },
+    KeyDoc {
+        name: "redis_key",
+        kind: Path,
+        absent: Means("no client certificate"),
+        example: r#""pki/lb-a.key""#,
+        doc: "The PEM private key of `redis_cert`.",
+    },
+    KeyDoc {
+        name: "prefix",
+        kind: Text,
+        absent: Is(r#""tlb""#),
+        example: r#""tlb-prod""#,
+        doc: "First part of every key (`PREFIX:{IDENTITY}:rate`, `PREFIX:{IDENTITY}:conn`). Two fleets that \
+              share one Redis but not their limits use two prefixes; 1 to 64 bytes, no spaces or braces.",
     },
     KeyDoc {
         name: "instance",

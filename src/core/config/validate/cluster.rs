@@ -4,18 +4,23 @@
 //! Promises: `redis` is a `redis://` or `rediss://` URL with a host, an
 //! optional port and database number, and nothing else (no password in the
 //! URL, no query, no fragment: `#insecure` would turn TLS verification off);
-//! the password file is read once here, like the admin token; `instance`
+//! the password file is read once here, like the admin token; `redis_ca`,
+//! `redis_cert` and `redis_key` (paths, read when connecting) only with
+//! `rediss://`, the last two both or neither; `prefix` holds no hash-tag
+//! braces, spaces or control characters; `instance`
 //! defaults to the host name and the first listen address; `liveness_ttl` is
 //! at least 1 s and at least 4 × `timeout`. Nothing connects to Redis here.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use crate::core::config::error::ConfigError;
 use crate::core::config::model::{
-    ClusterSettings, DEFAULT_CLUSTER_INSTANCES, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_LIVENESS_TTL, RedisPassword,
+    ClusterSettings, DEFAULT_CLUSTER_INSTANCES, DEFAULT_CLUSTER_PREFIX, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_LIVENESS_TTL,
+    RedisPassword,
 };
 use crate::core::config::raw::RawCluster;
 use crate::core::config::validate::admin::secret_file;
@@ -23,6 +28,8 @@ use crate::core::config::validate::ctx::Ctx;
 
 /// Longest `instance` name, in bytes.
 const MAX_INSTANCE: usize = 200;
+/// Longest `prefix`, in bytes.
+const MAX_PREFIX: usize = 64;
 
 /// `[cluster]` checked, with defaults; `listeners` are the apps' listen
 /// addresses, in order (the first names the instance by default).
@@ -47,6 +54,11 @@ pub(crate) fn settings(
             Ok(RedisPassword::new(String::from_utf8_lossy(&bytes).into_owned()))
         })
         .transpose()?;
+    let (ca, cert_key) = tls_files(&c, ctx)?;
+    let prefix = match &c.prefix {
+        Some(p) => prefix(p, ctx)?,
+        None => DEFAULT_CLUSTER_PREFIX.to_string(),
+    };
     let instance = match &c.instance {
         Some(name) => instance_name(name, ctx)?,
         None => default_instance(listeners),
@@ -73,6 +85,9 @@ pub(crate) fn settings(
     Ok(Some(ClusterSettings {
         redis: c.redis.into_inner(),
         password,
+        ca,
+        cert_key,
+        prefix,
         instance,
         instances,
         timeout,
@@ -112,6 +127,57 @@ fn redis_url(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+/// `redis_ca`, `redis_cert`, `redis_key`: resolved paths, for `rediss://` only.
+type TlsFiles = (Option<PathBuf>, Option<(PathBuf, PathBuf)>);
+
+fn tls_files(c: &RawCluster, ctx: &Ctx<'_>) -> Result<TlsFiles, ConfigError> {
+    let tls = c.redis.get_ref().starts_with("rediss://");
+    for (name, v) in [
+        ("redis_ca", &c.redis_ca),
+        ("redis_cert", &c.redis_cert),
+        ("redis_key", &c.redis_key),
+    ] {
+        if let Some(v) = v
+            && !tls
+        {
+            return Err(ctx.err(
+                v.span(),
+                format!("cluster.{name}"),
+                format!("{name} is for TLS: write the redis URL as rediss://HOST:PORT, or remove {name}"),
+            ));
+        }
+    }
+    let path = |v: &Spanned<PathBuf>| ctx.resolve(v.get_ref().clone());
+    let cert_key = match (&c.redis_cert, &c.redis_key) {
+        (Some(cert), Some(key)) => Some((path(cert), path(key))),
+        (None, None) => None,
+        (Some(v), None) | (None, Some(v)) => {
+            return Err(ctx.err(
+                v.span(),
+                "cluster.redis_cert",
+                "redis_cert and redis_key go together (the client certificate and its key): set both or neither",
+            ));
+        }
+    };
+    Ok((c.redis_ca.as_ref().map(path), cert_key))
+}
+
+/// `prefix`: Redis key text without the hash tag's braces.
+fn prefix(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<String, ConfigError> {
+    let p = v.get_ref();
+    let bad = |c: char| c.is_control() || c.is_whitespace() || c == '{' || c == '}';
+    if p.is_empty() || p.len() > MAX_PREFIX || p.chars().any(bad) {
+        return Err(ctx.err(
+            v.span(),
+            "cluster.prefix",
+            format!(
+                "{p:?}: write 1 to {MAX_PREFIX} bytes without spaces, braces or control characters, e.g. \"tlb-prod\" (one prefix per fleet sharing a Redis)"
+            ),
+        ));
+    }
+    Ok(p.clone())
 }
 
 fn instance_name(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<String, ConfigError> {
