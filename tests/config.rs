@@ -724,3 +724,26 @@ fn cluster_mistakes_name_the_key_and_the_fix() {
         assert_err(&e, line_of(&text, last, 0), key, fragment);
     }
 }
+
+#[test]
+fn reuse_port_is_per_listener_and_names_each_process_in_a_fleet() {
+    let c = parse(&minimal("reuse_port = true\n[cluster]\nredis = \"redis://10.0.0.5\"\n")).expect("loads");
+    assert_eq!(c.listen_sockets(), vec![(c.apps[0].listen, true)]);
+    let instance = c.cluster.expect("[cluster]").instance;
+    let suffix = format!("/127.0.0.1:8443/pid={}", std::process::id());
+    assert!(instance.ends_with(&suffix), "{instance}");
+    assert!(
+        !parse(&minimal("")).expect("loads").apps[0].reuse_port,
+        "off by default"
+    );
+    let shared = minimal(
+        "reuse_port = true\n\n[[app]]\nname = \"b\"\nlisten = \"127.0.0.1:8443\"\nserver_names = [\"b.internal\"]\nupstreams = [\"127.0.0.1:9002\"]\nreuse_port = false\n",
+    );
+    let e = parse_err(&shared);
+    assert_err(
+        &e,
+        line_of(&shared, "reuse_port = false", 0),
+        "app[1].reuse_port",
+        "set the same reuse_port in both",
+    );
+}

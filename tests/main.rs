@@ -24,5 +24,6 @@ mod pki;
 mod proxy_protocol;
 mod recipe;
 mod reference;
+mod reuse_port;
 mod samples;
 mod upstream_tls;

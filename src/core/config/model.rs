@@ -332,6 +332,10 @@ pub struct App {
     /// With [`ProxyProtocol::V2`]: the client certificate (DER) goes in the
     /// header too (TLV 0xE2).
     pub proxy_protocol_cert: bool,
+    /// SO_REUSEPORT on the listener: other processes that set it too
+    /// (other tlb instances on this host) may bind the same address, and
+    /// the kernel spreads new connections over them.
+    pub reuse_port: bool,
     pub mode: AppMode,
     pub health: Option<HealthSettings>,
     pub upstream_tls: Option<UpstreamTls>,
@@ -377,6 +381,18 @@ impl Config {
     /// The client whose identity is `name`.
     pub fn client(&self, name: &str) -> Option<&Client> {
         self.clients.iter().find(|c| c.name == name)
+    }
+
+    /// Distinct listen addresses with their `reuse_port` (apps sharing an
+    /// address agree on it), in the order apps name them.
+    pub fn listen_sockets(&self) -> Vec<(SocketAddr, bool)> {
+        let mut out: Vec<(SocketAddr, bool)> = Vec::new();
+        for app in &self.apps {
+            if !out.iter().any(|(a, _)| *a == app.listen) {
+                out.push((app.listen, app.reuse_port));
+            }
+        }
+        out
     }
 
     /// Distinct listen addresses, in the order apps name them.

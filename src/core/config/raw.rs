@@ -112,6 +112,7 @@ pub(crate) struct RawApp {
     /// Any TOML value, so that `true` gets an error saying what to write.
     pub(crate) proxy_protocol: Option<Spanned<toml::Value>>,
     pub(crate) proxy_protocol_cert: Option<Spanned<bool>>,
+    pub(crate) reuse_port: Option<Spanned<bool>>,
     pub(crate) mode: Option<Spanned<String>>,
     pub(crate) health: Option<Spanned<RawHealth>>,
     pub(crate) upstream_tls: Option<Spanned<RawUpstreamTls>>,

@@ -339,6 +339,7 @@ fn write_app(a: &AppSection, out: &mut Out) {
             key("proxy_protocol", a.proxy_protocol.map(|v| string(v.as_str())))
                 .doc("a PROXY protocol header to the upstreams: \"v2\" (or \"v1\")"),
             key("proxy_protocol_cert", a.proxy_protocol_cert.map(|b| b.to_string())),
+            key("reuse_port", a.reuse_port.map(|b| b.to_string())),
             key(
                 "mode",
                 a.mode.map(|m| {

@@ -2,7 +2,8 @@
 //! admin endpoint, the echo upstreams): binding, and the one accept step
 //! that survives accept errors.
 //!
-//! Promises: [`bind_listener`] sets SO_REUSEADDR and a backlog of 1024;
+//! Promises: [`bind_listener`] sets SO_REUSEADDR (and SO_REUSEPORT when
+//! asked: [`bind_shared_listener`]) and a backlog of 1024;
 //! a failed bind is one message with its cause once, a hint for that
 //! errno and the caller's fix ([`bind_listener_or`]);
 //! [`Listener::accept`] only ever returns a connection: an accept error
@@ -34,10 +35,28 @@ pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
 /// [`bind_listener`], ending a failed bind's message with `fix` (what the
 /// caller's user can change: a flag, a config key).
 pub fn bind_listener_or(addr: SocketAddr, fix: &str) -> Result<TcpListener> {
+    bind(addr, false, fix)
+}
+
+/// An app's listener: [`bind_listener`], with SO_REUSEPORT when
+/// `reuse_port` (other processes that set it may bind `addr` too).
+pub fn bind_shared_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener> {
+    let fix = if reuse_port {
+        "change `listen` in the config (with reuse_port, every process on the address must set it and run as the same user)"
+    } else {
+        "change `listen` in the config (or set reuse_port = true in every instance that shares it)"
+    };
+    bind(addr, reuse_port, fix)
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool, fix: &str) -> Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .with_context(|| format!("creating a socket for {addr}"))?;
     socket.set_reuse_address(true).context("setting SO_REUSEADDR")?;
+    if reuse_port {
+        socket.set_reuse_port(true).context("setting SO_REUSEPORT")?;
+    }
     socket
         .bind(&addr.into())
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}: {}; {fix}", bind_hint(&e, addr)))?;

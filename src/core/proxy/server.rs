@@ -30,7 +30,7 @@ use tracing::info;
 use crate::core::cluster::Cluster;
 use crate::core::config::Config;
 use crate::core::proxy::generation::{Deps, Generation};
-use crate::core::proxy::listener::bind_listener;
+use crate::core::proxy::listener::bind_shared_listener;
 use crate::core::proxy::registry::{Open, Registry, Tracked, recheck};
 use crate::core::proxy::stats::Metrics;
 use crate::core::rt::clock::{self, Clock};
@@ -98,7 +98,11 @@ impl Server {
     /// for [`Server::run`]. `[admin] listen` is not among them: bind it for
     /// `ops::admin::serve`.
     pub fn bind(config: &Config) -> Result<Vec<TcpListener>> {
-        config.listeners().into_iter().map(bind_listener).collect()
+        config
+            .listen_sockets()
+            .into_iter()
+            .map(|(addr, reuse_port)| bind_shared_listener(addr, reuse_port))
+            .collect()
     }
 
     /// True once shutdown has begun (no new connections are accepted).
@@ -134,6 +138,9 @@ impl Server {
         let old = self.current();
         if old.config.listeners() != config.listeners() {
             bail!("listener addresses changed; adding or removing listeners needs a restart in this version");
+        }
+        if old.config.listen_sockets() != config.listen_sockets() {
+            bail!("reuse_port changed; rebinding a listener needs a restart in this version");
         }
         // The admin token follows the reload (the endpoint reads the current
         // generation per request); its address does not.

@@ -66,7 +66,9 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
     KeyDoc {
         name: "instance",
         kind: Text,
-        absent: Means("host name and first listen address: `lb-a/0.0.0.0:8443`"),
+        absent: Means(
+            "host name and first listen address: `lb-a/0.0.0.0:8443`; with `reuse_port`, the process id too: `lb-a/0.0.0.0:8443/pid=4242`",
+        ),
         example: r#""lb-a""#,
         doc: "This instance's name in the shared counts; unique in the fleet (two instances with one name \
               overwrite each other's counts). What a crashed process left is forgotten within `liveness_ttl`, \

@@ -8,6 +8,7 @@
 //! key is left out; a required key or table is refused when missing; every
 //! example loads; and the README's reference is this module's rendering.
 
+mod app_tables;
 mod cluster;
 mod tables;
 

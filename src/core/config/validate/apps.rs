@@ -4,7 +4,8 @@
 //! Promises: at least one app; app names unique; upstream host names
 //! resolved now (not per connection) and none listed twice; server names
 //! lower-cased without a trailing dot; on a shared listener at most one
-//! default app (no server_names) and no server name claimed twice.
+//! default app (no server_names) and no server name claimed twice, and
+//! all of them with the same `reuse_port`.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,9 +19,13 @@ use crate::core::config::raw::RawApp;
 use crate::core::config::validate::app_tables;
 use crate::core::config::validate::ctx::Ctx;
 
-/// Per app: the span of `server_names` (or of `name` when absent) and the
-/// span of each server name kept, for the shared-listener checks.
-type SniSpans = (Range<usize>, Vec<Range<usize>>);
+/// Per app: the span of `server_names` (or of `name` when absent), the
+/// span of each server name kept, and the span of `reuse_port` (or of
+/// `listen`), for the shared-listener checks.
+type SniSpans = (Range<usize>, Vec<Range<usize>>, Range<usize>);
+
+/// The span of `server_names` (or of `name`) and of each name kept.
+type NameSpans = (Range<usize>, Vec<Range<usize>>);
 
 /// Every `[[app]]` checked, then the listeners they share.
 pub(crate) fn apps(raw: Vec<Spanned<RawApp>>, ctx: &Ctx<'_>) -> Result<Vec<App>, ConfigError> {
@@ -78,7 +83,9 @@ fn app(
         )
     })?;
     let upstreams = upstreams(&name, &raw.upstreams, app_span, &k, ctx)?;
-    let (server_names, spans) = server_names(&raw, &k, ctx)?;
+    let (server_names, (sni_span, name_spans)) = server_names(&raw, &k, ctx)?;
+    let reuse_span = raw.reuse_port.as_ref().map_or(raw.listen.span(), Spanned::span);
+    let spans = (sni_span, name_spans, reuse_span);
     let (proxy_protocol, proxy_protocol_cert) = proxy_protocol(&raw, &k, ctx)?;
     let health = raw.health.map(|h| app_tables::health(h, &k, ctx)).transpose()?;
     let upstream_tls = raw
@@ -93,6 +100,7 @@ fn app(
         upstreams,
         proxy_protocol,
         proxy_protocol_cert,
+        reuse_port: raw.reuse_port.is_some_and(|r| *r.get_ref()),
         mode,
         health,
         upstream_tls,
@@ -195,7 +203,7 @@ fn server_names(
     raw: &RawApp,
     k: &dyn Fn(&str) -> String,
     ctx: &Ctx<'_>,
-) -> Result<(Vec<String>, SniSpans), ConfigError> {
+) -> Result<(Vec<String>, NameSpans), ConfigError> {
     let mut server_names = Vec::new();
     let mut name_spans = Vec::new();
     let list_span = raw.server_names.as_ref().map_or(raw.name.span(), Spanned::span);
@@ -220,11 +228,23 @@ fn shared_listeners(apps: &[App], sni_spans: &[SniSpans], ctx: &Ctx<'_>) -> Resu
         by_listener.entry(a.listen).or_default().push(i);
     }
     for idxs in by_listener.values().filter(|v| v.len() > 1) {
+        let first = &apps[idxs[0]];
+        if let Some(&i) = idxs.iter().find(|&&i| apps[i].reuse_port != first.reuse_port) {
+            let a = &apps[i];
+            return Err(ctx.err(
+                sni_spans[i].2.clone(),
+                format!("app[{i}].reuse_port"),
+                format!(
+                    "apps {:?} and {:?} share listener {} but not reuse_port ({} and {}); set the same reuse_port in both",
+                    first.name, a.name, a.listen, first.reuse_port, a.reuse_port
+                ),
+            ));
+        }
         let mut default_app: Option<&str> = None;
         let mut claimed: HashMap<&str, &str> = HashMap::new();
         for &i in idxs {
             let a = &apps[i];
-            let (span, name_spans) = &sni_spans[i];
+            let (span, name_spans, _) = &sni_spans[i];
             if a.server_names.is_empty() {
                 if let Some(other) = default_app {
                     return Err(ctx.err(

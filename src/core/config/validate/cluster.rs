@@ -32,10 +32,11 @@ const MAX_INSTANCE: usize = 200;
 const MAX_PREFIX: usize = 64;
 
 /// `[cluster]` checked, with defaults; `listeners` are the apps' listen
-/// addresses, in order (the first names the instance by default).
+/// addresses and `reuse_port`, in order (the first names the instance by
+/// default).
 pub(crate) fn settings(
     raw: Option<Spanned<RawCluster>>,
-    listeners: &[SocketAddr],
+    listeners: &[(SocketAddr, bool)],
     ctx: &Ctx<'_>,
 ) -> Result<Option<ClusterSettings>, ConfigError> {
     let Some(raw) = raw else {
@@ -197,11 +198,15 @@ fn instance_name(v: &Spanned<String>, ctx: &Ctx<'_>) -> Result<String, ConfigErr
 /// The host name and the first listen address: `lb-a/0.0.0.0:8443`
 /// (unique among live processes of one host, which cannot both bind it;
 /// stable across restarts, so a restarted instance's refreshes overwrite
-/// what its previous process left).
-fn default_instance(listeners: &[SocketAddr]) -> String {
+/// what its previous process left). With `reuse_port` several processes
+/// bind it, so the process id follows: `lb-a/0.0.0.0:8443/pid=4242`
+/// (what a restarted process's predecessor held is then forgotten within
+/// `liveness_ttl`, as after a crash).
+fn default_instance(listeners: &[(SocketAddr, bool)]) -> String {
     let host = host_name();
     match listeners.first() {
-        Some(a) => format!("{host}/{a}"),
+        Some((a, false)) => format!("{host}/{a}"),
+        Some((a, true)) => format!("{host}/{a}/pid={}", std::process::id()),
         None => host,
     }
 }

@@ -33,7 +33,7 @@ pub(crate) fn config(raw: RawConfig, text: &str, path: &Path) -> Result<Config, 
     let apps = apps::apps(raw.apps, &ctx)?;
     let trust_domains = trust_domains::trust_domains(raw.trust_domains, &ctx)?;
     let clients = clients::clients(raw.clients, &apps, defaults, &trust_domains, &ctx)?;
-    let listeners: Vec<_> = apps.iter().map(|a| a.listen).collect();
+    let listeners: Vec<_> = apps.iter().map(|a| (a.listen, a.reuse_port)).collect();
     let cluster = cluster::settings(raw.cluster, &listeners, &ctx)?;
     admin::check_own_port(admin.as_ref(), admin_span, &apps, &ctx)?;
     Ok(Config {
