@@ -130,16 +130,24 @@ def cpu_during(pid, run):
     return cpu_seconds(pid) - c0, out
 
 
-def apply_variant(path, variant, pki, connect_timeout=None):
+def apply_variant(path, variant, pki, connect_timeout=None, redis=None, redis_timeout="20ms"):
     """Edit a write_tlb_config file for a variant toward the upstreams (see
     upstream_flags): "pp2" adds `proxy_protocol = "v2"` to the app, "utls" an
-    `[app.upstream_tls]` with the PKI's CA and server_name "up". With
+    `[app.upstream_tls]` with the PKI's CA and server_name "up", "cluster" a
+    `[cluster]` on the Redis URL `redis` (timeout `redis_timeout`). With
     connect_timeout (e.g. "20s", for runs under valgrind) sets [timeouts] connect."""
     text = open(path).read()
     if connect_timeout:
         text = text.replace("[timeouts]\n", f"[timeouts]\nconnect = {json.dumps(connect_timeout)}\n", 1)
+    cluster = ""
+    if variant == "cluster":
+        if not redis:
+            raise SystemExit("the cluster variant needs a Redis URL")
+        cluster = (f'[cluster]\nredis = {json.dumps(redis)}\ninstance = "bench"\n'
+                   f'timeout = {json.dumps(redis_timeout)}\nliveness_ttl = "30s"\n')
     extra = {"plain": "", "pp2": 'proxy_protocol = "v2"\n',
-             "utls": f'[app.upstream_tls]\nca = {json.dumps(pki + "/ca.crt")}\nserver_name = "up"\n'}[variant]
+             "utls": f'[app.upstream_tls]\nca = {json.dumps(pki + "/ca.crt")}\nserver_name = "up"\n',
+             "cluster": cluster}[variant]
     if extra:
         i = text.index("\n[[client]]")
         text = text[:i] + "\n" + extra.rstrip("\n") + text[i:]
@@ -150,7 +158,7 @@ def apply_variant(path, variant, pki, connect_timeout=None):
 def upstream_flags(variant, pki):
     """`tlb upstream` flags for a variant: "pp2" requires a PROXY header,
     "utls" serves TLS with <pki>/servers/up.crt (`tlb pki issue up --server`)."""
-    return {"plain": [], "pp2": ["--proxy-protocol"],
+    return {"plain": [], "pp2": ["--proxy-protocol"], "cluster": [],
             "utls": ["--tls", "--cert", f"{pki}/servers/up.crt", "--key", f"{pki}/servers/up.key"]}[variant]
 
 
@@ -174,3 +182,24 @@ def port_free(port):
             return True
         except OSError:
             return False
+
+
+class Redis:
+    """A `redis-server` on a free loopback port, no persistence (the
+    `cluster` variant); `cpu()` is its CPU time so far, in seconds."""
+
+    def __init__(self, work):
+        if not shutil.which("redis-server"):
+            raise SystemExit("the cluster variant needs redis-server: apt-get install redis-server")
+        self.port = free_port()
+        self.proc = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(self.port), "--bind",
+                                      "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        stop(self.proc)

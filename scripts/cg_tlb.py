@@ -26,13 +26,16 @@ Figures (Ir = the `summary:` line of cg.out):
   pp2    app `proxy_protocol = "v2"`, upstreams `tlb upstream --proxy-protocol --greet`
   utls   `[app.upstream_tls] ca = <pki>/ca.crt, server_name = "up"`, upstreams
          `tlb upstream --tls` with a `tlb pki issue up --server` certificate
+  cluster `[cluster]` on a redis-server the script starts (timeout 2 s: valgrind
+         is ~50x slower, and a late answer would fall back to the local
+         share); each figure also reports redis-server's CPU per connection
 The cost of a variant over plain for ONE build: run the script twice with
 `--a X --b X` (plain, then the variant) and compare B's figures, or use
 `--variants plain,pp2,utls --a X` (one build, the variants alternated per
 round instead of builds; ratios against the first variant).
 
 Usage: scripts/cg_tlb.py --a /tmp/tlb.base --b /tmp/tlb.new [--rounds 2]
-           [--figures handshake,resumed,rr,stream] [--variant plain|pp2|utls]
+           [--figures handshake,resumed,rr,stream] [--variant plain|pp2|utls|cluster]
            [--duration 12] [--keep DIR]
        scripts/cg_tlb.py --a /tmp/tlb.new --variants plain,pp2,utls --figures handshake
 Needs: Linux, valgrind, taskset. Both builds must accept the variant's config.
@@ -40,8 +43,8 @@ Needs: Linux, valgrind, taskset. Both builds must accept the variant's config.
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (apply_variant, cpu_seconds, free_port, log, port_free, stop, upstream_flags,  # noqa: E402
-                      write_tlb_config)
+from benchlib import (Redis, apply_variant, cpu_seconds, free_port, log, port_free, stop,  # noqa: E402
+                      upstream_flags, write_tlb_config)
 
 FIGS = ["handshake", "resumed", "rr", "stream"]
 
@@ -71,7 +74,7 @@ def settle(pid, still=1.0, deadline=60.0):
     log(f"  warning: server CPU did not settle within {deadline}s")
 
 
-def setup(work, loader, variant):
+def setup(work, loader, variant, redis=None):
     """PKI, config and upstreams for one variant; returns (port, upstream proc)."""
     pki = f"{work}/pki"
     if not os.path.exists(pki):
@@ -87,7 +90,7 @@ def setup(work, loader, variant):
     cfg = f"{work}/tlb-{variant}.toml"
     write_tlb_config(work, port, ups, path=cfg, preauth_caps=False)
     # valgrind is ~50x slower: upstream connects must not time out.
-    apply_variant(cfg, variant, pki, connect_timeout="20s")
+    apply_variant(cfg, variant, pki, connect_timeout="20s", redis=redis and redis.url, redis_timeout="2s")
     cmd = ["taskset", "-c", "1", loader, "upstream", "--listen", ups[0], "--count", "3", "--greet",
            "--threads", "1"] + upstream_flags(variant, pki)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -116,8 +119,9 @@ FIG_BENCH = {  # mode, connections, extra
 }
 
 
-def one_run(binary, loader, work, port, cfg, fig, secs, tag):
-    """One fresh server under callgrind; fig None = start-up only. Returns a dict."""
+def one_run(binary, loader, work, port, cfg, fig, secs, tag, redis=None):
+    """One fresh server under callgrind; fig None = start-up only. Returns a
+    dict (with redis: "redis_cpu", redis-server's CPU seconds during the figure)."""
     cgout = f"{work}/cg-{tag}.out"
     errlog = open(f"{work}/serve-{tag}.log", "w")
     srv = subprocess.Popen(["taskset", "-c", "0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={cgout}",
@@ -136,9 +140,12 @@ def one_run(binary, loader, work, port, cfg, fig, secs, tag):
         if fig:
             mode, conns, extra = FIG_BENCH[fig]
             out = f"{work}/bench-{tag}.json"
+            redis_before = redis.cpu() if redis else None
             subprocess.run(bench_cmd(loader, work, port, mode, conns, secs, extra, out), check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=secs + 120)
             res = json.load(open(out))
+            if redis:
+                res["redis_cpu"] = redis.cpu() - redis_before
             settle(srv.pid)
     finally:
         srv.send_signal(signal.SIGTERM)
@@ -202,7 +209,7 @@ def main():
     ap.add_argument("--b")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--figures", default="handshake,resumed,rr,stream")
-    ap.add_argument("--variant", default="plain", choices=["plain", "pp2", "utls"])
+    ap.add_argument("--variant", default="plain", choices=["plain", "pp2", "utls", "cluster"])
     ap.add_argument("--variants", help="one build (--a), several variants, e.g. plain,pp2,utls")
     ap.add_argument("--duration", type=int, default=12)
     ap.add_argument("--keep", help="keep the work dir (profiles, logs) here")
@@ -223,9 +230,12 @@ def main():
         arms = [("A", args.a, args.variant), ("B", b, args.variant)]
         loader = b
     ups, envs = [], {}
+    redis = None
     try:
+        if any(a[2] == "cluster" for a in arms):
+            redis = Redis(work)
         for v in sorted({a[2] for a in arms}):
-            port, cfg, p = setup(work, loader, v)
+            port, cfg, p = setup(work, loader, v, redis)
             ups.append(p)
             envs[v] = (port, cfg)
         runs = {a[0]: {f: [] for f in figs + ["start"]} for a in arms}
@@ -236,11 +246,13 @@ def main():
                     port, cfg = envs[v]
                     tag = f"{label}-{fig}-{rnd}"
                     t0 = time.time()
-                    r = one_run(binary, loader, work, port, cfg, None if fig == "start" else fig, args.duration, tag)
+                    r = one_run(binary, loader, work, port, cfg, None if fig == "start" else fig, args.duration, tag,
+                                redis if v == "cluster" else None)
                     runs[label][fig].append(r)
                     log(f"round {rnd + 1} {label:5} {fig:9} Ir={r['ir']:,} "
                         + (f"hs={r.get('handshakes')} req={r.get('requests')} bytes={r.get('bytes_echoed')} "
-                           f"full={r.get('full', '-')}" if fig != "start" else "") + f" ({time.time() - t0:.0f}s)")
+                           f"full={r.get('full', '-')}" if fig != "start" else "")
+                    + (f" redis_cpu={r['redis_cpu']:.3f}s" if "redis_cpu" in r else "") + f" ({time.time() - t0:.0f}s)")
         # figures
         table = {}
         for label, _, _ in arms:
@@ -271,10 +283,21 @@ def main():
             ratios = [f"{table[a[0]][fig][0] / base:.4f} ({(table[a[0]][fig][0] / base - 1) * 100:+.2f} %)"
                       for a in arms[1:]]
             print(f"| {unit[fig]} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        for label, _, v in arms:
+            if v != "cluster":
+                continue
+            for fig in figs:
+                per = [r["redis_cpu"] / max(1, r.get("handshakes") or 1) * 1e6 for r in runs[label][fig]
+                       if "redis_cpu" in r]
+                if per and fig in ("handshake", "resumed"):
+                    print(f"{label} {fig}: redis-server CPU {statistics.median(per):.1f} us per connection "
+                          f"({' / '.join(f'{x:.1f}' for x in per)})")
         json.dump({"arms": arms, "runs": runs}, open(f"{work}/runs.json", "w"), indent=1, default=str)
     finally:
         for p in ups:
             stop(p)
+        if redis:
+            redis.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
