@@ -30,8 +30,8 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
         absent: Means("no `AUTH`"),
         example: r#""redis.password""#,
         doc: "File holding the Redis password (printable ASCII, at most 4 KiB, trailing whitespace trimmed), \
-              read when the config is loaded and on every reload; with a user name in the URL \
-              (`redis://USER@HOST:PORT`), an ACL login.",
+              read when tlb starts (a reload that finds another password is refused: restart to change it); \
+              with a user name in the URL (`redis://USER@HOST:PORT`), an ACL login.",
     },
     KeyDoc {
         name: "redis_ca",
