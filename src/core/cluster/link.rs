@@ -162,9 +162,12 @@ impl Link {
     /// up on success (logged on the change only). Bounded by the connect
     /// timeout.
     pub(crate) async fn connect(&self, scripts: &Scripts) -> Result<(), String> {
+        // No response timeout of the client's own: every call is already
+        // bounded by ours (`timeout` in `call`, the connect timeout here),
+        // and a second timer per call costs syscalls on the data path.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.connect_timeout));
+            .set_response_timeout(None);
         let attempt = async {
             let mut conn = self
                 .client
