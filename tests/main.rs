@@ -5,6 +5,7 @@
 
 mod common;
 
+mod activation;
 mod admin;
 mod bench;
 mod cli;

@@ -9,6 +9,7 @@ use tracing::{error, info};
 
 use tlb::core::config::Config;
 use tlb::core::ops::admin;
+use tlb::core::proxy::activation::Inherited;
 use tlb::core::proxy::server::Server;
 use tlb::core::rt::{Runtime, raise_fd_limit};
 
@@ -45,8 +46,14 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}: OK ({summary})", args.config.display());
         return Ok(());
     }
-    let listeners = Server::bind(&config)?;
-    let admin_listener = admin::bind(&config)?;
+    // Sockets systemd passed serve their addresses; the rest are bound here.
+    let mut inherited = Inherited::from_systemd()?;
+    let listeners = inherited.app_listeners(&config)?;
+    let admin_listener = match inherited.admin_listener(&config) {
+        Some(l) => Some(l),
+        None => admin::bind(&config)?,
+    };
+    inherited.finish()?;
     let rt = Runtime::new(args.threads).context("starting worker threads")?;
     info!(
         "tlb serve: {summary}; {} worker thread(s), open-file limit {fds}",

@@ -5,6 +5,7 @@
 //! - [`stats`]: the counters the data path records;
 //! - [`limiter`]: per-client limits; [`relay`]: the byte relay;
 //!   [`listener`]: binding and accepting; [`linger`]: closing without a reset;
+//! - [`activation`]: listeners handed over (systemd) or bound, per address;
 //! - [`generation`]: what one config builds, swapped whole on reload;
 //! - [`registry`]: open connections, for reload re-checks;
 //! - [`server`]: the balancer's state, reloads;
@@ -14,6 +15,7 @@
 //! - [`connection`]: one connection, accept to access log;
 //! - [`serve`]: [`Server::run`](server::Server::run), the accept loops and the drain.
 
+pub mod activation;
 pub mod admission;
 pub mod connection;
 pub mod generation;

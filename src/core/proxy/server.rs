@@ -29,8 +29,8 @@ use tracing::info;
 
 use crate::core::cluster::Cluster;
 use crate::core::config::Config;
+use crate::core::proxy::activation::Inherited;
 use crate::core::proxy::generation::{Deps, Generation};
-use crate::core::proxy::listener::bind_shared_listener;
 use crate::core::proxy::registry::{Open, Registry, Tracked, recheck};
 use crate::core::proxy::stats::Metrics;
 use crate::core::rt::clock::{self, Clock};
@@ -94,15 +94,12 @@ impl Server {
         }))
     }
 
-    /// Binds the listen address of every app (SO_REUSEADDR, backlog 1024),
-    /// for [`Server::run`]. `[admin] listen` is not among them: bind it for
+    /// Binds the listen address of every app (SO_REUSEADDR, backlog 1024,
+    /// `reuse_port`), for [`Server::run`]; [`Inherited`] also takes sockets
+    /// handed over. `[admin] listen` is not among them: bind it for
     /// `ops::admin::serve`.
     pub fn bind(config: &Config) -> Result<Vec<TcpListener>> {
-        config
-            .listen_sockets()
-            .into_iter()
-            .map(|(addr, reuse_port)| bind_shared_listener(addr, reuse_port))
-            .collect()
+        Inherited::none().app_listeners(config)
     }
 
     /// True once shutdown has begun (no new connections are accepted).
