@@ -747,3 +747,15 @@ fn reuse_port_is_per_listener_and_names_each_process_in_a_fleet() {
         "set the same reuse_port in both",
     );
 }
+
+#[test]
+fn control_socket_is_resolved_next_to_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tlb.toml");
+    let text = minimal("[control]\nsocket = \"run/tlb.sock\"\n");
+    let c = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.control.expect("[control]").socket, dir.path().join("run/tlb.sock"));
+    assert!(parse(&minimal("")).expect("loads").control.is_none());
+    let e = parse_err(&minimal("[control]\nsocket = 1\n"));
+    assert!(e.to_string().contains("socket"), "{e}");
+}

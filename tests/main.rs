@@ -27,4 +27,5 @@ mod recipe;
 mod reference;
 mod reuse_port;
 mod samples;
+mod upgrade;
 mod upstream_tls;

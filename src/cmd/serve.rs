@@ -8,7 +8,7 @@ use futures_lite::StreamExt;
 use tracing::{error, info};
 
 use tlb::core::config::Config;
-use tlb::core::ops::admin;
+use tlb::core::ops::{admin, control};
 use tlb::core::proxy::activation::Inherited;
 use tlb::core::proxy::server::Server;
 use tlb::core::rt::{Runtime, raise_fd_limit};
@@ -24,6 +24,11 @@ pub struct Args {
     /// Worker threads, 0-1024 (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg())]
     pub threads: usize,
+    /// Take the listening sockets over from the tlb running on `[control]
+    /// socket`, start serving, then tell it to drain and exit: an upgrade
+    /// (new binary or config) that refuses no connection.
+    #[arg(long, conflicts_with = "check")]
+    pub upgrade: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,14 +51,43 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}: OK ({summary})", args.config.display());
         return Ok(());
     }
-    // Sockets systemd passed serve their addresses; the rest are bound here.
-    let mut inherited = Inherited::from_systemd()?;
+    // Sockets handed over (by the running instance, or systemd) serve their
+    // addresses; the rest are bound here.
+    let (mut inherited, upgrade) = if args.upgrade {
+        let Some(c) = &config.control else {
+            anyhow::bail!(
+                "--upgrade needs [control] socket in {} (the running instance's control socket)",
+                args.config.display()
+            );
+        };
+        let mut up = control::take_over(&c.socket)?;
+        let source = format!("the running tlb (pid {})", up.pid);
+        (Inherited::handed(std::mem::take(&mut up.sockets), source), Some(up))
+    } else {
+        (Inherited::from_systemd()?, None)
+    };
     let listeners = inherited.app_listeners(&config)?;
     let admin_listener = match inherited.admin_listener(&config) {
         Some(l) => Some(l),
         None => admin::bind(&config)?,
     };
     inherited.finish()?;
+    // Our own control socket (replacing the old instance's path), and what
+    // it would hand to the next upgrade.
+    let control_socket = config.control.as_ref().map(|c| control::bind(&c.socket)).transpose()?;
+    // Removes the socket file at exit, unless an upgrade replaced it.
+    let _control_file = control_socket.as_ref().map(control::ControlSocket::file);
+    let handoff = listeners
+        .iter()
+        .chain(admin_listener.as_ref())
+        .map(|l| l.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("keeping the listening sockets for a later --upgrade")?;
+    if let Some(up) = upgrade {
+        let pid = up.pid;
+        up.drain()?;
+        info!("upgrade: serving on the sockets of pid {pid}, which drains and exits");
+    }
     let rt = Runtime::new(args.threads).context("starting worker threads")?;
     info!(
         "tlb serve: {summary}; {} worker thread(s), open-file limit {fds}",
@@ -63,7 +97,15 @@ pub fn run(args: Args) -> Result<()> {
     let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).context("installing signal handlers")?;
     let config_path = args.config.clone();
     let srv = server.clone();
-    let shutdown = async move {
+    let (drain_tx, drain_rx) = smol::channel::bounded::<()>(1);
+    let upgraded = async move {
+        // Closed without a message (no [control] socket): never resolves.
+        if drain_rx.recv().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        info!("upgrade: a new instance took over the sockets: stopping");
+    };
+    let signalled = async move {
         let mut signals = signals;
         while let Some(sig) = signals.next().await {
             match sig {
@@ -85,10 +127,12 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     };
+    let shutdown = futures_lite::future::or(signalled, upgraded);
     let ex = rt.executor();
     rt.block_on(async {
         // Dropped once `run` returns: /healthz answers 503 during the drain.
         let _admin = admin_listener.map(|l| admin::spawn(&server, ex, l)).transpose()?;
+        let _control = control_socket.map(|c| ex.spawn(c.serve(handoff, drain_tx)));
         server.run(ex, listeners, shutdown).await
     })
 }

@@ -95,6 +95,14 @@ impl fmt::Debug for AdminToken {
     }
 }
 
+/// `[control]`: the Unix socket through which `tlb serve --upgrade` takes
+/// the listening sockets over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Resolved against the config file's directory.
+    pub socket: PathBuf,
+}
+
 /// `[cluster]`: per-client limits shared by several instances through Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
@@ -361,6 +369,8 @@ pub struct Config {
     pub path: PathBuf,
     pub tls: TlsSettings,
     pub admin: Option<AdminSettings>,
+    /// `[control]`; `None`: no control socket (no `--upgrade` hand-off).
+    pub control: Option<ControlSettings>,
     /// `[cluster]`; `None`: every limit is this instance's alone.
     pub cluster: Option<ClusterSettings>,
     pub limits: GlobalLimits,

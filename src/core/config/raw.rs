@@ -16,6 +16,7 @@ use toml::Spanned;
 pub(crate) struct RawConfig {
     pub(crate) tls: RawTls,
     pub(crate) admin: Option<RawAdmin>,
+    pub(crate) control: Option<RawControl>,
     pub(crate) cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     pub(crate) limits: RawGlobalLimits,
@@ -65,6 +66,12 @@ pub(crate) struct RawGlobalLimits {
 pub(crate) struct RawAdmin {
     pub(crate) listen: Spanned<String>,
     pub(crate) token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub(crate) socket: Spanned<PathBuf>,
 }
 
 #[derive(Deserialize)]

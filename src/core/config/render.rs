@@ -12,7 +12,7 @@ use std::fmt;
 
 mod cluster;
 
-use cluster::cluster;
+use cluster::{cluster, control};
 
 use crate::core::config::literal::{count, duration, rate, string, strings, version};
 use crate::core::config::model::{
@@ -43,6 +43,7 @@ impl ConfigWriter {
         defaults(self.defaults.as_ref()).write(&mut out);
         timeouts(self.timeouts.as_ref()).write(&mut out);
         admin(self.admin.as_ref()).write(&mut out);
+        control(self.control.as_deref()).write(&mut out);
         cluster(self.cluster.as_ref()).write(&mut out);
         for a in &self.apps {
             write_app(a, &mut out);

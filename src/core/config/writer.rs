@@ -24,6 +24,7 @@ pub struct ConfigWriter {
     pub(crate) defaults: Option<LimitsSection>,
     pub(crate) timeouts: Option<TimeoutsSection>,
     pub(crate) admin: Option<AdminSection>,
+    pub(crate) control: Option<String>,
     pub(crate) cluster: Option<ClusterSection>,
     pub(crate) apps: Vec<AppSection>,
     pub(crate) trust_domains: Vec<TrustDomainSection>,
@@ -83,6 +84,12 @@ impl ConfigWriter {
 
     pub fn timeouts(mut self, timeouts: TimeoutsSection) -> ConfigWriter {
         self.timeouts = Some(timeouts);
+        self
+    }
+
+    /// `[control] socket = PATH`.
+    pub fn control(mut self, socket: &str) -> ConfigWriter {
+        self.control = Some(socket.to_string());
         self
     }
 

@@ -1,13 +1,15 @@
 //! Listening sockets handed to tlb instead of bound by it (systemd socket
-//! activation: `LISTEN_FDS`, `LISTEN_PID`), matched to the config's listen
-//! addresses.
+//! activation: `LISTEN_FDS`, `LISTEN_PID`; or the running instance, for
+//! `tlb serve --upgrade`), matched to the config's listen addresses.
 //!
 //! Promises: an inherited socket serves only the app listener (or the admin
 //! endpoint) whose configured address equals its bound address; every
 //! address of the config that no inherited socket serves is bound as usual;
-//! a handed socket that is not a listening TCP socket, or that no address
-//! of the config names, is an error naming its address and the fix, before
-//! anything is served (tlb never accepts on a socket it cannot route);
+//! a socket from systemd that is not a listening TCP socket, or that no
+//! address of the config names, is an error naming its address and the
+//! fix, before anything is served (tlb never accepts on a socket it cannot
+//! route); one from the running instance that the new config no longer
+//! names is closed (an upgrade may drop an app), and logged;
 //! nothing here uses `unsafe` (the `listenfd` crate turns descriptors into
 //! listeners after checking their type).
 
@@ -23,7 +25,9 @@ use crate::core::proxy::listener::bind_shared_listener;
 pub struct Inherited {
     sockets: Vec<(SocketAddr, TcpListener)>,
     /// Where they came from, for messages ("systemd").
-    source: &'static str,
+    source: String,
+    /// A socket no address names is an error (systemd), else closed.
+    strict: bool,
 }
 
 impl Inherited {
@@ -55,8 +59,18 @@ impl Inherited {
         }
         Ok(Inherited {
             sockets,
-            source: "systemd",
+            source: "systemd".into(),
+            strict: true,
         })
+    }
+
+    /// Sockets handed over by the running instance (`source` names it).
+    pub fn handed(sockets: Vec<(SocketAddr, TcpListener)>, source: String) -> Inherited {
+        Inherited {
+            sockets,
+            source,
+            strict: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -95,6 +109,15 @@ impl Inherited {
 
     /// Fails if a handed socket is left over: no address of the config names it.
     pub fn finish(self) -> Result<()> {
+        if !self.strict {
+            for (addr, _) in &self.sockets {
+                tracing::info!(
+                    "{addr}: no [[app]] listens there any more; its socket from {} is closed",
+                    self.source
+                );
+            }
+            return Ok(());
+        }
         match self.sockets.first() {
             None => Ok(()),
             Some((addr, _)) => bail!(

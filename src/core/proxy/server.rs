@@ -147,6 +147,11 @@ impl Server {
                 "[admin] listen changed; adding, moving or removing the admin endpoint needs a restart in this version"
             );
         }
+        if old.config.control != config.control {
+            bail!(
+                "[control] socket changed; moving the control socket needs a restart (or an upgrade) in this version"
+            );
+        }
         if old.config.cluster != config.cluster {
             bail!("[cluster] changed; joining, leaving or changing the fleet needs a restart in this version");
         }

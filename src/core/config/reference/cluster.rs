@@ -1,11 +1,28 @@
-//! The reference entries of `[cluster]` (kept apart from `tables` for
-//! size): the Redis server, this instance's name and the fleet's timing.
+//! The reference entries of `[control]` and `[cluster]` (kept apart from
+//! `tables` for size): the hand-off socket; the Redis server, this
+//! instance's name and the fleet's timing.
 //!
 //! Promises: declarative only, checked like every table by `tests/reference.rs`.
 
 use super::Absent::{Is, Means, Required};
 use super::KeyDoc;
 use super::Kind::*;
+
+/// What `[control]` is for.
+pub(super) const CONTROL_DOC: &str = "The Unix socket through which `tlb serve --upgrade` (a new binary, or the \
+    same one with a new config) takes the listening sockets over from the running instance, which then \
+    drains and exits (see [Upgrade without dropping a connection](#upgrade-without-dropping-a-connection)). \
+    Left out: no control socket, no `--upgrade`.";
+
+pub(super) const CONTROL: &[KeyDoc] = &[KeyDoc {
+    name: "socket",
+    kind: Path,
+    absent: Required,
+    example: r#""/run/tlb/tlb.sock""#,
+    doc: "Path of the socket, created owner-only (0600) at start (replacing a stale file left by a crash), \
+          relative to the config file's directory. Its directory must exist and be writable by tlb only; \
+          changing it needs a restart.",
+}];
 
 /// What `[cluster]` is for.
 pub(super) const CLUSTER_DOC: &str = "Per-client limits (`max_connections`, `connection_rate`/`burst`) shared by \

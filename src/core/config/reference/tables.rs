@@ -8,7 +8,7 @@
 use super::Absent::{From, Is, Means, Required};
 use super::Kind::*;
 use super::app_tables::{HEALTH, UPSTREAM_TLS};
-use super::cluster::{CLUSTER, CLUSTER_DOC};
+use super::cluster::{CLUSTER, CLUSTER_DOC, CONTROL, CONTROL_DOC};
 use super::{KeyDoc, Presence, TableDoc};
 
 /// Every table of `tlb.toml`.
@@ -48,6 +48,12 @@ pub const TABLES: &[TableDoc] = &[
         doc: "The plain-HTTP admin endpoint: `/metrics`, `/healthz`, `/status` (see \
               [Admin endpoint](#admin-endpoint-metrics-healthz-status)). Left out: no admin endpoint.",
         keys: ADMIN,
+    },
+    TableDoc {
+        path: "control",
+        presence: Presence::Optional,
+        doc: CONTROL_DOC,
+        keys: CONTROL,
     },
     TableDoc {
         path: "cluster",

@@ -1,4 +1,4 @@
-//! The text of `[cluster]` (apart from `render` for size).
+//! The text of `[control]` and `[cluster]` (apart from `render` for size).
 //!
 //! Promises: as [`super`]: examples and defaults come from the model.
 
@@ -8,6 +8,20 @@ use crate::core::config::model::{
     DEFAULT_CLUSTER_INSTANCES, DEFAULT_CLUSTER_PREFIX, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_LIVENESS_TTL,
 };
 use crate::core::config::writer::ClusterSection;
+
+pub(super) fn control(socket: Option<&str>) -> Table {
+    let mut t = table(
+        "[control]",
+        socket.is_some(),
+        vec![
+            key("socket", socket.map(string))
+                .doc("Unix socket (0600) for `tlb serve --upgrade`")
+                .example(string("tlb.sock")),
+        ],
+    );
+    t.comment = "optional: hand-off to a new binary";
+    t
+}
 
 pub(super) fn cluster(c: Option<&ClusterSection>) -> Table {
     let path = |f: fn(&ClusterSection) -> &Option<String>| c.and_then(|c| f(c).as_deref()).map(string);

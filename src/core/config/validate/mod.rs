@@ -19,7 +19,7 @@ mod trust_domains;
 use std::path::Path;
 
 use crate::core::config::error::ConfigError;
-use crate::core::config::model::Config;
+use crate::core::config::model::{Config, ControlSettings};
 use crate::core::config::raw::RawConfig;
 
 /// `raw` (parsed from `text`, read from `path`) checked and defaulted.
@@ -28,6 +28,9 @@ pub(crate) fn config(raw: RawConfig, text: &str, path: &Path) -> Result<Config, 
     let tls = tls::settings(raw.tls, &ctx)?;
     let limits = limits::global(&raw.limits, &ctx)?;
     let (admin, admin_span) = admin::settings(raw.admin, &ctx)?;
+    let control = raw.control.map(|c| ControlSettings {
+        socket: ctx.resolve(c.socket.into_inner()),
+    });
     let defaults = limits::defaults(&raw.defaults, &ctx)?;
     let timeouts = limits::timeouts(raw.timeouts);
     let apps = apps::apps(raw.apps, &ctx)?;
@@ -40,6 +43,7 @@ pub(crate) fn config(raw: RawConfig, text: &str, path: &Path) -> Result<Config, 
         path: path.to_path_buf(),
         tls,
         admin,
+        control,
         cluster,
         limits,
         defaults,
