@@ -9,13 +9,15 @@
 //! counted (`tlb_cluster_errors_total`); no lock is held across an await.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
+use smol::Executor;
+
+use crate::core::cluster::dial::Dialer;
 use smol::channel;
 
 use crate::core::cluster::scripts::Scripts;
@@ -29,7 +31,7 @@ const DOWN: u8 = 2;
 
 /// The Redis client, its current connection and the link's health.
 pub(crate) struct Link {
-    client: Client,
+    dialer: Dialer,
     conn: Mutex<Option<MultiplexedConnection>>,
     state: AtomicU8,
     /// [`Link::close`] was called: never up again.
@@ -56,24 +58,10 @@ impl fmt::Debug for Link {
 impl Link {
     /// A link (down, not connected yet) and the receiver the keeper waits on.
     pub(crate) fn new(s: &ClusterSettings) -> Result<(Link, channel::Receiver<()>), String> {
-        let fix = "check [cluster] redis";
-        let mut info = s
-            .redis
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("cluster: redis {:?}: {e}; {fix}", s.redis))?;
-        if let Some(p) = &s.password {
-            let redis = info.redis_settings().clone().set_password(p.reveal());
-            info = info.set_redis_settings(redis);
-        }
-        let client = match tls_certificates(s)? {
-            None => Client::open(info),
-            Some(certs) => Client::build_with_tls(info, certs),
-        }
-        .map_err(|e| format!("cluster: redis {:?}: {e}; {fix}", s.redis))?;
+        let dialer = Dialer::new(s)?;
         let (broken, rx) = channel::bounded(1);
         let link = Link {
-            client,
+            dialer,
             conn: Mutex::new(None),
             state: AtomicU8::new(STARTING),
             closed: AtomicBool::new(false),
@@ -161,7 +149,7 @@ impl Link {
     /// Connects, loads the scripts and checks the link with them; marks it
     /// up on success (logged on the change only). Bounded by the connect
     /// timeout.
-    pub(crate) async fn connect(&self, scripts: &Scripts) -> Result<(), String> {
+    pub(crate) async fn connect(&self, scripts: &Scripts, ex: &Executor<'static>) -> Result<(), String> {
         // No response timeout of the client's own: every call is already
         // bounded by ours (`timeout` in `call`, the connect timeout here),
         // and a second timer per call costs syscalls on the data path.
@@ -169,10 +157,7 @@ impl Link {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
         let attempt = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let mut conn = self.dialer.dial(ex, config).await?;
             for s in [&scripts.admit, &scripts.release, &scripts.refresh] {
                 s.load_async(&mut conn).await?;
             }
@@ -218,30 +203,4 @@ impl Link {
         }
         msg
     }
-}
-
-/// `redis_ca`, `redis_cert` and `redis_key` read (PEM, checked by the
-/// client); `None` when none is set (the system's trust store, no client
-/// certificate).
-fn tls_certificates(s: &ClusterSettings) -> Result<Option<TlsCertificates>, String> {
-    if s.ca.is_none() && s.cert_key.is_none() {
-        return Ok(None);
-    }
-    let read = |key: &str, p: &Path| {
-        std::fs::read(p).map_err(|e| {
-            format!(
-                "cluster: {key} {}: cannot read it: {e}; fix the path in [cluster] {key}",
-                p.display()
-            )
-        })
-    };
-    let root_cert = s.ca.as_deref().map(|p| read("redis_ca", p)).transpose()?;
-    let client_tls = match &s.cert_key {
-        Some((cert, key)) => Some(ClientTlsConfig {
-            client_cert: read("redis_cert", cert)?,
-            client_key: read("redis_key", key)?,
-        }),
-        None => None,
-    };
-    Ok(Some(TlsCertificates { client_tls, root_cert }))
 }

@@ -4,6 +4,7 @@
 //! - [`scripts`]: the keys (hash-tagged by identity) and the Lua scripts
 //!   (admit: liveness, concurrency and GCRA rate in one atomic call, timed
 //!   by Redis `TIME`; release; refresh);
+//! - [`dial`]: opening a connection, its driver on tlb's executor;
 //! - [`link`]: the connection to Redis and its up/down state;
 //! - [`share`]: what this instance holds, cached refusals, the local share.
 //!
@@ -18,6 +19,7 @@
 //! outage, and those of crashed instances, are right again within
 //! `liveness_ttl`.
 
+pub(crate) mod dial;
 pub(crate) mod link;
 pub(crate) mod scripts;
 pub(crate) mod share;
@@ -284,7 +286,7 @@ async fn keep(weak: Weak<Inner>, broken: channel::Receiver<()>) {
             return;
         }
         if !inner.link.is_up() {
-            if inner.link.connect(&inner.scripts).await.is_err() {
+            if inner.link.connect(&inner.scripts, &inner.ex).await.is_err() {
                 drop(inner);
                 smol::Timer::after(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
