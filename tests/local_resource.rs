@@ -134,8 +134,9 @@ fn emfile_on_upstream_connect() {
     // (nothing is created lazily during the exchange under the limit).
     smol::block_on(greeted_exchange(&opts, "warm-up\n")).expect("the warm-up exchange");
     // Every socket of the warm-up closed: only the listeners are left
-    // (the balancer's, the admin endpoint's and two upstreams').
-    let listeners = 4;
+    // (the balancer's and the copy it keeps for an upgrade, the admin
+    // endpoint's and two upstreams').
+    let listeners = 5;
     wait_until("the warm-up's sockets closed", T, || sockets() == listeners);
     wait_until("no connection open in the balancer", T, || {
         lab.server.metrics.active.load(Ordering::Relaxed) == 0

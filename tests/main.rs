@@ -25,6 +25,7 @@ mod pki;
 mod proxy_protocol;
 mod recipe;
 mod reference;
+mod reload;
 mod reuse_port;
 mod samples;
 mod upgrade;

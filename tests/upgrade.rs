@@ -259,3 +259,54 @@ fn an_upgrade_that_fails_to_start_leaves_the_old_process_serving() {
     assert!(status.success(), "{status:?}");
     drop(taken);
 }
+
+#[test]
+fn an_upgrade_is_handed_the_listener_a_reload_added_and_not_one_it_removed() {
+    let s = setup();
+    let (mut old, old_log) = serve(&s, "old", &[]);
+    wait_listening(s.listen, &mut old, &old_log);
+    let base_text = std::fs::read_to_string(&s.config).expect("config");
+    // A reload adds app extra on a new address (client1 may use it).
+    let added = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let with_extra = base_text.replace("apps = [\"echo\"]", "apps = [\"echo\", \"extra\"]")
+        + &format!("\n{}", app_section("extra", added, &[], &ups(&s.lab.paths)));
+    std::fs::write(&s.config, &with_extra).expect("config with extra");
+    old.signal("HUP");
+    wait_until("the reload binds and serves the added listener", T, || {
+        read(&old_log).contains(&format!("listening on {added} (apps: extra), added by a reload"))
+    });
+    // The new process, with the same config, must be handed `added` (else
+    // it would fail to bind an address the old one holds, and refuse).
+    let (mut new, new_log) = serve(&s, "new", &["--upgrade"]);
+    wait_until("the upgrade takes over", Duration::from_secs(30), || {
+        read(&new_log).contains("upgrade: serving on the sockets of pid")
+    });
+    assert!(
+        read(&new_log).contains(&format!("listening on {added} (socket from the running tlb")),
+        "{}",
+        read(&new_log)
+    );
+    let status = old.wait_for(Duration::from_secs(30)).expect("the old process exits");
+    assert!(status.success(), "{status:?}");
+    let opts = ClientOptions {
+        connect: added.to_string(),
+        ..s.lab.client(Some("client1")).expect("client1")
+    };
+    let reply = smol::block_on(exchange(&opts, b"moved\n", T)).expect("the added app, served by the new process");
+    assert!(reply.ends_with(b"moved\n"), "{reply:?}");
+
+    // Now the new process removes it on reload: a third process is not handed it.
+    std::fs::write(&s.config, &base_text).expect("config without extra");
+    new.signal("HUP");
+    wait_until("the reload stops listening on the removed address", T, || {
+        read(&new_log).contains(&format!("stopped listening on {added}"))
+    });
+    let (_third, third_log) = serve(&s, "third", &["--upgrade"]);
+    wait_until("a second upgrade takes over", Duration::from_secs(30), || {
+        read(&third_log).contains("upgrade: serving on the sockets of pid")
+    });
+    assert!(!read(&third_log).contains(&added.to_string()), "{}", read(&third_log));
+    let status = new.wait_for(Duration::from_secs(30)).expect("the second process exits");
+    assert!(status.success(), "{status:?}");
+    assert!(std::net::TcpStream::connect(added).is_err(), "{added} is still served");
+}

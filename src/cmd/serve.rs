@@ -1,5 +1,6 @@
 //! `tlb serve`: run the load balancer from a config file.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -77,12 +78,21 @@ pub fn run(args: Args) -> Result<()> {
     let control_socket = config.control.as_ref().map(|c| control::bind(&c.socket)).transpose()?;
     // Removes the socket file at exit, unless an upgrade replaced it.
     let _control_file = control_socket.as_ref().map(control::ControlSocket::file);
-    let handoff = listeners
-        .iter()
-        .chain(admin_listener.as_ref())
-        .map(|l| l.try_clone())
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("keeping the listening sockets for a later --upgrade")?;
+    // What a later --upgrade is handed: the app listeners being served at
+    // that moment (reloads add and remove them), and the admin endpoint's.
+    let admin_copy = admin_listener
+        .as_ref()
+        .map(TcpListener::try_clone)
+        .transpose()
+        .context("keeping the admin socket for a later --upgrade")?;
+    let srv = server.clone();
+    let handoff = move || {
+        let mut sockets = srv.listening_sockets()?;
+        if let Some(a) = &admin_copy {
+            sockets.push(a.try_clone()?);
+        }
+        Ok(sockets)
+    };
     if let Some(up) = upgrade {
         let pid = up.pid;
         up.drain()?;

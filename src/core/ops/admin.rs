@@ -263,6 +263,16 @@ pub struct Status {
     /// `[cluster]`, when configured: `mode` is `shared` or `local`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Upstreams a reload removed, while connections to them are still open.
+    pub draining_upstreams: Vec<DrainingUpstream>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrainingUpstream {
+    pub app: String,
+    pub name: String,
+    pub address: String,
+    pub active_connections: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -377,6 +387,16 @@ pub fn status(server: &Server) -> Status {
         apps,
         clients,
         cluster: server.cluster().map(Cluster::status),
+        draining_upstreams: server
+            .draining_upstreams()
+            .into_iter()
+            .map(|(app, u)| DrainingUpstream {
+                app,
+                name: u.name.clone(),
+                address: u.addr.to_string(),
+                active_connections: u.active(),
+            })
+            .collect(),
     }
 }
 

@@ -117,10 +117,14 @@ impl ControlSocket {
         }
     }
 
-    /// Answers control requests until the task is dropped: hands `sockets`
-    /// (duplicates of the listeners being served) to an upgrading instance
-    /// and, on its `drain`, sends on `drain` (once).
-    pub async fn serve(self, sockets: Vec<TcpListener>, drain: channel::Sender<()>) {
+    /// Answers control requests until the task is dropped: hands what
+    /// `sockets` returns at that moment (duplicates of the listeners being
+    /// served) to an upgrading instance and, on its `drain`, sends on
+    /// `drain` (once).
+    pub async fn serve<F>(self, sockets: F, drain: channel::Sender<()>)
+    where
+        F: Fn() -> std::io::Result<Vec<TcpListener>>,
+    {
         let listener = match self.listener.try_clone().and_then(Async::new) {
             Ok(l) => l,
             Err(e) => {
@@ -133,7 +137,14 @@ impl ControlSocket {
                 smol::Timer::after(Duration::from_millis(100)).await;
                 continue;
             };
-            match handle(stream, &sockets).await {
+            let now = match sockets() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("control socket: copying the listening sockets failed: {e}; upgrade refused");
+                    continue;
+                }
+            };
+            match handle(stream, &now).await {
                 Ok(true) => {
                     let _ = drain.try_send(());
                     return; // the new instance answers from now on
@@ -152,6 +163,12 @@ async fn handle(stream: Async<UnixStream>, sockets: &[TcpListener]) -> Result<bo
     if request != "upgrade" {
         let _ = (&stream).write_all(b"unknown request\n").await;
         bail!("unknown request {request:?}");
+    }
+    if sockets.len() > MAX_SOCKETS {
+        bail!(
+            "{} listening sockets, more than one hand-off carries ({MAX_SOCKETS}); restart instead",
+            sockets.len()
+        );
     }
     let header = format!("tlb-listeners {} {}\n", std::process::id(), sockets.len());
     let fds: Vec<_> = sockets.iter().map(AsFd::as_fd).collect();

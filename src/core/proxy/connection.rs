@@ -236,7 +236,7 @@ async fn finish(server: &Server, outcome: Outcome, tls: &mut ClientTls<'_>, log:
         Outcome::Relayed(reason) => log.close(&reason),
         Outcome::Closed(reason) => {
             server.metrics.count_closed(reason);
-            if reason != CloseReason::MaxLifetime {
+            if !matches!(reason, CloseReason::MaxLifetime | CloseReason::AppRemoved) {
                 span.in_scope(|| info!(peer = %log.peer, identity = %escaped(log.identity), app = %log.app, reason = reason.label(), "connection closed by the gate"));
             }
             log.close(reason.label());

@@ -99,6 +99,12 @@ impl Listener {
         self.addr
     }
 
+    /// A duplicate of the socket (the same listening socket, another
+    /// descriptor: open until both are closed).
+    pub fn dup(&self) -> std::io::Result<TcpListener> {
+        self.io.get_ref().try_clone()
+    }
+
     /// The next connection. Errors are logged through `errors` (shared by
     /// the listeners of one server, so a flood of them is one line a
     /// second) and retried after [`BACKOFF`].

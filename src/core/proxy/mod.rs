@@ -8,13 +8,16 @@
 //! - [`activation`]: listeners handed over (systemd) or bound, per address;
 //! - [`generation`]: what one config builds, swapped whole on reload;
 //! - [`registry`]: open connections, for reload re-checks;
+//! - [`listening`]: listeners a reload binds, and copies for an upgrade;
 //! - [`server`]: the balancer's state, reloads;
 //! - [`admission`]: the `[limits]` caps at accept;
 //! - [`handshake`]: the mTLS handshake, app chosen by SNI;
 //! - [`proxy_header`]: the PROXY protocol header sent to upstreams;
 //! - [`connection`]: one connection, accept to access log;
+//! - [`accepting`]: accept loops per listen address, as reloads change them;
 //! - [`serve`]: [`Server::run`](server::Server::run), the accept loops and the drain.
 
+pub mod accepting;
 pub mod activation;
 pub mod admission;
 pub mod connection;
@@ -23,6 +26,7 @@ pub mod handshake;
 pub mod limiter;
 pub mod linger;
 pub mod listener;
+pub mod listening;
 pub mod outcome;
 pub mod proxy_header;
 pub mod registry;

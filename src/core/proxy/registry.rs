@@ -124,14 +124,32 @@ impl Drop for Tracked {
     }
 }
 
-/// Asks `open` to close if `g` no longer admits it on its app; true if so.
-/// A connection whose app is gone is left to drain.
-pub(super) fn recheck(g: &Generation, open: &Open) -> bool {
-    let Some(app) = g.app(&open.app) else {
-        return false;
+/// What a re-check decided for an open connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recheck {
+    /// Still admitted (or `keep_deauthorized`): left alone.
+    Admitted,
+    /// Refused by the new generation: told to close now.
+    Closed,
+    /// Its app is gone, its certificate still trusted: it drains.
+    AppRemoved,
+}
+
+/// Asks `open` to close if `g` no longer admits it on its app. A connection
+/// whose app `g` removed is still checked against `g`'s trust (CA, CRL,
+/// validity) and closed if refused, else left to drain.
+pub(super) fn recheck(g: &Generation, open: &Open) -> Recheck {
+    let keep = g.config.tls.keep_deauthorized;
+    let decided = match g.app(&open.app) {
+        Some(_) if keep => return Recheck::Admitted,
+        Some(app) => app.gate.decide_chain(&open.chain).map(|_| Recheck::Admitted),
+        None => match g.apps.first() {
+            Some(any) if !keep => any.gate.trusts_chain(&open.chain).map(|()| Recheck::AppRemoved),
+            _ => Ok(Recheck::AppRemoved),
+        },
     };
-    match app.gate.decide_chain(&open.chain) {
-        Ok(_) => false,
+    match decided {
+        Ok(r) => r,
         Err(refused) => {
             info!(
                 identity = %escaped(&open.identity),
@@ -140,7 +158,7 @@ pub(super) fn recheck(g: &Generation, open: &Open) -> bool {
                 "closing an open connection: {refused}"
             );
             open.kill.fire(refused.close_reason());
-            true
+            Recheck::Closed
         }
     }
 }

@@ -16,13 +16,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use futures_lite::FutureExt;
 use smol::{Executor, Task, Timer, channel};
 use tracing::{info, warn};
 
 use crate::core::cluster::Cluster;
 use crate::core::pool::checker;
-use crate::core::proxy::connection;
+use crate::core::proxy::accepting::{ConnChannels, EXHAUSTED_HINT};
 use crate::core::proxy::generation::Generation;
 use crate::core::proxy::listener::Listener;
 use crate::core::proxy::proxy_header;
@@ -59,26 +58,24 @@ impl Server {
         // Closing `hard_tx` cuts every connection still open after the drain.
         let (hard_tx, hard_rx) = channel::bounded::<()>(1);
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
-        let mut accepts = Vec::with_capacity(listeners.len());
-        for l in listeners {
-            let l = app_listener(&generation, l)?;
-            let accept = self
-                .clone()
-                .accept_loop(ex.clone(), l, conn_tx.clone(), hard_rx.clone());
-            let stop_rx = stop_rx.clone();
-            accepts.push(ex.spawn(accept.or(async move {
-                let _ = stop_rx.recv().await;
-            })));
+        let first = listeners
+            .into_iter()
+            .map(|l| app_listener(&generation, l))
+            .collect::<Result<Vec<_>>>()?;
+        for l in &first {
+            self.keep_copy(l);
         }
-        drop(conn_tx);
+        let conns = ConnChannels {
+            held: conn_tx,
+            hard: hard_rx,
+        };
+        let accepting = ex.spawn(self.clone().serve_listeners(ex.clone(), first, conns, stop_rx));
         let checks = ex.spawn(self.clone().supervise_health_checks(ex.clone()));
         let summaries = ex.spawn(self.clone().log_summaries());
         shutdown.await;
         self.draining.store(true, Ordering::Relaxed);
         drop(stop_tx);
-        for a in accepts {
-            a.await;
-        }
+        accepting.await;
         self.drain(conn_rx, hard_tx).await;
         if let Some(c) = self.cluster() {
             c.leave();
@@ -87,46 +84,6 @@ impl Server {
         drop(summaries);
         info!("stopped");
         Ok(())
-    }
-
-    async fn accept_loop(
-        self: Arc<Self>,
-        ex: Arc<Executor<'static>>,
-        listener: Listener,
-        conn_tx: channel::Sender<()>,
-        hard_rx: channel::Receiver<()>,
-    ) {
-        let local = listener.local_addr();
-        loop {
-            let (stream, peer) = listener.accept(&self.accept_log).await;
-            self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-            let generation = self.current();
-            let slot = match self.admit(&generation, peer) {
-                Ok(slot) => slot,
-                Err(cap) => {
-                    self.refused_at_accept(cap, peer);
-                    drop(stream);
-                    continue;
-                }
-            };
-            let held = conn_tx.clone();
-            let hard = hard_rx.clone();
-            let server = self.clone();
-            ex.spawn(async move {
-                let _held = held;
-                let work =
-                    std::panic::AssertUnwindSafe(connection::handle(server, generation, slot, stream, local, peer))
-                        .catch_unwind();
-                let cut = async {
-                    let _ = hard.recv().await;
-                    Ok(())
-                };
-                if work.or(cut).await.is_err() {
-                    tracing::error!(%peer, "connection task panicked (a bug); connection closed");
-                }
-            })
-            .detach();
-        }
     }
 
     /// Waits up to `timeouts.drain` for the open connections (holders of
@@ -192,7 +149,7 @@ impl Server {
 
 /// `l`, registered, if it listens on an app's address.
 fn app_listener(g: &Generation, l: TcpListener) -> Result<Listener> {
-    let l = Listener::new(l)?.with_exhausted_hint("raise the open-file limit or lower [limits] max_connections");
+    let l = Listener::new(l)?.with_exhausted_hint(EXHAUSTED_HINT);
     let addr = l.local_addr();
     if !g.listeners.contains_key(&addr) {
         bail!("listener {addr} is not the listen address of any [[app]] (serve [admin] listen with ops::admin::serve)");

@@ -29,9 +29,11 @@ use tracing::info;
 
 use crate::core::cluster::Cluster;
 use crate::core::config::Config;
+use crate::core::pool::balancer::Upstream;
 use crate::core::proxy::activation::Inherited;
 use crate::core::proxy::generation::{Deps, Generation};
-use crate::core::proxy::registry::{Open, Registry, Tracked, recheck};
+use crate::core::proxy::listening::{self, Listening};
+use crate::core::proxy::registry::{Open, Recheck, Registry, Tracked, recheck};
 use crate::core::proxy::stats::Metrics;
 use crate::core::rt::clock::{self, Clock};
 use crate::core::rt::log::Throttle;
@@ -58,6 +60,18 @@ pub struct Server {
     pub(super) reloaded_rx: channel::Receiver<()>,
     /// `[cluster]`'s shared limits, started by [`Server::run`].
     pub(super) cluster: OnceLock<Cluster>,
+    /// Listeners reloads bound, for the accept side (see `listening`).
+    pub(super) listening: Listening,
+    /// One reload at a time (SIGHUP and the certificate watch both reload).
+    reloading: Mutex<()>,
+    /// Upstreams a reload removed while connections to them were open.
+    retired: Mutex<Vec<Retired>>,
+}
+
+/// An upstream no generation names any more, until its connections end.
+pub struct Retired {
+    pub app: String,
+    pub upstream: Arc<Upstream>,
 }
 
 impl Server {
@@ -91,6 +105,9 @@ impl Server {
             reloaded_tx,
             reloaded_rx,
             cluster: OnceLock::new(),
+            listening: Listening::default(),
+            reloading: Mutex::new(()),
+            retired: Mutex::default(),
         }))
     }
 
@@ -130,31 +147,15 @@ impl Server {
     /// Swaps in a new config atomically; established connections keep the
     /// generation they started with, except that (unless
     /// `keep_deauthorized`) those the new generation's gate refuses are
-    /// closed. On error the old config stays.
+    /// closed. Listen addresses the new config adds are bound first (one
+    /// that cannot be bound rejects the reload); those it removes stop
+    /// accepting, and a removed app's connections are closed once
+    /// `[timeouts] drain` has passed. On error the old config stays.
     pub fn reload(&self, config: Config) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
-        if old.config.listeners() != config.listeners() {
-            bail!("listener addresses changed; adding or removing listeners needs a restart in this version");
-        }
-        if old.config.listen_sockets() != config.listen_sockets() {
-            bail!("reuse_port changed; rebinding a listener needs a restart in this version");
-        }
-        // The admin token follows the reload (the endpoint reads the current
-        // generation per request); its address does not.
-        let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
-        if admin_listen(&old.config) != admin_listen(&config) {
-            bail!(
-                "[admin] listen changed; adding, moving or removing the admin endpoint needs a restart in this version"
-            );
-        }
-        if old.config.control != config.control {
-            bail!(
-                "[control] socket changed; moving the control socket needs a restart (or an upgrade) in this version"
-            );
-        }
-        if old.config.cluster != config.cluster {
-            bail!("[cluster] changed; joining, leaving or changing the fleet needs a restart in this version");
-        }
+        restart_only(&old.config, &config)?;
+        let fresh = listening::bind_added(&old.config, &config)?;
         let new = Arc::new(Generation::build(config, Some(&old), &self.deps)?);
         // Swapped under the registry lock: a connection registering at the
         // same time is either in this snapshot or sees the new generation.
@@ -164,13 +165,63 @@ impl Server {
         // Full means a restart is already pending: the supervisor reads the latest generation.
         let _ = self.reloaded_tx.try_send(());
         new.log_crl_state(self.deps.clock.now());
-        if !new.config.tls.keep_deauthorized {
-            let closed = open.iter().filter(|o| recheck(&new, o)).count();
-            if closed > 0 {
-                info!("reload: closing {closed} open connection(s) the new configuration no longer admits");
+        let mut closed = 0usize;
+        let mut orphans = Vec::new();
+        for o in &open {
+            match recheck(&new, o) {
+                Recheck::Admitted => {}
+                Recheck::Closed => closed = closed.saturating_add(1),
+                Recheck::AppRemoved => orphans.push(Arc::downgrade(o)),
             }
         }
+        if closed > 0 {
+            info!("reload: closing {closed} open connection(s) the new configuration no longer admits");
+        }
+        let drain = new.config.timeouts.drain;
+        if !orphans.is_empty() {
+            info!(
+                "reload: {} open connection(s) of removed app(s) may finish within [timeouts] drain ({drain:?})",
+                orphans.len()
+            );
+        }
+        self.listening
+            .hand(fresh, (!orphans.is_empty()).then_some((drain, orphans)));
+        self.retire_upstreams(&old, &new);
         Ok(())
+    }
+
+    /// Upstreams of `old` that `new` does not keep, while connections to them are open.
+    fn retire_upstreams(&self, old: &Generation, new: &Generation) {
+        let kept = |u: &Arc<Upstream>| {
+            new.apps
+                .iter()
+                .any(|a| a.balancer.upstreams().iter().any(|k| Arc::ptr_eq(k, u)))
+        };
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|r| r.upstream.active() > 0 && !kept(&r.upstream));
+        for a in &old.apps {
+            for u in a.balancer.upstreams() {
+                if u.active() > 0 && !kept(u) {
+                    retired.push(Retired {
+                        app: a.name.clone(),
+                        upstream: u.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Duplicates of the app sockets being accepted on (what an upgrade is handed).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<TcpListener>> {
+        self.listening.sockets()
+    }
+
+    /// Upstreams removed by reloads that still have open connections
+    /// (those that reached zero are forgotten).
+    pub fn draining_upstreams(&self) -> Vec<(String, Arc<Upstream>)> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|r| r.upstream.active() > 0);
+        retired.iter().map(|r| (r.app.clone(), r.upstream.clone())).collect()
     }
 
     /// Registers an admitted connection for reload re-checks; it stays
@@ -179,9 +230,31 @@ impl Server {
     /// the connection is re-checked at once.
     pub(super) fn track(&self, open: Arc<Open>, handshake_generation: &Arc<Generation>) -> Tracked {
         let (tracked, current) = self.registry.insert(open.clone(), || self.current());
-        if !Arc::ptr_eq(&current, handshake_generation) && !current.config.tls.keep_deauthorized {
-            recheck(&current, &open);
+        if !Arc::ptr_eq(&current, handshake_generation) && recheck(&current, &open) == Recheck::AppRemoved {
+            // The reload that removed its app did not see it: its drain starts now.
+            let drain = current.config.timeouts.drain;
+            self.listening
+                .hand(Vec::new(), Some((drain, vec![Arc::downgrade(&open)])));
         }
         tracked
     }
+}
+
+/// What a reload may not change: these need a restart (or an upgrade).
+fn restart_only(old: &Config, new: &Config) -> Result<()> {
+    // The admin token follows the reload (the endpoint reads the current
+    // generation per request); its address does not.
+    let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+    if admin_listen(old) != admin_listen(new) {
+        bail!(
+            "[admin] listen changed; adding, moving or removing the admin endpoint needs a restart (or `tlb serve --upgrade`)"
+        );
+    }
+    if old.control != new.control {
+        bail!("[control] socket changed; moving the control socket needs a restart (or `tlb serve --upgrade`)");
+    }
+    if old.cluster != new.cluster {
+        bail!("[cluster] changed; joining, leaving or changing the fleet needs a restart (or `tlb serve --upgrade`)");
+    }
+    Ok(())
 }

@@ -98,14 +98,17 @@ pub enum CloseReason {
     Expired,
     /// `[timeouts] max_lifetime` passed.
     MaxLifetime,
+    /// A reload removed its app, and `[timeouts] drain` passed.
+    AppRemoved,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 4] = [
+    pub const ALL: [CloseReason; 5] = [
         CloseReason::Revoked,
         CloseReason::Deauthorized,
         CloseReason::Expired,
         CloseReason::MaxLifetime,
+        CloseReason::AppRemoved,
     ];
 
     pub fn label(self) -> &'static str {
@@ -114,6 +117,7 @@ impl CloseReason {
             CloseReason::Deauthorized => "deauthorized",
             CloseReason::Expired => "expired",
             CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::AppRemoved => "app_removed",
         }
     }
 
@@ -214,6 +218,26 @@ impl Gate {
             Err(d) => d.identity.clone(),
         };
         Refused::Policy(self.policy.wrong_trust_domain(who, judged.domain))
+    }
+
+    /// Does any CA of this generation (`[tls] ca`, a trust domain's) accept
+    /// `chain` now (chain, validity, CRL; no app's policy)? For connections
+    /// of an app a reload removed.
+    pub fn trusts_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), Refused> {
+        let (ee, rest) = chain
+            .split_first()
+            .ok_or(Refused::Certificate(TlsError::NoCertificatesPresented))?;
+        let (v, now) = (&self.verifiers, self.now());
+        let mut why = TlsError::InvalidCertificate(CertificateError::UnknownIssuer);
+        for verifier in std::iter::once(&v.base).chain(v.domains.iter()) {
+            match verifier.verify_client_cert(ee, rest, now) {
+                Ok(_) => return Ok(()),
+                // The CA that issued it says why; the others, "unknown issuer".
+                Err(TlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => {}
+                Err(e) => why = e,
+            }
+        }
+        Err(Refused::Certificate(why))
     }
 
     /// [`Gate::decide`] on a whole chain (end entity first) at the gate's now.

@@ -309,7 +309,8 @@ const APP: &[KeyDoc] = &[
         absent: Required,
         example: r#""0.0.0.0:8444""#,
         doc: "Address clients connect to. Apps may share one, told apart by `server_names`. A reload \
-              cannot add or remove a listen address (restart).",
+              binds a new one and closes one no app names any more (see \
+              [Reload or restart](#reload-or-restart)).",
     },
     KeyDoc {
         name: "server_names",
@@ -363,7 +364,7 @@ const APP: &[KeyDoc] = &[
         doc: "SO_REUSEPORT on the listener: several tlb processes on one host (same user, all with \
               `reuse_port = true`) bind the same `listen` address and the kernel spreads new connections over \
               them (see [A fleet of instances](#a-fleet-of-instances)). Apps sharing a listener set the same \
-              value; changing it needs a restart.",
+              value; changing it on an address that stays needs a restart (or an upgrade).",
     },
 ];
 
