@@ -35,7 +35,7 @@ use crate::core::proxy::registry::{Open, Registry, Tracked, recheck};
 use crate::core::proxy::stats::Metrics;
 use crate::core::rt::clock::{self, Clock};
 use crate::core::rt::log::Throttle;
-use crate::core::tls::TicketKeys;
+use crate::core::tls::{Material, TicketKeys};
 
 /// A running (or ready to run) load balancer.
 pub struct Server {
@@ -74,6 +74,7 @@ impl Server {
             clock,
             ticket_keys: TicketKeys::default(),
             tickets_refused: metrics.tickets_refused.clone(),
+            reloads: Mutex::new(()),
         };
         let generation = Generation::build(config, None, &deps)?;
         generation.log_crl_state(deps.clock.now());
@@ -132,7 +133,19 @@ impl Server {
     /// `keep_deauthorized`) those the new generation's gate refuses are
     /// closed. On error the old config stays.
     pub fn reload(&self, config: Config) -> Result<()> {
+        self.reload_from(config, &Material::disk(), None)
+    }
+
+    /// [`Server::reload`] with the TLS files taken from `files` where it
+    /// holds them (the certificate watcher's checked bytes) and, with
+    /// `base`, only while `base` is still the current generation (a reload
+    /// that happened meanwhile is never undone). One reload at a time.
+    pub fn reload_from(&self, config: Config, files: &Material, base: Option<&Arc<Generation>>) -> Result<()> {
+        let _one_at_a_time = self.deps.reloads.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
+        if base.is_some_and(|b| !Arc::ptr_eq(b, &old)) {
+            bail!("the configuration was reloaded meanwhile; not replacing it");
+        }
         if old.config.listeners() != config.listeners() {
             bail!("listener addresses changed; adding or removing listeners needs a restart in this version");
         }
@@ -155,7 +168,7 @@ impl Server {
         if old.config.cluster != config.cluster {
             bail!("[cluster] changed; joining, leaving or changing the fleet needs a restart in this version");
         }
-        let new = Arc::new(Generation::build(config, Some(&old), &self.deps)?);
+        let new = Arc::new(Generation::build_from(config, Some(&old), &self.deps, files)?);
         // Swapped under the registry lock: a connection registering at the
         // same time is either in this snapshot or sees the new generation.
         let open = self.registry.snapshot(|| {

@@ -19,9 +19,11 @@
 pub mod alerts;
 pub mod client;
 pub mod crl;
+pub mod expiry;
 pub mod gate;
 pub mod identity;
 pub mod load;
+pub mod material;
 pub mod policy;
 pub mod server;
 pub mod sigmemo;
@@ -34,5 +36,6 @@ pub use client::{ClientTlsFiles, client_config};
 pub use load::{
     load_certified_key, load_certs, load_certs_as, load_crls, load_key, load_key_as, load_roots, load_roots_as,
 };
+pub use material::Material;
 pub use server::{ServerTls, TicketKeys};
 pub use suites::provider;
