@@ -26,6 +26,7 @@ mod proxy_protocol;
 mod recipe;
 mod reference;
 mod reuse_port;
+mod rotation;
 mod samples;
 mod upgrade;
 mod upstream_tls;

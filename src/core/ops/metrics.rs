@@ -193,6 +193,16 @@ impl Collector for ServerCollector {
                 .iter()
                 .map(|c| ([("file", c.file.display().to_string())], unix_secs(c.not_after))),
         )?;
+        family(
+            e,
+            "certificate_rotations",
+            "Changed TLS file sets [tls] watch loaded, or refused (each bad set once) while the old one kept serving",
+            MetricType::Counter,
+            [
+                ([("result", "loaded")], load(&m.rotations_loaded)),
+                ([("result", "refused")], load(&m.rotations_refused)),
+            ],
+        )?;
         histogram(
             e,
             "handshake_duration_seconds",

@@ -13,6 +13,8 @@
 //! - [`handshake`]: the mTLS handshake, app chosen by SNI;
 //! - [`proxy_header`]: the PROXY protocol header sent to upstreams;
 //! - [`connection`]: one connection, accept to access log;
+//! - [`watch`]: `[tls] watch` (certificate rotation from disk) and the
+//!   certificate expiry warnings;
 //! - [`serve`]: [`Server::run`](server::Server::run), the accept loops and the drain.
 
 pub mod activation;
@@ -30,3 +32,4 @@ pub mod relay;
 pub mod serve;
 pub mod server;
 pub mod stats;
+pub mod watch;

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod load;
 pub mod material;
 pub mod policy;
+pub mod rotation;
 pub mod server;
 pub mod sigmemo;
 pub mod suites;
