@@ -27,6 +27,7 @@ mod recipe;
 mod reference;
 mod reload;
 mod reuse_port;
+mod rotation;
 mod samples;
 mod upgrade;
 mod upstream_tls;

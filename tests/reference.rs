@@ -294,6 +294,7 @@ fn refused_values(kind: Kind) -> &'static [&'static str] {
         Kind::Rate => &["0", "-1", "nan", "inf", r#""1""#],
         Kind::Duration => &[r#""0s""#, r#""5""#, "5", r#""101y""#],
         Kind::DurationOrZero => &[r#""-1s""#, r#""5""#, r#""101y""#],
+        Kind::Interval => &[r#""0s""#, r#""999ms""#, r#""5""#, "5", r#""101y""#],
         Kind::Bool => &[r#""true""#, "1"],
         Kind::Version => &[r#""1.1""#, "1.3"],
         Kind::ProxyVersion => &["true", "false", r#""v3""#, r#""V2""#, "2"],
@@ -330,6 +331,7 @@ fn accepted_values(kind: Kind) -> &'static [&'static str] {
         Kind::Count => &["1", "4294967295"],
         Kind::Rate => &["0.001", "1e6"],
         Kind::DurationOrZero => &[r#""0s""#],
+        Kind::Interval => &[r#""1s""#, r#""1h""#],
         Kind::Sha256Hex => {
             &[r#""5D:41:40:2A:BC:4B:2A:76:B9:71:9D:91:10:17:C5:92:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99""#]
         }

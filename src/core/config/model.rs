@@ -34,10 +34,21 @@ pub struct TlsSettings {
     /// A reload leaves open connections of identities it no longer admits
     /// alone (and an open connection is not closed at certificate expiry).
     pub keep_deauthorized: bool,
+    /// How often the certificate watcher reads the TLS files again (and
+    /// loads a changed, coherent set); `None`: no watching.
+    pub watch: Option<Duration>,
+    /// Warn this long before a loaded certificate expires (zero: never).
+    pub expiry_warning: Duration,
 }
 
 /// Default `[tls] session_lifetime`.
 pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Shortest `[tls] watch` interval.
+pub const MIN_WATCH: Duration = Duration::from_secs(1);
+
+/// Default `[tls] expiry_warning`: 14 days.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 /// `[limits]`: caps applied at accept, before any TLS work (flood resistance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

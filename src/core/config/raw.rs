@@ -51,6 +51,8 @@ pub(crate) struct RawTls {
     pub(crate) session_lifetime: Option<Spanned<HumanDurationOrZero>>,
     #[serde(default)]
     pub(crate) keep_deauthorized: bool,
+    pub(crate) watch: Option<Spanned<HumanDurationOrZero>>,
+    pub(crate) expiry_warning: Option<Spanned<HumanDurationOrZero>>,
 }
 
 #[derive(Deserialize, Default)]

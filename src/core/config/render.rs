@@ -16,7 +16,8 @@ use cluster::{cluster, control};
 
 use crate::core::config::literal::{count, duration, rate, string, strings, version};
 use crate::core::config::model::{
-    AppMode, DEFAULT_SESSION_LIFETIME, GlobalLimits, HealthSettings, Limits, Timeouts, TlsVersion,
+    AppMode, DEFAULT_EXPIRY_WARNING, DEFAULT_SESSION_LIFETIME, GlobalLimits, HealthSettings, Limits, Timeouts,
+    TlsVersion,
 };
 use crate::core::config::writer::{
     AdminSection, AppSection, ClientSection, ConfigWriter, GlobalLimitsSection, HealthSection, LimitsSection,
@@ -228,6 +229,12 @@ fn tls(t: &TlsSection) -> Table {
             key("keep_deauthorized", t.keep_deauthorized.map(|b| b.to_string()))
                 .doc("true: a reload leaves open connections of revoked/removed identities alone")
                 .example("false"),
+            key("watch", t.watch.map(duration))
+                .doc("poll the TLS files; load a changed set once it is stable and coherent")
+                .example(string("10s")),
+            key("expiry_warning", t.expiry_warning.map(duration))
+                .doc("warn this long before a loaded certificate expires; \"0s\" = never")
+                .example(duration(DEFAULT_EXPIRY_WARNING)),
         ],
     )
 }

@@ -141,6 +141,8 @@ pub struct TlsSection {
     pub min_version: Option<TlsVersion>,
     pub session_lifetime: Option<Duration>,
     pub keep_deauthorized: Option<bool>,
+    pub watch: Option<Duration>,
+    pub expiry_warning: Option<Duration>,
 }
 
 impl TlsSection {
@@ -156,6 +158,8 @@ impl TlsSection {
             min_version: None,
             session_lifetime: None,
             keep_deauthorized: None,
+            watch: None,
+            expiry_warning: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use crate::core::proxy::outcome::{Cap, HandshakeFailureKind, Refusal};
 use crate::core::proxy::server::Server;
 use crate::core::proxy::stats::Histogram;
+use crate::core::rt::clock::unix_secs;
 use crate::core::tls::gate::CloseReason;
 
 /// A registry whose single collector reads `server` at each scrape.
@@ -180,9 +181,28 @@ impl Collector for ServerCollector {
                 e,
                 "crl_next_update_timestamp_seconds",
                 "nextUpdate of [tls] crl (Unix time); re-sign it with `tlb pki crl` before then",
-                i64::try_from(crate::core::rt::clock::unix_secs(t)).unwrap_or(i64::MAX),
+                i64::try_from(unix_secs(t)).unwrap_or(i64::MAX),
             )?;
         }
+        family(
+            e,
+            "certificate_expiry_timestamp_seconds",
+            "notAfter (Unix time) of each certificate file loaded, by path: a certificate's leaf, a CA file's earliest",
+            MetricType::Gauge,
+            g.cert_expiry
+                .iter()
+                .map(|c| ([("file", c.file.display().to_string())], unix_secs(c.not_after))),
+        )?;
+        family(
+            e,
+            "certificate_rotations",
+            "Changed TLS file sets [tls] watch loaded, or refused (each bad set once) while the old one kept serving",
+            MetricType::Counter,
+            [
+                ([("result", "loaded")], load(&m.rotations_loaded)),
+                ([("result", "refused")], load(&m.rotations_refused)),
+            ],
+        )?;
         histogram(
             e,
             "handshake_duration_seconds",

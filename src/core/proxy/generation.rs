@@ -5,15 +5,18 @@
 //! swapped whole on reload.
 //!
 //! Promises: building is all-or-nothing (an error leaves nothing half
-//! applied); a generation is immutable once built; what must outlive a
+//! applied); every TLS file is read once per build (from disk, or the bytes
+//! handed in), and the generation names what it loaded (each file's
+//! SHA-256, each certificate file's expiry); a generation is immutable once built; what must outlive a
 //! reload is carried over from the previous generation by name: upstream
 //! states (same app, name and address), app counters (same app name) and
 //! client limiter state (same client name).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
@@ -26,7 +29,9 @@ use crate::core::pool::policy::HealthPolicy;
 use crate::core::proxy::limiter::Limiter;
 use crate::core::proxy::stats::AppStats;
 use crate::core::rt::clock::Clock;
+use crate::core::tls::expiry::{self, CertExpiry};
 use crate::core::tls::gate::Gate;
+use crate::core::tls::material::{Digest, Material};
 use crate::core::tls::upstream::UpstreamTlsClient;
 use crate::core::tls::{ServerTls, TicketKeys};
 
@@ -72,6 +77,11 @@ pub struct Generation {
     /// `[limits] max_connections` as applied (derived from the open-file
     /// limit when the config leaves it out).
     pub max_connections: u32,
+    /// Every TLS file this generation was built from, with the SHA-256 of
+    /// the bytes it used, by path: what `[tls] watch` compares the disk with.
+    pub files: Vec<(PathBuf, Digest)>,
+    /// When each certificate file it loaded expires.
+    pub cert_expiry: Vec<CertExpiry>,
 }
 
 /// Open files kept for listeners, the admin endpoint, health checks and logs
@@ -91,13 +101,26 @@ pub(super) struct Deps {
     pub clock: Arc<dyn Clock>,
     pub ticket_keys: TicketKeys,
     pub tickets_refused: Arc<AtomicU64>,
+    /// Held for the whole of a reload: one at a time.
+    pub reloads: Mutex<()>,
 }
 
 impl Generation {
-    /// Loads the TLS material of `config` and builds its data-path state,
-    /// carrying state over from `previous` (see the module's promises).
+    /// Loads the TLS material of `config` from disk and builds its
+    /// data-path state, carrying state over from `previous` (see the
+    /// module's promises).
     pub(super) fn build(config: Config, previous: Option<&Generation>, deps: &Deps) -> Result<Generation> {
-        let tls = ServerTls::load(&config, &deps.clock, &deps.ticket_keys, &deps.tickets_refused)?;
+        Generation::build_from(config, previous, deps, &Material::disk())
+    }
+
+    /// [`Generation::build`] with the TLS files read from `files`.
+    pub(super) fn build_from(
+        config: Config,
+        previous: Option<&Generation>,
+        deps: &Deps,
+        files: &Material,
+    ) -> Result<Generation> {
+        let tls = ServerTls::load(&config, files, &deps.clock, &deps.ticket_keys, &deps.tickets_refused)?;
         let mut apps = Vec::with_capacity(config.apps.len());
         let mut listeners: HashMap<SocketAddr, ListenerApps> = HashMap::new();
         for app in &config.apps {
@@ -107,7 +130,7 @@ impl Generation {
                 .cloned()
                 .with_context(|| format!("internal: no TLS config for app {}", app.name))?;
             let upstream_tls = match &app.upstream_tls {
-                Some(t) => Some(Arc::new(UpstreamTlsClient::load(app, t)?)),
+                Some(t) => Some(Arc::new(UpstreamTlsClient::load(app, t, files)?)),
                 None => None,
             };
             let rt = Arc::new(AppRuntime {
@@ -144,6 +167,7 @@ impl Generation {
             &deps.clock,
         );
         let max_connections = config.limits.max_connections.unwrap_or_else(default_max_connections);
+        let cert_expiry = expiry::of(&config, files);
         Ok(Generation {
             config,
             apps,
@@ -152,6 +176,8 @@ impl Generation {
             limiter,
             crl_next_update: tls.crl_next_update,
             max_connections,
+            files: files.digests(),
+            cert_expiry,
         })
     }
 

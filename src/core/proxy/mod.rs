@@ -15,6 +15,8 @@
 //! - [`proxy_header`]: the PROXY protocol header sent to upstreams;
 //! - [`connection`]: one connection, accept to access log;
 //! - [`accepting`]: accept loops per listen address, as reloads change them;
+//! - [`watch`]: `[tls] watch` (certificate rotation from disk) and the
+//!   certificate expiry warnings;
 //! - [`serve`]: [`Server::run`](server::Server::run), the accept loops and the drain.
 
 pub mod accepting;
@@ -34,3 +36,4 @@ pub mod relay;
 pub mod serve;
 pub mod server;
 pub mod stats;
+pub mod watch;

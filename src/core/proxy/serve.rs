@@ -26,6 +26,7 @@ use crate::core::proxy::generation::Generation;
 use crate::core::proxy::listener::Listener;
 use crate::core::proxy::proxy_header;
 use crate::core::proxy::server::Server;
+use crate::core::proxy::watch;
 use crate::core::rt::timeout;
 
 /// How long connections still open after the drain get to notice the cut.
@@ -71,6 +72,8 @@ impl Server {
         };
         let accepting = ex.spawn(self.clone().serve_listeners(ex.clone(), first, conns, stop_rx));
         let checks = ex.spawn(self.clone().supervise_health_checks(ex.clone()));
+        // [tls] watch and the certificate expiry warnings.
+        let watch = ex.spawn(watch::run(self.clone()));
         let summaries = ex.spawn(self.clone().log_summaries());
         shutdown.await;
         self.draining.store(true, Ordering::Relaxed);
@@ -81,6 +84,7 @@ impl Server {
             c.leave();
         }
         drop(checks);
+        drop(watch);
         drop(summaries);
         info!("stopped");
         Ok(())

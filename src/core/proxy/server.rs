@@ -37,7 +37,7 @@ use crate::core::proxy::registry::{Open, Recheck, Registry, Tracked, recheck};
 use crate::core::proxy::stats::Metrics;
 use crate::core::rt::clock::{self, Clock};
 use crate::core::rt::log::Throttle;
-use crate::core::tls::TicketKeys;
+use crate::core::tls::{Material, TicketKeys};
 
 /// A running (or ready to run) load balancer.
 pub struct Server {
@@ -62,8 +62,6 @@ pub struct Server {
     pub(super) cluster: OnceLock<Cluster>,
     /// Listeners reloads bound, for the accept side (see `listening`).
     pub(super) listening: Listening,
-    /// One reload at a time (SIGHUP and the certificate watch both reload).
-    reloading: Mutex<()>,
     /// Upstreams a reload removed while connections to them were open.
     retired: Mutex<Vec<Retired>>,
 }
@@ -88,6 +86,7 @@ impl Server {
             clock,
             ticket_keys: TicketKeys::default(),
             tickets_refused: metrics.tickets_refused.clone(),
+            reloads: Mutex::new(()),
         };
         let generation = Generation::build(config, None, &deps)?;
         generation.log_crl_state(deps.clock.now());
@@ -106,7 +105,6 @@ impl Server {
             reloaded_rx,
             cluster: OnceLock::new(),
             listening: Listening::default(),
-            reloading: Mutex::new(()),
             retired: Mutex::default(),
         }))
     }
@@ -152,11 +150,22 @@ impl Server {
     /// accepting, and a removed app's connections are closed once
     /// `[timeouts] drain` has passed. On error the old config stays.
     pub fn reload(&self, config: Config) -> Result<()> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_from(config, &Material::disk(), None)
+    }
+
+    /// [`Server::reload`] with the TLS files taken from `files` where it
+    /// holds them (the certificate watcher's checked bytes) and, with
+    /// `base`, only while `base` is still the current generation (a reload
+    /// that happened meanwhile is never undone). One reload at a time.
+    pub fn reload_from(&self, config: Config, files: &Material, base: Option<&Arc<Generation>>) -> Result<()> {
+        let _one_at_a_time = self.deps.reloads.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
+        if base.is_some_and(|b| !Arc::ptr_eq(b, &old)) {
+            bail!("the configuration was reloaded meanwhile; not replacing it");
+        }
         restart_only(&old.config, &config)?;
         let fresh = listening::bind_added(&old.config, &config)?;
-        let new = Arc::new(Generation::build(config, Some(&old), &self.deps)?);
+        let new = Arc::new(Generation::build_from(config, Some(&old), &self.deps, files)?);
         // Swapped under the registry lock: a connection registering at the
         // same time is either in this snapshot or sees the new generation.
         let open = self.registry.snapshot(|| {

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     /// Whole life of relayed connections.
     pub connection_seconds: Histogram,
+    /// Changed TLS file sets `[tls] watch` loaded.
+    pub rotations_loaded: AtomicU64,
+    /// Changed TLS file sets `[tls] watch` refused (each set once, when logged).
+    pub rotations_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -112,6 +116,8 @@ impl Default for Metrics {
             tickets_refused: Arc::default(),
             handshake_seconds: Histogram::new(HANDSHAKE_BUCKETS),
             connection_seconds: Histogram::new(CONNECTION_BUCKETS),
+            rotations_loaded: AtomicU64::new(0),
+            rotations_refused: AtomicU64::new(0),
         }
     }
 }

@@ -9,16 +9,23 @@ use std::time::SystemTime;
 use anyhow::{Result, anyhow, bail};
 use rustls::pki_types::CertificateRevocationListDer;
 
-use crate::core::tls::load::load_certs;
+use crate::core::tls::load::certs_in;
+use crate::core::tls::material::Material;
 
 /// Checks `[tls] crl` at load: at least one CRL is issued by a CA of
 /// `tls.ca`, and every CRL that names a CA of `tls.ca` as its issuer carries
 /// a valid signature of that CA (a CRL naming another issuer is for an
 /// intermediate CA: webpki verifies it against that CA when it is used).
-/// Returns the earliest nextUpdate of the CA's CRLs.
-pub fn check_crls(crls: &[CertificateRevocationListDer<'_>], ca: &Path, crl_path: &Path) -> Result<Option<SystemTime>> {
+/// Returns the earliest nextUpdate of the CA's CRLs. The CA file is read
+/// from `m` (the bytes the verifier was built from).
+pub fn check_crls(
+    m: &Material,
+    crls: &[CertificateRevocationListDer<'_>],
+    ca: &Path,
+    crl_path: &Path,
+) -> Result<Option<SystemTime>> {
     use x509_parser::prelude::FromDer;
-    let cas = load_certs(ca)?;
+    let cas = certs_in(m, ca, "CA file")?;
     let parsed_cas: Vec<_> = cas
         .iter()
         .filter_map(|c| x509_parser::certificate::X509Certificate::from_der(c).ok())

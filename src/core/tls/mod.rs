@@ -19,10 +19,13 @@
 pub mod alerts;
 pub mod client;
 pub mod crl;
+pub mod expiry;
 pub mod gate;
 pub mod identity;
 pub mod load;
+pub mod material;
 pub mod policy;
+pub mod rotation;
 pub mod server;
 pub mod sigmemo;
 pub mod suites;
@@ -34,5 +37,6 @@ pub use client::{ClientTlsFiles, client_config};
 pub use load::{
     load_certified_key, load_certs, load_certs_as, load_crls, load_key, load_key_as, load_roots, load_roots_as,
 };
+pub use material::Material;
 pub use server::{ServerTls, TicketKeys};
 pub use suites::provider;

@@ -23,7 +23,8 @@ use crate::core::config::Config;
 use crate::core::rt::clock::{Clock, RustlsTime};
 use crate::core::tls::crl::check_crls;
 use crate::core::tls::gate::{AuthorizingVerifier, Gate, GatedTickets, Verifiers};
-use crate::core::tls::load::{load_certified_key, load_crls, load_roots};
+use crate::core::tls::load::{certified_key_in, crls_in, roots_in};
+use crate::core::tls::material::Material;
 use crate::core::tls::policy::AppPolicy;
 use crate::core::tls::sigmemo;
 use crate::core::tls::suites::{server_provider, versions};
@@ -70,11 +71,12 @@ impl TicketKeys {
 }
 
 impl ServerTls {
-    /// Loads `[tls]` files and builds one server config per app, all
-    /// reading time from `clock`. `tickets_refused` counts tickets the gate
-    /// refused (they fall back to a full handshake).
+    /// Loads `[tls]` files (from `files`) and builds one server config per
+    /// app, all reading time from `clock`. `tickets_refused` counts tickets
+    /// the gate refused (they fall back to a full handshake).
     pub fn load(
         config: &Config,
+        files: &Material,
         clock: &Arc<dyn Clock>,
         ticket_keys: &TicketKeys,
         tickets_refused: &Arc<AtomicU64>,
@@ -82,9 +84,9 @@ impl ServerTls {
         let provider = server_provider();
         let time: Arc<dyn rustls::time_provider::TimeProvider> = Arc::new(RustlsTime(clock.clone()));
         let tls = &config.tls;
-        let key = load_certified_key(&tls.cert, &tls.key, &provider)?;
+        let key = certified_key_in(files, &tls.cert, &tls.key, &provider, "[tls]")?;
         let cert: Arc<dyn ResolvesServerCert> = Arc::new(rustls::sign::SingleCertAndKey::from(key));
-        let (verifiers, crl_next_update) = verifiers(config, &provider)?;
+        let (verifiers, crl_next_update) = verifiers(config, files, &provider)?;
         let base_verifier = verifiers.base.clone();
         let domains: Vec<String> = config.trust_domains.iter().map(|d| d.name.clone()).collect();
         let mut apps = HashMap::new();
@@ -136,14 +138,19 @@ impl ServerTls {
 
 /// The WebPKI client verifiers of `[tls]` and of each `[[trust_domain]]`,
 /// and the earliest CRL nextUpdate among them.
-fn verifiers(config: &Config, provider: &Arc<CryptoProvider>) -> Result<(Arc<Verifiers>, Option<SystemTime>)> {
+fn verifiers(
+    config: &Config,
+    files: &Material,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Arc<Verifiers>, Option<SystemTime>)> {
     let tls = &config.tls;
     let mut hints = Vec::new();
-    let (base, mut next_update) = client_verifier(&tls.ca, tls.crl.as_deref(), "[tls]", provider, &mut hints)?;
+    let base = (tls.ca.as_path(), tls.crl.as_deref());
+    let (base, mut next_update) = client_verifier(files, base, "[tls]", provider, &mut hints)?;
     let mut domains = Vec::with_capacity(config.trust_domains.len());
     for td in &config.trust_domains {
         let what = format!("[[trust_domain]] {}", td.name);
-        let (v, next) = client_verifier(&td.ca, td.crl.as_deref(), &what, provider, &mut hints)?;
+        let (v, next) = client_verifier(files, (td.ca.as_path(), td.crl.as_deref()), &what, provider, &mut hints)?;
         next_update = match (next_update, next) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -163,13 +170,13 @@ fn verifiers(config: &Config, provider: &Arc<CryptoProvider>) -> Result<(Arc<Ver
 /// used, with a warning (see `Server`): refusing every client because a CRL
 /// was not re-signed in time would turn hygiene into an outage.
 fn client_verifier(
-    ca: &Path,
-    crl: Option<&Path>,
+    files: &Material,
+    (ca, crl): (&Path, Option<&Path>),
     what: &str,
     provider: &Arc<CryptoProvider>,
     hints: &mut Vec<DistinguishedName>,
 ) -> Result<(Arc<dyn ClientCertVerifier>, Option<SystemTime>)> {
-    let roots = load_roots(ca).with_context(|| format!("loading {what} ca"))?;
+    let roots = roots_in(files, ca, "CA file").with_context(|| format!("loading {what} ca"))?;
     hints.extend(roots.subjects());
     let roots = Arc::new(roots);
     let mut memo = CryptoProvider::clone(provider);
@@ -177,8 +184,8 @@ fn client_verifier(
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, Arc::new(memo));
     let mut next_update = None;
     if let Some(crl) = crl {
-        let crls = load_crls(crl).with_context(|| format!("loading {what} crl"))?;
-        next_update = check_crls(&crls, ca, crl)?;
+        let crls = crls_in(files, crl).with_context(|| format!("loading {what} crl"))?;
+        next_update = check_crls(files, &crls, ca, crl)?;
         builder = builder.with_crls(crls);
     }
     let verifier = builder

@@ -31,7 +31,8 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, Error as TlsError
 use crate::core::config::{App, UpstreamTls};
 use crate::core::rt::net::{TcpConn, describe_io, is_local_error};
 use crate::core::tls::alerts::describe_rustls_error;
-use crate::core::tls::load::{load_certs_as, load_key_as, load_roots_as};
+use crate::core::tls::load::{certs_in, key_in, roots_in};
+use crate::core::tls::material::Material;
 use crate::core::tls::suites::{provider, versions};
 
 /// The TLS stream to an upstream.
@@ -55,19 +56,19 @@ pub struct UpstreamTlsError {
 }
 
 impl UpstreamTlsClient {
-    /// Loads `[app.upstream_tls]` of `app` and checks that every upstream
-    /// has a name to verify.
-    pub fn load(app: &App, t: &UpstreamTls) -> Result<UpstreamTlsClient> {
+    /// Loads `[app.upstream_tls]` of `app` (its files from `files`) and
+    /// checks that every upstream has a name to verify.
+    pub fn load(app: &App, t: &UpstreamTls, files: &Material) -> Result<UpstreamTlsClient> {
         let role = |key: &str| format!("app {:?}: [app.upstream_tls] {key}", app.name);
-        let roots = load_roots_as(&t.ca, &role("ca"))?;
+        let roots = roots_in(files, &t.ca, &role("ca"))?;
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions(t.min_version))
             .map_err(|e| anyhow!("{}: {}", role("min_version"), describe_rustls_error(&e)))?
             .with_root_certificates(roots);
         let config = match (&t.cert, &t.key) {
             (Some(cert), Some(key)) => {
-                let chain = load_certs_as(cert, &role("cert"))?;
-                let key_der = load_key_as(key, &role("key"))?;
+                let chain = certs_in(files, cert, &role("cert"))?;
+                let key_der = key_in(files, key, &role("key"))?;
                 builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                     anyhow!(
                         "{} {} and key {} do not form a usable pair ({}); pass the .key written with that .crt",

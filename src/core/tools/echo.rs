@@ -36,8 +36,9 @@ use crate::core::proxy::listener::Listener;
 use crate::core::rt::log::{Throttle, escaped};
 use crate::core::rt::net::TcpConn;
 use crate::core::rt::timeout;
+use crate::core::tls::Material;
 use crate::core::tls::identity::common_name;
-use crate::core::tls::load::{load_certified_key, load_roots_as};
+use crate::core::tls::load::{certified_key_in, load_roots_as};
 use crate::core::tls::suites::{provider, versions};
 use crate::core::tls::{describe_tls_error, load_certs, load_key};
 use crate::core::tools::proxy_read::{Received, read_header};
@@ -73,7 +74,7 @@ pub struct ClientCa<'a> {
 pub fn echo_tls_config(cert: &Path, key: &Path, client_ca: Option<ClientCa<'_>>) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     // Checked as a pair first, for a message naming both files.
-    load_certified_key(cert, key, &provider)?;
+    certified_key_in(&Material::disk(), cert, key, &provider, "tlb upstream --tls")?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(TlsVersion::V1_2))
         .map_err(|e| anyhow!("configuring TLS versions: {e}"))?;

@@ -87,6 +87,8 @@ pub enum Kind {
     Duration,
     /// A human duration string, zero allowed.
     DurationOrZero,
+    /// A human duration string of at least one second (a poll interval).
+    Interval,
     Bool,
     /// `"1.2"` or `"1.3"`.
     Version,
@@ -119,6 +121,7 @@ impl Kind {
             Kind::Rate => "number > 0",
             Kind::Duration => "duration > 0",
             Kind::DurationOrZero => "duration ≥ 0",
+            Kind::Interval => "duration ≥ 1s",
             Kind::Bool => "boolean",
             Kind::Version => "`\"1.2\"` or `\"1.3\"`",
             Kind::Sha256Hex => "64 hex digits",

@@ -17,8 +17,8 @@ pub const TABLES: &[TableDoc] = &[
         path: "tls",
         presence: Presence::Required,
         doc: "The listener's certificate and key, and the trust root for client certificates (one set for every \
-              app and listener). The files are read when `tlb serve` starts and again on every reload (SIGHUP), \
-              not when the config is parsed; `tlb serve --check` reads them. See [Bring your own CA](#bring-your-own-ca) \
+              app and listener). The files are read when `tlb serve` starts, again on every reload (SIGHUP) and, with \
+              `watch`, when they change; not when the config is parsed; `tlb serve --check` reads them. See [Bring your own CA](#bring-your-own-ca) \
               and, for revocation and resumption, [The gate](#the-gate-what-admission-guarantees).",
         keys: TLS,
     },
@@ -186,6 +186,27 @@ const TLS: &[KeyDoc] = &[
         example: "true",
         doc: "`true`: a reload, and a client certificate's expiry, leave open connections alone instead of \
               closing those no longer admitted.",
+    },
+    KeyDoc {
+        name: "watch",
+        kind: Interval,
+        absent: Means("off: the files are read at start and on SIGHUP only"),
+        example: r#""10s""#,
+        doc: "Poll the TLS files (`cert`, `key`, `ca`, `crl`, each `[[trust_domain]]`'s and each \
+              `[app.upstream_tls]`'s) this often and load a changed set without a signal, once every file \
+              read the same on two polls in a row and the set is coherent (the key matches the certificate, \
+              the chain verifies link by link, the certificate is valid now, everything loads). A bad set is \
+              logged once and the old one keeps serving. `tlb.toml` itself is re-read on SIGHUP only. See \
+              [Certificate rotation](#certificate-rotation).",
+    },
+    KeyDoc {
+        name: "expiry_warning",
+        kind: DurationOrZero,
+        absent: Is(r#""14d""#),
+        example: r#""30d""#,
+        doc: "Warn in the log this long before a loaded certificate (server, CA, upstream TLS) expires: at \
+              start, on each reload and once a day; `\"0s\"`: never. Its date is \
+              `tlb_certificate_expiry_timestamp_seconds` either way.",
     },
 ];
 

@@ -1,13 +1,21 @@
 //! `[tls]` validation: the listener's certificate, the client trust root,
-//! the lowest TLS version and the resumption window.
+//! the lowest TLS version, the resumption window, the certificate watch
+//! interval and the expiry warning.
 //!
 //! Promises: paths are resolved (not read: the TLS layer loads them), the
-//! version is "1.3" (default) or "1.2", and an unset session lifetime is
-//! [`DEFAULT_SESSION_LIFETIME`].
+//! version is "1.3" (default) or "1.2", an unset session lifetime is
+//! [`DEFAULT_SESSION_LIFETIME`], `watch` is unset (off) or at least
+//! [`MIN_WATCH`], and an unset expiry warning is [`DEFAULT_EXPIRY_WARNING`].
+
+use std::time::Duration;
+
+use toml::Spanned;
 
 use crate::core::config::error::ConfigError;
-use crate::core::config::model::{DEFAULT_SESSION_LIFETIME, TlsSettings, TlsVersion};
-use crate::core::config::raw::RawTls;
+use crate::core::config::model::{
+    DEFAULT_EXPIRY_WARNING, DEFAULT_SESSION_LIFETIME, MIN_WATCH, TlsSettings, TlsVersion,
+};
+use crate::core::config::raw::{HumanDurationOrZero, RawTls};
 use crate::core::config::validate::ctx::Ctx;
 
 /// A `min_version` value: "1.3" or "1.2"; the message names `default`.
@@ -51,5 +59,34 @@ pub(crate) fn settings(tls: RawTls, ctx: &Ctx<'_>) -> Result<TlsSettings, Config
             .as_ref()
             .map_or(DEFAULT_SESSION_LIFETIME, |d| d.get_ref().0),
         keep_deauthorized: tls.keep_deauthorized,
+        watch: tls.watch.as_ref().map(|w| watch(w, ctx)).transpose()?,
+        expiry_warning: tls
+            .expiry_warning
+            .as_ref()
+            .map_or(DEFAULT_EXPIRY_WARNING, |d| d.get_ref().0),
     })
+}
+
+/// `watch`: at least [`MIN_WATCH`]; "0s" is refused with how to turn
+/// watching off (leave the key out).
+fn watch(w: &Spanned<HumanDurationOrZero>, ctx: &Ctx<'_>) -> Result<Duration, ConfigError> {
+    let d = w.get_ref().0;
+    if d.is_zero() {
+        return Err(ctx.err(
+            w.span(),
+            "tls.watch",
+            "\"0s\" is not a poll interval; leave `watch` out to turn watching off, or write e.g. \"10s\"",
+        ));
+    }
+    if d < MIN_WATCH {
+        return Err(ctx.err(
+            w.span(),
+            "tls.watch",
+            format!(
+                "{} is too short a poll interval; write at least \"1s\" (e.g. \"10s\")",
+                humantime::format_duration(d)
+            ),
+        ));
+    }
+    Ok(d)
 }
