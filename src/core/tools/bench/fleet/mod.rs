@@ -19,7 +19,7 @@ pub mod system;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow};
 use smol::Timer;
@@ -111,6 +111,7 @@ pub fn run_on(
     let live = Arc::new(FleetLive::new(members.len()));
     let rt = Runtime::new(opts.threads)?;
     let started = Instant::now();
+    let wall_started = SystemTime::now();
     let deadline = started
         .checked_add(opts.duration)
         .ok_or_else(|| anyhow!("--duration {:?} is too long; use e.g. 10s or 1m", opts.duration))?;
@@ -148,11 +149,19 @@ pub fn run_on(
         let watch = watch(&live, started, interrupt, &mut on_tick, &mut stopped, &stop_tx);
         futures_lite::future::or(all, watch).await
     });
-    let elapsed = started
-        .elapsed()
-        .min(opts.duration.saturating_add(opts.op_timeout))
-        .as_secs_f64();
-    let report = FleetReport::new(members, redis, opts, &live, errors, elapsed, stopped);
+    let monotonic = started.elapsed();
+    // Redis times the instances' liveness by its wall clock, the instances
+    // and the loader by the monotonic one: a machine paused (a VM stopped)
+    // moves the first and not the second.
+    let wall = SystemTime::now().duration_since(wall_started).unwrap_or_default();
+    let ended = report::Ended {
+        elapsed_s: monotonic
+            .min(opts.duration.saturating_add(opts.op_timeout))
+            .as_secs_f64(),
+        wall_minus_monotonic_s: wall.as_secs_f64() - monotonic.as_secs_f64(),
+        stopped,
+    };
+    let report = FleetReport::new(members, redis, opts, &live, errors, ended);
     Ok(report)
 }
 

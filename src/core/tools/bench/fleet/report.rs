@@ -22,7 +22,7 @@ use crate::core::tools::bench::{Stopped, Verdict};
 
 use super::FleetOptions;
 use super::hold::FleetLive;
-use super::system::{CLIENT, CLUSTER_TIMEOUT, Member};
+use super::system::{CLIENT, CLUSTER_TIMEOUT, LIVENESS_TTL, Member};
 
 /// One instance's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +71,19 @@ impl InstanceReport {
     }
 }
 
+/// How the load ended.
+pub(super) struct Ended {
+    /// The time run (monotonic clock), at most `duration` + one operation's timeout.
+    pub(super) elapsed_s: f64,
+    /// How much further the wall clock moved than the monotonic one.
+    pub(super) wall_minus_monotonic_s: f64,
+    pub(super) stopped: Option<Stopped>,
+}
+
+/// A wall clock this far ahead of the monotonic one means the machine was
+/// paused (or its clock stepped) during the run.
+const PAUSED_S: f64 = 1.0;
+
 /// The figures of a fleet run (also written by `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetReport {
@@ -81,7 +94,11 @@ pub struct FleetReport {
     pub connections: usize,
     pub hold_ms: u64,
     pub cluster_timeout_ms: u64,
+    pub liveness_ttl_ms: u64,
     pub duration_s: f64,
+    /// How much further the wall clock moved than the monotonic one during
+    /// the run (about 0; seconds when the machine was paused).
+    pub wall_minus_monotonic_s: f64,
     pub instances: Vec<InstanceReport>,
     /// Most connections held at once across the fleet (the loader's one counter).
     pub peak_held: u64,
@@ -101,8 +118,7 @@ impl FleetReport {
         opts: &FleetOptions,
         live: &FleetLive,
         errors: BTreeMap<String, u64>,
-        elapsed: f64,
-        stopped: Option<Stopped>,
+        ended: Ended,
     ) -> FleetReport {
         let instances: Vec<InstanceReport> = members
             .iter()
@@ -118,7 +134,9 @@ impl FleetReport {
             connections: opts.connections,
             hold_ms: ms(super::hold::HOLD),
             cluster_timeout_ms: ms(CLUSTER_TIMEOUT),
-            duration_s: elapsed,
+            liveness_ttl_ms: ms(LIVENESS_TTL),
+            duration_s: ended.elapsed_s,
+            wall_minus_monotonic_s: ended.wall_minus_monotonic_s,
             instances,
             peak_held: live.held.peak(),
             admitted,
@@ -130,7 +148,7 @@ impl FleetReport {
                 errors_total as f64 * 100.0 / attempts as f64
             },
             errors,
-            stopped,
+            stopped: ended.stopped,
         }
     }
 }
@@ -160,6 +178,9 @@ pub fn render(r: &FleetReport) -> String {
             r.connections, r.hold_ms, r.duration_s
         ),
     );
+    if let Some(p) = paused(r) {
+        row("clock", p);
+    }
     if r.stopped == Some(Stopped::Interrupted) {
         row("stopped", "interrupted: partial figures, over the time run".into());
     } else if r.stopped == Some(Stopped::Early) {
@@ -201,6 +222,19 @@ pub fn render(r: &FleetReport) -> String {
     s
 }
 
+/// What a wall clock ahead of the monotonic one means, when it is.
+fn paused(r: &FleetReport) -> Option<String> {
+    let gap = r.wall_minus_monotonic_s;
+    (gap >= PAUSED_S).then(|| {
+        format!(
+            "the wall clock moved {gap:.1} s more than the monotonic one: the machine was paused (or its clock \
+             stepped) during the run; Redis times the instances' liveness ({} ms) by its wall clock, the \
+             instances their refreshes and the loader its holds by the monotonic one",
+            r.liveness_ttl_ms
+        )
+    })
+}
+
 /// The line a run that held prints last.
 pub fn held_line(r: &FleetReport) -> String {
     format!(
@@ -235,8 +269,13 @@ pub fn verdict(r: &FleetReport, max_error_pct: f64) -> Verdict {
     match r.stopped {
         Some(Stopped::Interrupted) => Verdict::Interrupted,
         _ if r.peak_held > u64::from(r.limit) => Verdict::Failed(format!(
-            "limit broken: peak {} > {} across {n} instances",
-            r.peak_held, r.limit
+            "limit broken: peak {} > {} across {n} instances{}",
+            r.peak_held,
+            r.limit,
+            paused(r).map_or_else(String::new, |p| format!(
+                "; {p}: a pause longer than liveness_ttl makes the fleet forget connections the instances \
+                 still hold"
+            ))
         )),
         _ if !local.is_empty() => Verdict::Failed(format!(
             "the fleet did not share the limit through Redis for the whole run: {} (Redis down, or slower than \
@@ -295,7 +334,9 @@ mod tests {
             connections: 8,
             hold_ms: 200,
             cluster_timeout_ms: 250,
+            liveness_ttl_ms: 5000,
             duration_s: 2.0,
+            wall_minus_monotonic_s: 0.001,
             instances: vec![instance("tlb-1", "shared", 0), instance("tlb-2", "shared", 0)],
             peak_held: peak,
             admitted: 20,
@@ -320,6 +361,29 @@ mod tests {
         assert_eq!(verdict(&r, 1.0), Verdict::Ok);
         assert_eq!(held_line(&r), "limit held: peak 4 <= 4 across 2 instances");
         assert_eq!(failed(&report(5)), "limit broken: peak 5 > 4 across 2 instances");
+    }
+
+    #[test]
+    fn a_paused_machine_is_named_when_the_limit_broke() {
+        let mut r = report(8);
+        r.wall_minus_monotonic_s = 45.2;
+        let line = failed(&r);
+        assert!(
+            line.starts_with("limit broken: peak 8 > 4 across 2 instances; the wall clock moved 45.2 s more"),
+            "{line}"
+        );
+        assert!(
+            line.contains("liveness (5000 ms)") && line.contains("longer than liveness_ttl"),
+            "{line}"
+        );
+        assert!(
+            render(&r).contains("  clock           the wall clock moved 45.2 s"),
+            "{}",
+            render(&r)
+        );
+        r.peak_held = 4;
+        assert_eq!(verdict(&r, 1.0), Verdict::Ok, "a pause alone is no failure");
+        assert!(!render(&report(4)).contains("clock"));
     }
 
     #[test]

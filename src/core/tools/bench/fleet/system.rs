@@ -24,11 +24,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use smol::channel;
 
 use crate::core::cluster::ClusterStatus;
-use crate::core::config::Config;
 use crate::core::config::writer::{
     AppSection, ClientSection, ClusterSection, ConfigWriter, GlobalLimitsSection, LimitsSection, TimeoutsSection,
     TlsSection,
 };
+use crate::core::config::{Config, DEFAULT_LIVENESS_TTL};
 use crate::core::proxy::listener::bind_listener;
 use crate::core::proxy::server::Server;
 use crate::core::rt::Runtime;
@@ -43,6 +43,10 @@ pub const CLIENT: &str = "client1";
 /// (well under 1 ms), so a loaded machine does not make them decide
 /// locally (the default, 20 ms, is for production networks).
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// `[cluster] liveness_ttl` of the instances: the default, written out so
+/// the report can name it.
+pub const LIVENESS_TTL: Duration = DEFAULT_LIVENESS_TTL;
 
 /// How long the instances get to reach Redis.
 const SHARED_WITHIN: Duration = Duration::from_secs(10);
@@ -200,6 +204,7 @@ fn instance_config(p: &LabPaths, redis: &str, name: &str, n: u32, limit: u32) ->
             instance: Some(name.into()),
             instances: Some(n),
             timeout: Some(CLUSTER_TIMEOUT),
+            liveness_ttl: Some(LIVENESS_TTL),
             ..ClusterSection::new(redis)
         })
         .app(AppSection::new("echo", p.listen, &p.upstreams))
