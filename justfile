@@ -21,6 +21,12 @@ pki:
 build:
     cargo build --profile dist
 
+# redis-server and N tlb instances on loopback sharing one client's
+# max_connections through it, loaded past the limit (needs redis-server):
+# just fleet [N] [--duration 30s] [--limit 8] [--connections 32]
+fleet N="3" *ARGS:
+    cargo run --release -- bench --fleet {{N}} {{ARGS}}
+
 # tlb vs HAProxy side by side, one core each (installs haproxy if missing).
 bench-vs-haproxy *ARGS:
     cargo build --profile dist

@@ -327,7 +327,7 @@ fn the_generated_limits_admit_a_default_bench() {
 }
 
 /// Lines of a child's pipe, sent as they come.
-fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
@@ -341,7 +341,7 @@ fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 /// Lines from `rx` until one starts with `prefix` (panics after `limit`).
-fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str, limit: Duration, seen: &mut Vec<String>) {
+pub(crate) fn wait_for_line(rx: &mpsc::Receiver<String>, prefix: &str, limit: Duration, seen: &mut Vec<String>) {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

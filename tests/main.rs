@@ -8,6 +8,7 @@ mod common;
 mod activation;
 mod admin;
 mod bench;
+mod bench_fleet;
 mod cli;
 mod cluster;
 mod cluster_auth;

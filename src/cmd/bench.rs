@@ -1,12 +1,14 @@
 //! `tlb bench`: load generator; without --target it stands up a whole
-//! system in-process on loopback first.
+//! system in-process on loopback first (with --fleet N: redis-server and N
+//! instances sharing one client's limit, see `fleet`).
 //!
 //! Promises: the exit status says whether the run worked (0), failed (1:
 //! stopped early with a diagnosis, or over `--max-error-rate`), was a
 //! usage mistake (2) or was interrupted after printing the partial report
 //! (130 for SIGINT, 143 for SIGTERM); the self-hosted system's temporary
-//! directory (CA key included) is removed on every way out: success,
-//! error, panic, Ctrl-C, and a second Ctrl-C that quits at once.
+//! directory (CA key included), and --fleet's redis-server and its
+//! directory, are removed on every way out: success, error, panic, Ctrl-C,
+//! and a second Ctrl-C that quits at once.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use crate::cmd::ModeArg;
 use tlb::core::config::writer::{GlobalLimitsSection, LimitsSection, TimeoutsSection};
 use tlb::core::rt::default_threads;
 use tlb::core::tls::ClientTlsFiles;
+use tlb::core::tools::bench::fleet::{MAX_INSTANCES, MIN_INSTANCES};
 use tlb::core::tools::bench::{
     BenchOptions, BenchReport, DEFAULT_CONNECTIONS, DEFAULT_MAX_ERROR_RATE, Live, Mode, Verdict, headline, render,
     run as run_bench, verdict,
@@ -29,6 +32,7 @@ use tlb::core::tools::bench::{
 use tlb::core::tools::client::ClientOptions;
 use tlb::core::tools::lab::{Lab, LabOptions};
 
+mod fleet;
 mod interrupts;
 
 use interrupts::Interrupts;
@@ -36,8 +40,9 @@ use interrupts::Interrupts;
 const EXIT_STATUSES: &str = "\
 Exit status: 0 the run worked (errors within --max-error-rate); 1 it failed: stopped early \
 because almost nothing succeeded (under 1 % of the first 200 attempts or 2 s), more errors than \
---max-error-rate, or an error (bad files, unresolvable --target); the last line says why and what to \
-try; 2 a usage mistake; 130 interrupted by Ctrl-C (143: SIGTERM) after printing the partial report. \
+--max-error-rate, or an error (bad files, unresolvable --target); with --fleet also a peak over \
+--limit, an instance not sharing limits through Redis, or redis-server missing; the last line says \
+why and what to try; 2 a usage mistake; 130 interrupted by Ctrl-C (143: SIGTERM) after printing the partial report. \
 A second Ctrl-C quits at once. The self-hosted system's temporary files are removed in every case.";
 
 #[derive(Debug, clap::Args)]
@@ -54,9 +59,9 @@ pub struct Args {
     pub server_name: String,
     #[arg(long, value_enum, default_value_t = ModeArg::Rr)]
     pub mode: ModeArg,
-    /// Concurrent connections, 1-1000000.
-    #[arg(long, default_value_t = DEFAULT_CONNECTIONS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-    pub connections: usize,
+    /// Concurrent connections, 1-1000000 [default: 64; with --fleet: twice --limit].
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub connections: Option<usize>,
     /// How long to run, e.g. 10s, 1m (at most 365days).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -80,8 +85,19 @@ pub struct Args {
     /// Write the figures as JSON to this file (also when the run fails).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Stand up redis-server and N tlb instances (2-16) with [cluster] on
+    /// loopback, and show one client's max_connections holding across them
+    /// (its connections held and reopened, round-robin); not with --target.
+    #[arg(long, value_name = "N", conflicts_with_all = ["target", "mode", "rate"],
+          value_parser = RangedU64ValueParser::<usize>::new().range(MIN_INSTANCES as u64..=MAX_INSTANCES as u64))]
+    pub fleet: Option<usize>,
+    /// With --fleet: the client's max_connections across the fleet,
+    /// 1-100000 [default: 2 x N]; --connections must exceed it.
+    #[arg(long, requires = "fleet", value_parser = RangedU64ValueParser::<u32>::new().range(1..=100_000))]
+    pub limit: Option<u32>,
     /// Exit 1 when more than this percentage of attempts (exchanges; in
-    /// stream mode, connections) failed, 0-100.
+    /// stream mode, connections; with --fleet, attempts failing other than
+    /// by refusal) failed, 0-100.
     #[arg(long, default_value_t = DEFAULT_MAX_ERROR_RATE, value_parser = parse_percent)]
     pub max_error_rate: f64,
 }
@@ -146,6 +162,9 @@ pub fn run(args: Args) -> Result<()> {
 /// writes --json, and returns the verdict; the lab, if any, is gone when
 /// this returns.
 fn bench(args: &Args, interrupts: &Interrupts) -> Result<Verdict> {
+    if let Some(n) = args.fleet {
+        return fleet::bench(args, n, interrupts);
+    }
     let (lab, client, threads) = match &args.target {
         Some(target) if args.plain => (None, plain_client(target)?, args.threads),
         Some(target) => (None, target_client(args, target)?, args.threads),
@@ -157,7 +176,7 @@ fn bench(args: &Args, interrupts: &Interrupts) -> Result<Verdict> {
     let opts = BenchOptions {
         client,
         mode: args.mode.into(),
-        connections: args.connections,
+        connections: args.connections.unwrap_or(DEFAULT_CONNECTIONS),
         duration: args.duration,
         size: args.size,
         rate: args.rate,
@@ -172,14 +191,20 @@ fn bench(args: &Args, interrupts: &Interrupts) -> Result<Verdict> {
     eprintln!("{}", headline(&opts));
     let report = load(&opts, interrupts)?;
     println!("{}", render(&report));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
+    write_json(args.json.as_deref(), &report)?;
     drop(lab);
     interrupts.lab_gone();
     Ok(verdict(&report, args.max_error_rate))
+}
+
+/// Writes `report` to `--json`, if given.
+fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(report).context("encoding the report")?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Starts the self-hosted system: (the lab, client options for it, loader threads).

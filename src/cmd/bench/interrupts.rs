@@ -1,11 +1,12 @@
 //! Ctrl-C (SIGINT) and SIGTERM during `tlb bench`: the first one stops
 //! the load, so the partial report is printed and the self-hosted system
-//! is shut down and removed; a second one quits at once, after removing
-//! the self-hosted system's temporary directory itself.
+//! (or `--fleet`'s redis-server and instances) is shut down and removed; a
+//! second one quits at once, after killing that redis-server and removing
+//! the temporary directories itself.
 //!
 //! Promises: the handlers are installed before the self-hosted system
-//! writes anything, so no signal can leave its files behind; no lock is
-//! held across an `.await` or while files are removed.
+//! writes anything, so no signal can leave its files (or a redis-server)
+//! behind; no lock is held across an `.await` or while files are removed.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -18,6 +19,16 @@ use smol::channel;
 
 use tlb::core::tools::client::ClientOptions;
 use tlb::core::tools::lab::Lab;
+use tlb::core::tools::redis::RedisKiller;
+
+/// What a second signal cleans up before quitting at once.
+#[derive(Debug, Clone)]
+pub struct Leftovers {
+    /// Temporary directories, removed.
+    pub dirs: Vec<PathBuf>,
+    /// A redis-server, killed first.
+    pub redis: Option<RedisKiller>,
+}
 
 /// Where the self-hosted system is, for a second signal.
 #[derive(Debug, Clone)]
@@ -27,8 +38,9 @@ enum LabState {
     /// Being created: its directory is not known yet, so a second signal
     /// waits for the first one's orderly stop instead of quitting.
     Starting,
-    /// Running in this directory: a second signal removes it, then quits.
-    Running(PathBuf),
+    /// Running: a second signal kills its redis-server, removes its
+    /// directories, then quits.
+    Running(Leftovers),
 }
 
 /// The signal watcher's shared state.
@@ -86,10 +98,19 @@ impl Interrupts {
         &self,
         start: impl FnOnce() -> Result<(Lab, ClientOptions, usize)>,
     ) -> Result<(Lab, ClientOptions, usize)> {
+        self.hosting(start, |(lab, ..)| Leftovers {
+            dirs: vec![lab.dir().to_path_buf()],
+            redis: None,
+        })
+    }
+
+    /// Starts what `start` stands up, telling the watcher what to clean
+    /// up (`leftovers`) once it exists.
+    pub fn hosting<T>(&self, start: impl FnOnce() -> Result<T>, leftovers: impl FnOnce(&T) -> Leftovers) -> Result<T> {
         self.set(LabState::Starting);
         let started = start();
         self.set(match &started {
-            Ok((lab, ..)) => LabState::Running(lab.dir().to_path_buf()),
+            Ok(t) => LabState::Running(leftovers(t)),
             Err(_) => LabState::None,
         });
         started
@@ -108,8 +129,9 @@ impl Interrupts {
 }
 
 /// The watcher: the first signal closes `tx` (the run stops and reports);
-/// the next ones quit at once, removing the lab's directory first (unless
-/// it is still being created: then the orderly stop is already coming).
+/// the next ones quit at once, killing redis-server and removing the
+/// directories first (unless the system is still being created: then the
+/// orderly stop is already coming).
 async fn watch(mut signals: Signals, tx: channel::Sender<()>, shared: Arc<Shared>) {
     while let Some(sig) = signals.next().await {
         let code = match sig {
@@ -127,8 +149,13 @@ async fn watch(mut signals: Signals, tx: channel::Sender<()>, shared: Arc<Shared
             LabState::Starting => {
                 eprintln!("tlb bench: still starting the self-hosted system; it stops and is removed right after");
             }
-            LabState::Running(dir) => {
-                remove(&dir);
+            LabState::Running(left) => {
+                if let Some(redis) = &left.redis {
+                    redis.kill();
+                }
+                for dir in &left.dirs {
+                    remove(dir);
+                }
                 eprintln!("tlb bench: interrupted again: quit at once (temporary files removed)");
                 std::process::exit(code);
             }

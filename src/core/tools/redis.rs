@@ -8,12 +8,15 @@
 //! the chosen one was taken meanwhile; the server is killed and reaped, and
 //! its temporary directory removed, when the [`RedisServer`] is dropped;
 //! [`RedisServer::stop`] and [`RedisServer::restart`] (same port, empty)
-//! simulate an outage. Nothing here speaks RESP: readiness is read from the
-//! server's own log line.
+//! simulate an outage; a [`RedisKiller`] kills it from another thread (a
+//! signal handler quitting at once), through the same child handle, so a
+//! reaped server's pid is never signalled. Nothing here speaks RESP:
+//! readiness is read from the server's own log line.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -43,8 +46,28 @@ pub struct RedisTls {
 pub struct RedisServer {
     port: u16,
     opts: RedisOptions,
-    child: Option<Child>,
+    child: Arc<Mutex<Option<Child>>>,
     dir: tempfile::TempDir,
+}
+
+/// Kills a [`RedisServer`] from anywhere (it stays stopped).
+#[derive(Debug, Clone)]
+pub struct RedisKiller(Arc<Mutex<Option<Child>>>);
+
+impl RedisKiller {
+    /// Kills the server (SIGKILL) and waits for it, if it is running.
+    pub fn kill(&self) {
+        kill(&self.0);
+    }
+}
+
+/// Kills and reaps the child in `slot`, if any.
+fn kill(slot: &Mutex<Option<Child>>) {
+    let child = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 impl RedisServer {
@@ -68,7 +91,7 @@ impl RedisServer {
         let mut s = RedisServer {
             port: 0,
             opts,
-            child: None,
+            child: Arc::default(),
             dir,
         };
         for _ in 0..20 {
@@ -91,6 +114,16 @@ impl RedisServer {
     pub fn url(&self) -> String {
         let scheme = if self.opts.tls.is_some() { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's temporary directory (its log); removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A handle that kills the server from another thread.
+    pub fn killer(&self) -> RedisKiller {
+        RedisKiller(self.child.clone())
     }
 
     fn log(&self) -> PathBuf {
@@ -135,7 +168,7 @@ impl RedisServer {
                 return Ok(false);
             }
             if ready(&log) {
-                self.child = Some(child);
+                *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -148,16 +181,13 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&self.child);
     }
 
     /// Starts it again on the same port (empty: no persistence), waiting
     /// at most 10 s for the port to be free.
     pub fn restart(&mut self) -> Result<()> {
-        if self.child.is_some() {
+        if self.child.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             bail!("redis-server is running: stop it before restarting it");
         }
         let deadline = Instant::now() + Duration::from_secs(10);

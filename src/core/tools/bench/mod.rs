@@ -6,6 +6,8 @@
 //! from the intended send time, which keeps running across reconnects, so
 //! coordinated omission is not hidden), `stream` (bulk bytes both ways
 //! through the echo) and `idle` (open, one echo, hold until the end).
+//! [`fleet`] is `--fleet N`: redis-server and N instances sharing one
+//! client's limit, loaded past it.
 //!
 //! Promises: the target is resolved once; one task per connection, each
 //! with its own histograms (merged at the end: no shared lock per request);
@@ -18,6 +20,7 @@
 //! [`verdict`] then says in one line whether the run failed, and why.
 
 mod diagnose;
+pub mod fleet;
 mod modes;
 mod report;
 mod stats;
