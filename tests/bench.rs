@@ -326,6 +326,33 @@ fn the_generated_limits_admit_a_default_bench() {
     );
 }
 
+/// `tlb bench ARGS` in `cwd` with `TMPDIR=tmp`: the child, its stderr
+/// lines as they come, and a thread collecting its stdout.
+pub(crate) fn spawn_bench(
+    args: &[&str],
+    tmp: &std::path::Path,
+    cwd: &std::path::Path,
+) -> (ChildGuard, mpsc::Receiver<String>, std::thread::JoinHandle<String>) {
+    let mut cmd = Command::new(tlb_bin());
+    cmd.arg("bench")
+        .args(args)
+        .current_dir(cwd)
+        .env("TMPDIR", tmp)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn("tlb bench", &mut cmd);
+    let stderr = lines_of(child.child.stderr.take().expect("stderr"));
+    let mut stdout = child.child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    (child, stderr, reader)
+}
+
 /// Lines of a child's pipe, sent as they come.
 pub(crate) fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -365,22 +392,7 @@ fn sigint_prints_the_partial_report_and_removes_the_lab() {
         .tempdir()
         .expect("tempdir");
     let cwd = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(tlb_bin());
-    cmd.args(["bench", "--duration", "60s", "--connections", "4"])
-        .current_dir(cwd.path())
-        .env("TMPDIR", tmp.path())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn("tlb bench", &mut cmd);
-    let stderr = lines_of(child.child.stderr.take().expect("stderr"));
-    let mut stdout = child.child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
+    let (mut child, stderr, reader) = spawn_bench(&["--duration", "60s", "--connections", "4"], tmp.path(), cwd.path());
     let mut seen = Vec::new();
     wait_for_line(&stderr, "self-hosted:", Duration::from_secs(30), &mut seen);
     wait_for_line(&stderr, "rr: 4 persistent", Duration::from_secs(30), &mut seen);

@@ -8,7 +8,7 @@
 //! without `redis-server`, except the flag checks, which need none.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tlb::core::config::writer::{ClientSection, LimitsSection};
@@ -17,8 +17,8 @@ use tlb::core::tools::bench::fleet::{FleetOptions, Member, run_on, verdict};
 use tlb::core::tools::lab::{Lab, LabPaths};
 use tlb::core::tools::redis::RedisServer;
 
-use crate::bench::{lines_of, wait_for_line};
-use crate::common::{Bounded, ChildGuard, app_section, base, lab, opts, run_bounded, tlb, tlb_bin, ups};
+use crate::bench::{spawn_bench, wait_for_line};
+use crate::common::{Bounded, app_section, base, lab, opts, run_bounded, tlb, tlb_bin, ups};
 
 /// Bound for a whole run in these tests (they use 1-2 s durations).
 const RUN: Duration = Duration::from_secs(60);
@@ -225,22 +225,7 @@ fn fleet_flags_out_of_range_are_usage_errors() {
 fn interrupted(signals: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cwd = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(tlb_bin());
-    cmd.args(["bench", "--fleet", "2", "--duration", "60s"])
-        .current_dir(cwd.path())
-        .env("TMPDIR", tmp.path())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn("tlb bench --fleet", &mut cmd);
-    let stderr = lines_of(child.child.stderr.take().expect("stderr"));
-    let mut stdout = child.child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        s
-    });
+    let (mut child, stderr, reader) = spawn_bench(&["--fleet", "2", "--duration", "60s"], tmp.path(), cwd.path());
     let mut seen = Vec::new();
     wait_for_line(&stderr, "self-hosted fleet:", Duration::from_secs(30), &mut seen);
     let port = redis_port(seen.last().expect("the line"));

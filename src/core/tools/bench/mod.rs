@@ -171,11 +171,16 @@ pub fn run(
             }
             out
         };
+        let mode = opts.mode;
+        let hopeless = |l: &Live, elapsed: Duration| {
+            let (ok, attempts) = l.attempts(mode);
+            hopeless(ok, attempts, elapsed)
+        };
         let watch = watch(
-            opts.mode,
-            &live,
+            &*live,
             started,
             interrupt,
+            hopeless,
             &mut on_tick,
             &mut stopped,
             &stop_tx,
@@ -190,17 +195,17 @@ pub fn run(
 }
 
 /// Ticks `on_tick` every 100 ms until the run ends (never returns by
-/// itself); on the first of `interrupt` or [`hopeless`], records why in
+/// itself); on the first of `interrupt` or `hopeless`, records why in
 /// `stopped` and closes `stop` (the tasks then return what they measured).
-async fn watch(
-    mode: Mode,
-    live: &Live,
+pub(crate) async fn watch<L, T>(
+    live: &L,
     started: Instant,
     interrupt: impl Future<Output = ()>,
-    on_tick: &mut impl FnMut(&Live, Duration),
+    hopeless: impl Fn(&L, Duration) -> bool,
+    on_tick: &mut impl FnMut(&L, Duration),
     stopped: &mut Option<Stopped>,
     stop: &smol::channel::Sender<()>,
-) -> Vec<TaskResult> {
+) -> T {
     let mut interrupt = Some(Box::pin(interrupt));
     loop {
         let tick = async {
@@ -220,8 +225,7 @@ async fn watch(
         if fired {
             interrupt = None; // completed: never polled again
         }
-        let (ok, attempts) = live.attempts(mode);
-        let why = match (fired, hopeless(ok, attempts, started.elapsed())) {
+        let why = match (fired, hopeless(live, started.elapsed())) {
             (true, _) => Some(Stopped::Interrupted),
             (false, true) => Some(Stopped::Early),
             _ => None,

@@ -86,11 +86,7 @@ impl BenchReport {
             throughput_mb_s: total.bytes as f64 / d / 1e6,
             attempts,
             errors_total,
-            error_rate_pct: if attempts == 0 {
-                0.0
-            } else {
-                errors_total as f64 * 100.0 / attempts as f64
-            },
+            error_rate_pct: percent(errors_total, attempts),
             errors: total.errors.into_iter().map(|(k, (_, n))| (k, n)).collect(),
             upstream_share: total.upstreams,
             stopped,
@@ -100,6 +96,15 @@ impl BenchReport {
 }
 
 /// The class with the most errors, and its most frequent label.
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+pub(crate) fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
 fn dominant(errors: &BTreeMap<String, (Class, u64)>) -> Option<(Class, &str)> {
     let mut classes: Vec<(Class, u64, &str, u64)> = Vec::new();
     for (label, (class, n)) in errors {

@@ -22,10 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow};
-use smol::Timer;
 
 use crate::core::rt::Runtime;
-use crate::core::tools::bench::{EARLY_AFTER, EARLY_ATTEMPTS, Stopped};
+use crate::core::tools::bench::{EARLY_AFTER, EARLY_ATTEMPTS, watch};
 use crate::core::tools::client::ClientOptions;
 
 pub use hold::FleetLive;
@@ -146,7 +145,15 @@ pub fn run_on(
             }
             merged
         };
-        let watch = watch(&live, started, interrupt, &mut on_tick, &mut stopped, &stop_tx);
+        let watch = watch(
+            &*live,
+            started,
+            interrupt,
+            hopeless,
+            &mut on_tick,
+            &mut stopped,
+            &stop_tx,
+        );
         futures_lite::future::or(all, watch).await
     });
     let monotonic = started.elapsed();
@@ -163,49 +170,6 @@ pub fn run_on(
     };
     let report = FleetReport::new(members, redis, opts, &live, errors, ended);
     Ok(report)
-}
-
-/// Ticks `on_tick` every 100 ms until the run ends (never returns by
-/// itself); on the first of `interrupt` or an early stop (nothing
-/// admitted), records why in `stopped` and closes `stop`.
-async fn watch(
-    live: &FleetLive,
-    started: Instant,
-    interrupt: impl Future<Output = ()>,
-    on_tick: &mut impl FnMut(&FleetLive, Duration),
-    stopped: &mut Option<Stopped>,
-    stop: &smol::channel::Sender<()>,
-) -> BTreeMap<String, u64> {
-    let mut interrupt = Some(Box::pin(interrupt));
-    loop {
-        let tick = async {
-            Timer::after(Duration::from_millis(100)).await;
-            false
-        };
-        let fired = match interrupt.as_mut() {
-            Some(i) => {
-                futures_lite::future::or(tick, async {
-                    i.await;
-                    true
-                })
-                .await
-            }
-            None => tick.await,
-        };
-        if fired {
-            interrupt = None; // completed: never polled again
-        }
-        let why = match (fired, hopeless(live, started.elapsed())) {
-            (true, _) => Some(Stopped::Interrupted),
-            (false, true) => Some(Stopped::Early),
-            _ => None,
-        };
-        if let (Some(why), None) = (why, *stopped) {
-            *stopped = Some(why);
-            stop.close();
-        }
-        on_tick(live, started.elapsed());
-    }
 }
 
 /// Nothing admitted after [`EARLY_AFTER`] (with an attempt made) or

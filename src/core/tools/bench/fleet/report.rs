@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::core::proxy::outcome::Refusal;
+use crate::core::tools::bench::report::percent;
 use crate::core::tools::bench::{Stopped, Verdict};
 
 use super::FleetOptions;
@@ -142,11 +143,7 @@ impl FleetReport {
             admitted,
             refused,
             errors_total,
-            error_rate_pct: if attempts == 0 {
-                0.0
-            } else {
-                errors_total as f64 * 100.0 / attempts as f64
-            },
+            error_rate_pct: percent(errors_total, attempts),
             errors,
             stopped: ended.stopped,
         }
