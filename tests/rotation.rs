@@ -4,7 +4,8 @@
 //! or a half-written certificate, is refused (logged and counted once) and
 //! the old pair keeps serving until the files are right; the expiry of each
 //! loaded certificate is in `/metrics`; bad `watch` values and a mismatched
-//! key at start or on SIGHUP are one-line errors.
+//! key at start or on SIGHUP are one-line errors; and the gate on this path:
+//! a CRL replaced on disk closes the revoked open connection, no signal.
 //!
 //! Waiting for a rotation is polling new handshakes (no resumption) until
 //! the presented leaf changes, with a deadline.
@@ -413,4 +414,65 @@ fn a_rotation_never_undoes_a_reload_that_happened_meanwhile() {
         .expect_err("based on a replaced generation");
     assert!(e.to_string().contains("reloaded meanwhile"), "{e}");
     assert!(Arc::ptr_eq(&lab.server.current(), &reloaded), "the later reload stays");
+}
+
+/// The gate on the watch path: a CRL replaced on disk, with no SIGHUP,
+/// closes the open connection of the certificate it revokes and refuses
+/// that certificate's new handshakes; another client's connection stays.
+#[test]
+fn a_crl_replaced_on_disk_closes_the_revoked_connection_and_refuses_it_without_a_signal() {
+    use futures_lite::AsyncWriteExt;
+    use tlb::core::tls::gate::CloseReason;
+    let lab = lab(opts(1, true), |p| {
+        base(p, "")
+            .tls(TlsSection {
+                watch: Some(WATCH),
+                ..lab_tls(p, |_| {})
+            })
+            .app(app_section("echo", p.listen, &[], &ups(p)))
+            .client(client_section("client1", &["echo"], ""))
+            .client(client_section("client2", &["echo"], ""))
+            .render()
+    });
+    assert!(
+        lab.server.current().config.tls.crl.is_some(),
+        "the lab's config names a CRL"
+    );
+    let opened = |name: &str| {
+        let opts = lab.client_with(Some(name), "localhost", false).expect("options");
+        smol::block_on(async {
+            let (_, mut s) = within("connect", T, connect(&opts)).await.expect("connect");
+            within("greeting", T, read_line(&mut s)).await.expect("greeting");
+            s
+        })
+    };
+    let mut revoked = opened("client2");
+    let mut kept = opened("client1");
+
+    lab.pki.revoke("client2").expect("revoke (rewrites the CRL file)");
+    // No reload: the watcher finds the new CRL within two polls.
+    smol::block_on(async {
+        let mut buf = [0u8; 64];
+        loop {
+            match tlb::core::rt::timeout(ROTATION, futures_lite::AsyncReadExt::read(&mut revoked, &mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("the revoked connection is still open {ROTATION:?} after the CRL changed"),
+            }
+        }
+    });
+    assert_eq!(lab.server.metrics.closed_for(CloseReason::Revoked), 1);
+    let c2 = lab.client_with(Some("client2"), "localhost", false).expect("options");
+    let again = smol::block_on(exchange(&c2, b"again\n", T));
+    assert!(
+        again.is_err(),
+        "a revoked certificate got through after the rotation: {again:?}"
+    );
+    let echoed = smol::block_on(within("echo", T, async {
+        kept.write_all(b"kept\n").await?;
+        kept.flush().await?;
+        read_line(&mut kept).await
+    }))
+    .expect("client1's connection");
+    assert_eq!(echoed, "kept\n");
 }
