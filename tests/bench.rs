@@ -326,6 +326,23 @@ fn the_generated_limits_admit_a_default_bench() {
     );
 }
 
+/// Waits (at most 30 s) for a signalled `tlb bench` to exit; asserts exit
+/// 130 and returns its stdout (the rest of its stderr lands in `seen`).
+pub(crate) fn exits_interrupted(
+    child: &mut ChildGuard,
+    stderr: &mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
+    seen: &mut Vec<String>,
+) -> String {
+    let status = child
+        .wait_for(Duration::from_secs(30))
+        .expect("bench exits after SIGINT");
+    let report = reader.join().expect("stdout reader");
+    seen.extend(stderr.try_iter());
+    assert_eq!(status.code(), Some(130), "{status:?}\n{report}\n{seen:?}");
+    report
+}
+
 /// `tlb bench ARGS` in `cwd` with `TMPDIR=tmp`: the child, its stderr
 /// lines as they come, and a thread collecting its stdout.
 pub(crate) fn spawn_bench(
@@ -399,12 +416,7 @@ fn sigint_prints_the_partial_report_and_removes_the_lab() {
     let entries = || std::fs::read_dir(tmp.path()).expect("listing TMPDIR").count();
     assert_eq!(entries(), 1, "the lab's temporary directory is in TMPDIR while it runs");
     child.signal("INT");
-    let status = child
-        .wait_for(Duration::from_secs(30))
-        .expect("bench exits after SIGINT");
-    let report = reader.join().expect("stdout reader");
-    seen.extend(stderr.try_iter());
-    assert_eq!(status.code(), Some(130), "{status:?}\n{report}\n{seen:?}");
+    let report = exits_interrupted(&mut child, &stderr, reader, &mut seen);
     assert!(report.contains("interrupted: partial figures"), "{report}");
     assert!(
         report.contains("requests/s") && report.contains("connections opened"),

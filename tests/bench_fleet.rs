@@ -17,7 +17,7 @@ use tlb::core::tools::bench::fleet::{FleetOptions, Member, run_on, verdict};
 use tlb::core::tools::lab::{Lab, LabPaths};
 use tlb::core::tools::redis::RedisServer;
 
-use crate::bench::{spawn_bench, wait_for_line};
+use crate::bench::{exits_interrupted, spawn_bench, wait_for_line};
 use crate::common::{Bounded, app_section, base, lab, opts, run_bounded, tlb, tlb_bin, ups};
 
 /// Bound for a whole run in these tests (they use 1-2 s durations).
@@ -244,12 +244,7 @@ fn interrupted(signals: usize) {
         wait_for_line(&stderr, "tlb bench: stopping", Duration::from_secs(30), &mut seen);
         child.signal("INT");
     }
-    let status = child
-        .wait_for(Duration::from_secs(30))
-        .expect("bench exits after SIGINT");
-    let report = reader.join().expect("stdout reader");
-    seen.extend(stderr.try_iter());
-    assert_eq!(status.code(), Some(130), "{status:?}\n{report}\n{seen:?}");
+    let report = exits_interrupted(&mut child, &stderr, reader, &mut seen);
     if signals == 1 {
         assert!(report.contains("interrupted: partial figures"), "{report}");
         assert!(

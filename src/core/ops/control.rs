@@ -137,14 +137,7 @@ impl ControlSocket {
                 smol::Timer::after(Duration::from_millis(100)).await;
                 continue;
             };
-            let now = match sockets() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("control socket: copying the listening sockets failed: {e}; upgrade refused");
-                    continue;
-                }
-            };
-            match handle(stream, &now).await {
+            match handle(stream, &sockets).await {
                 Ok(true) => {
                     let _ = drain.try_send(());
                     return; // the new instance answers from now on
@@ -157,13 +150,18 @@ impl ControlSocket {
 }
 
 /// One control connection; `Ok(true)` when the instance must drain.
-async fn handle(stream: Async<UnixStream>, sockets: &[TcpListener]) -> Result<bool> {
+/// `sockets` is asked for the listeners only once the request is `upgrade`.
+async fn handle<F>(stream: Async<UnixStream>, sockets: &F) -> Result<bool>
+where
+    F: Fn() -> std::io::Result<Vec<TcpListener>>,
+{
     let mut reader = futures_lite::io::BufReader::new(&stream);
     let request = read_line(&mut reader, REQUEST_TIMEOUT).await?;
     if request != "upgrade" {
         let _ = (&stream).write_all(b"unknown request\n").await;
         bail!("unknown request {request:?}");
     }
+    let sockets = sockets().context("copying the listening sockets; upgrade refused")?;
     if sockets.len() > MAX_SOCKETS {
         bail!(
             "{} listening sockets, more than one hand-off carries ({MAX_SOCKETS}); restart instead",

@@ -7,19 +7,25 @@
 //! an upgrade) is closed, so its port refuses connections; the connections
 //! of a removed app still open when `[timeouts] drain` ends are closed
 //! (reason `app_removed`); stopping cancels every accept loop before the
-//! drain starts.
+//! drain starts; a connection over a `[limits]` cap is closed before any
+//! TLS work (see [`admission`](super::admission)); accept errors back off
+//! and are logged at most once a second (see [`listener`](super::listener));
+//! a panicking connection task is logged and closed, never taking the
+//! server down.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use anyhow::{Result, bail};
 use futures_lite::FutureExt;
 use smol::{Executor, Task, Timer, channel};
 use tracing::info;
 
 use crate::core::proxy::connection;
+use crate::core::proxy::generation::Generation;
 use crate::core::proxy::listener::Listener;
 use crate::core::proxy::registry::Open;
 use crate::core::proxy::server::Server;
@@ -27,6 +33,18 @@ use crate::core::tls::gate::CloseReason;
 
 /// The advice when an app listener's accept runs out of descriptors.
 pub(super) const EXHAUSTED_HINT: &str = "raise the open-file limit or lower [limits] max_connections";
+
+/// `l`, registered, if it listens on an app's address of `g`; logged as
+/// listening (`how`: how it came, e.g. ", added by a reload").
+pub(super) fn app_listener(g: &Generation, l: TcpListener, how: &str) -> Result<Listener> {
+    let l = Listener::new(l)?.with_exhausted_hint(EXHAUSTED_HINT);
+    let addr = l.local_addr();
+    if !g.listeners.contains_key(&addr) {
+        bail!("listener {addr} is not the listen address of any [[app]] (serve [admin] listen with ops::admin::serve)");
+    }
+    info!("listening on {addr} (apps: {}){how}", g.app_names_on(addr));
+    Ok(l)
+}
 
 /// What each connection task holds: a sender whose drop tells the drain it
 /// ended, and the receiver that closes when the drain period is over.
@@ -81,23 +99,17 @@ impl Server {
         let g = self.current();
         let (fresh, cuts) = self.listening.take();
         for s in fresh {
-            match s.local_addr() {
-                Ok(addr) if g.listeners.contains_key(&addr) && !accepting.contains_key(&addr) => {
-                    match Listener::new(s) {
-                        Ok(l) => {
-                            let l = l.with_exhausted_hint(EXHAUSTED_HINT);
-                            info!(
-                                "listening on {addr} (apps: {}), added by a reload",
-                                g.app_names_on(addr)
-                            );
-                            self.keep_copy(&l);
-                            self.start_accepting(ex, accepting, l, conns);
-                        }
-                        Err(e) => tracing::error!("listener {addr} added by a reload: {e:#}; not served"),
-                    }
+            // A later reload may have removed it again: then it is dropped (closed).
+            let Ok(addr) = s.local_addr() else { continue };
+            if !g.listeners.contains_key(&addr) || accepting.contains_key(&addr) {
+                continue;
+            }
+            match app_listener(&g, s, ", added by a reload") {
+                Ok(l) => {
+                    self.keep_copy(&l);
+                    self.start_accepting(ex, accepting, l, conns);
                 }
-                // A later reload removed it again (or it is served already).
-                _ => drop(s),
+                Err(e) => tracing::error!("listener {addr} added by a reload: {e:#}; not served"),
             }
         }
         let gone: Vec<SocketAddr> = accepting

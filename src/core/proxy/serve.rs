@@ -1,13 +1,10 @@
-//! Serving: [`Server::run`] accepts on the app listeners, applies the
-//! `[limits]` caps at accept, spawns one task per admitted connection, runs
-//! the active health checks of the current generation (restarting them on
-//! reload), and drains on shutdown.
+//! Serving: [`Server::run`] starts accepting on the app listeners (see
+//! [`accepting`](super::accepting), which follows reloads), runs the
+//! active health checks of the current generation (restarting them on
+//! reload) and the certificate watcher, and drains on shutdown.
 //!
-//! Promises: a connection over a cap is closed before any TLS work (see
-//! [`admission`](super::admission)); accept errors back off and are logged
-//! at most once a second (see [`listener`](super::listener)); a panicking
-//! connection task is logged and closed, never taking the server down;
-//! after shutdown, open connections get `timeouts.drain`, then are cut.
+//! Promises: after shutdown, no listener accepts, and open connections get
+//! `timeouts.drain`, then are cut.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -15,15 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use smol::{Executor, Task, Timer, channel};
 use tracing::{info, warn};
 
 use crate::core::cluster::Cluster;
 use crate::core::pool::checker;
-use crate::core::proxy::accepting::{ConnChannels, EXHAUSTED_HINT};
+use crate::core::proxy::accepting::{ConnChannels, app_listener};
 use crate::core::proxy::generation::Generation;
-use crate::core::proxy::listener::Listener;
 use crate::core::proxy::proxy_header;
 use crate::core::proxy::server::Server;
 use crate::core::proxy::watch;
@@ -61,7 +57,7 @@ impl Server {
         let (stop_tx, stop_rx) = channel::bounded::<()>(1);
         let first = listeners
             .into_iter()
-            .map(|l| app_listener(&generation, l))
+            .map(|l| app_listener(&generation, l, ""))
             .collect::<Result<Vec<_>>>()?;
         for l in &first {
             self.keep_copy(l);
@@ -149,17 +145,6 @@ impl Server {
             }
         }
     }
-}
-
-/// `l`, registered, if it listens on an app's address.
-fn app_listener(g: &Generation, l: TcpListener) -> Result<Listener> {
-    let l = Listener::new(l)?.with_exhausted_hint(EXHAUSTED_HINT);
-    let addr = l.local_addr();
-    if !g.listeners.contains_key(&addr) {
-        bail!("listener {addr} is not the listen address of any [[app]] (serve [admin] listen with ops::admin::serve)");
-    }
-    info!("listening on {addr} (apps: {})", g.app_names_on(addr));
-    Ok(l)
 }
 
 fn log_limits(g: &Generation) {

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use anyhow::{Result, anyhow, bail};
 use rustls::pki_types::CertificateRevocationListDer;
 
+use crate::core::tls::identity::system_time;
 use crate::core::tls::load::certs_in;
 use crate::core::tls::material::Material;
 
@@ -52,7 +53,7 @@ pub fn check_crls(
         })?;
         own += 1;
         if let Some(t) = parsed.next_update() {
-            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0));
+            let t = system_time(t).unwrap_or(SystemTime::UNIX_EPOCH);
             next_update = Some(next_update.map_or(t, |n| n.min(t)));
         }
     }

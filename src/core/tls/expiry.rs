@@ -19,6 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use x509_parser::prelude::FromDer;
 
 use crate::core::config::Config;
+use crate::core::tls::identity::not_after_of;
 use crate::core::tls::material::Material;
 
 /// A day: how often a certificate due for renewal is warned about again.
@@ -91,8 +92,7 @@ fn not_after(pem: &[u8], pick: Pick) -> Option<SystemTime> {
     let mut dates = CertificateDer::pem_slice_iter(pem).map(|c| {
         let der = c.ok()?;
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
-        let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        Some(not_after_of(&cert).unwrap_or(SystemTime::UNIX_EPOCH))
     });
     match pick {
         Pick::Leaf => dates.next().flatten(),

@@ -70,6 +70,12 @@ pub fn serial_of(cert: &X509Certificate<'_>) -> String {
 
 /// The end of a parsed certificate's validity period.
 pub fn not_after_of(cert: &X509Certificate<'_>) -> Option<std::time::SystemTime> {
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    system_time(cert.validity().not_after)
+}
+
+/// An X.509 time as a `SystemTime`; `None` before 1970 (or beyond what
+/// `SystemTime` holds).
+pub fn system_time(t: x509_parser::time::ASN1Time) -> Option<std::time::SystemTime> {
+    let secs = u64::try_from(t.timestamp()).ok()?;
     std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }

@@ -11,13 +11,14 @@
 //! is wrong, and the fix.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Result, anyhow, bail};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use crate::core::config::Config;
+use crate::core::tls::identity::system_time;
 use crate::core::tls::load::{certified_key_in, certs_in};
 use crate::core::tls::material::Material;
 use crate::core::tls::suites::provider;
@@ -69,9 +70,8 @@ fn pair(m: &Material, cert: &Path, key: &Path, what: &str, now: SystemTime) -> R
     let Some(leaf) = parsed.first() else {
         bail!("{what} cert {} holds no certificate", cert.display());
     };
-    let at = |t: x509_parser::time::ASN1Time| {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
-    };
+    // Before 1970 (or out of range): as early as a SystemTime goes.
+    let at = |t| system_time(t).unwrap_or(SystemTime::UNIX_EPOCH);
     let (from, until) = (at(leaf.validity().not_before), at(leaf.validity().not_after));
     if now < from {
         bail!(
