@@ -13,7 +13,7 @@ use tlb::core::cluster::{Cluster, ClusterSlot, Denied};
 use tlb::core::config::{ClusterSettings, Limits};
 use tlb::core::rt::Runtime;
 
-use crate::common::redis::{RedisServer, conn, redis_or_skip};
+use crate::common::redis::{RedisServer, conn, counted_for, redis_or_skip};
 use crate::common::wait_until;
 
 /// Generous for a loaded 2-core machine; the slow-Redis test sets its own.
@@ -58,12 +58,9 @@ fn admit(c: &Cluster, identity: &str, l: Limits) -> Result<ClusterSlot, Denied> 
     smol::block_on(c.admit(identity, l))
 }
 
-fn hget(redis: &RedisServer, identity: &str, field: &str) -> Option<i64> {
-    redis::cmd("HGET")
-        .arg(format!("tlb:{{{identity}}}:conn"))
-        .arg(field)
-        .query(&mut conn(redis))
-        .expect("HGET")
+/// Connections of `identity` Redis counts for `instance`.
+fn counted(redis: &RedisServer, identity: &str, instance: &str) -> usize {
+    counted_for(&mut conn(redis), &format!("tlb:{{{identity}}}:conns"), instance)
 }
 
 #[test]
@@ -82,8 +79,8 @@ fn two_instances_share_max_connections() {
     assert_eq!(admit(&b, "client1", l).err(), Some(Denied::MaxConnections), "5th on B");
     assert!(admit(&b, "client2", l).is_ok(), "another identity has its own limit");
     assert_eq!(
-        (hget(&redis, "client1", "c:a"), hget(&redis, "client1", "c:b")),
-        (Some(2), Some(2))
+        (counted(&redis, "client1", "a"), counted(&redis, "client1", "b")),
+        (2, 2)
     );
     drop(a1);
     let mut b3 = None;
@@ -157,11 +154,7 @@ fn a_silent_instance_is_forgotten_within_the_ttl() {
     a.leave();
     let silent = Instant::now();
     drop(held_by_a);
-    assert_eq!(
-        hget(&redis, "client1", "c:a"),
-        Some(3),
-        "a silent instance sends no release"
-    );
+    assert_eq!(counted(&redis, "client1", "a"), 3, "a silent instance sends no release");
     assert_eq!(
         admit(&b, "client1", l).err(),
         Some(Denied::MaxConnections),
@@ -179,7 +172,7 @@ fn a_silent_instance_is_forgotten_within_the_ttl() {
         forgotten <= TTL + Duration::from_millis(500),
         "forgotten after {forgotten:?}"
     );
-    assert_eq!(hget(&redis, "client1", "c:a"), None, "A's fields are removed");
+    assert_eq!(counted(&redis, "client1", "a"), 0, "A's connections are removed");
     assert_eq!(
         admit(&b, "client1", l).err(),
         Some(Denied::MaxConnections),
@@ -219,7 +212,7 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     });
     // A's two connections are written back, and the fleet-wide limit holds.
     wait_until("A's count is reconciled", Duration::from_secs(5), || {
-        hget(&redis, "client1", "c:a") == Some(2)
+        counted(&redis, "client1", "a") == 2
     });
     let _b1 = admit(&b, "client1", l).expect("3rd, on B");
     let _b2 = admit(&b, "client1", l).expect("4th, on B");

@@ -18,7 +18,7 @@ use tlb::core::rt::Runtime;
 use tlb::core::tools::client::connect_to;
 use tlb::core::tools::lab::LabOptions;
 
-use crate::common::redis::{RedisOptions, RedisServer, conn, redis_with_or_skip};
+use crate::common::redis::{RedisOptions, RedisServer, conn, counted_for, redis_with_or_skip};
 use crate::common::*;
 use tlb::core::tools::redis::RedisTls;
 
@@ -226,18 +226,9 @@ fn two_prefixes_on_one_redis_keep_two_fleets_apart() {
         Some(Denied::MaxConnections),
         "fleet x's other instance shares x's count"
     );
-    let count = |key: &str| -> Option<i64> {
-        ::redis::cmd("HGET")
-            .arg(key)
-            .arg("c:a")
-            .query(&mut conn(&redis))
-            .expect("HGET")
-    };
-    assert_eq!(
-        (count("tlb-x:{client1}:conn"), count("tlb-y:{client1}:conn")),
-        (Some(1), Some(1))
-    );
-    assert_eq!(count("tlb:{client1}:conn"), None, "the default prefix is unused");
+    let count = |key: &str| counted_for(&mut conn(&redis), key, "a");
+    assert_eq!((count("tlb-x:{client1}:conns"), count("tlb-y:{client1}:conns")), (1, 1));
+    assert_eq!(count("tlb:{client1}:conns"), 0, "the default prefix is unused");
 }
 
 /// The config path: `rediss://` with `redis_ca`, `redis_cert`, `redis_key`
@@ -282,14 +273,8 @@ fn a_lab_reaches_a_tls_redis_with_password_through_its_config() {
         within("flush", T, s.flush()).await.expect("flush");
         let mut b = [0u8; 1];
         within("greeting", T, s.read_exact(&mut b)).await.expect("relayed");
-        let key = "lab:{client1}:conn";
-        let mut c = authed(&redis, &certs);
-        let n: Option<i64> = ::redis::cmd("HGET")
-            .arg(key)
-            .arg("c:lab-1")
-            .query(&mut c)
-            .expect("HGET");
-        assert_eq!(n, Some(1), "the open connection is counted under the prefix");
+        let n = counted_for(&mut authed(&redis, &certs), "lab:{client1}:conns", "lab-1");
+        assert_eq!(n, 1, "the open connection is counted under the prefix");
         drop(s);
     });
 }

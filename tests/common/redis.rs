@@ -30,3 +30,14 @@ pub fn conn(redis: &RedisServer) -> redis::Connection {
     c.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
     c
 }
+
+/// How many connections of `instance` the sorted set `key` (for example
+/// `tlb:{client1}:conns`) counts: its members are
+/// `INSTANCE#TOKEN:SEQ`, one per connection, whatever their deadline.
+pub fn counted_for(c: &mut redis::Connection, key: &str, instance: &str) -> usize {
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query(c).expect("ZRANGE");
+    members
+        .iter()
+        .filter(|m| m.rsplit_once('#').is_some_and(|(i, _)| i == instance))
+        .count()
+}

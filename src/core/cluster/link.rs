@@ -158,7 +158,7 @@ impl Link {
             .set_response_timeout(None);
         let attempt = async {
             let mut conn = self.dialer.dial(ex, config).await?;
-            for s in [&scripts.admit, &scripts.release, &scripts.refresh] {
+            for s in [&scripts.admit, &scripts.refresh] {
                 s.load_async(&mut conn).await?;
             }
             Ok::<_, redis::RedisError>(conn)

@@ -1,9 +1,9 @@
 //! `[cluster]`: per-client limits shared by a fleet of instances through
 //! Redis, failing open to a local share of each limit.
 //!
-//! - [`scripts`]: the keys (hash-tagged by identity) and the Lua scripts
-//!   (admit: liveness, concurrency and GCRA rate in one atomic call, timed
-//!   by Redis `TIME`; release; refresh);
+//! - [`scripts`]: the keys (hash-tagged by identity), the member naming one
+//!   connection, and the Lua scripts (admit: liveness, concurrency and GCRA
+//!   rate in one atomic call, timed by Redis `TIME`; refresh);
 //! - [`dial`]: opening a connection, its driver on tlb's executor;
 //! - [`link`]: the connection to Redis and its up/down state;
 //! - [`share`]: what this instance holds, cached refusals, the local share.
@@ -12,12 +12,15 @@
 //! `timeout`, and none while Redis is down or while a cached "over the rate
 //! until T" holds; a granted [`ClusterSlot`] gives its connection back on
 //! drop, on every exit path (to Redis in the background, bounded by
-//! `timeout`); while Redis is unreachable, slow or refusing, each identity
+//! `timeout`; a close Redis could not be told of is told at the next
+//! refresh); while Redis is unreachable, slow or refusing, each identity
 //! gets `limit / instances` on this instance, and a background keeper
-//! reconnects on its own; every third of `liveness_ttl` the keeper writes
-//! this instance's true counts and liveness deadline, so counts lost in an
-//! outage, and those of crashed instances, are right again within
-//! `liveness_ttl`.
+//! reconnects on its own; every third of `liveness_ttl` the keeper renews
+//! the deadline of every connection this instance holds (and writes back
+//! those Redis lost), so connections of crashed instances are forgotten
+//! within `liveness_ttl`, and Redis counts each open connection once
+//! whatever order its writes arrive in (one member per connection: see
+//! [`scripts`]).
 
 pub(crate) mod dial;
 pub(crate) mod link;
@@ -32,7 +35,7 @@ use redis::Value;
 use smol::{Executor, channel};
 
 use crate::core::cluster::link::Link;
-use crate::core::cluster::scripts::{Scripts, conn_key, rate_key};
+use crate::core::cluster::scripts::{Scripts, conns_key, member, rate_key};
 pub use crate::core::cluster::share::Denied;
 use crate::core::cluster::share::Shares;
 use crate::core::config::{ClusterSettings, Limits};
@@ -43,6 +46,8 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Longest a "over the rate until T" answer is trusted without asking again.
 const MAX_CACHED_REFUSAL: Duration = Duration::from_secs(60);
+/// Most members per refresh or release call (a few KiB of command).
+const CHUNK: usize = 256;
 
 /// A handle on the shared limits (cheap to clone).
 #[derive(Clone)]
@@ -67,6 +72,10 @@ struct Inner {
     ex: Arc<Executor<'static>>,
     /// Connections decided by the local share (Redis unreachable).
     local_decisions: AtomicU64,
+    /// `INSTANCE#RANDOM`: this process's part of every member it writes.
+    token: String,
+    /// The next connection's sequence number.
+    seq: AtomicU64,
 }
 
 /// What `/status` shows.
@@ -84,9 +93,16 @@ pub struct ClusterStatus {
 
 impl Cluster {
     /// Starts the keeper (connects in the background: until Redis answers,
-    /// limits are local) on `ex`. Fails only on a URL the client refuses.
+    /// limits are local) on `ex`. Fails only on a URL the client refuses
+    /// (or a system without randomness).
     pub fn start(settings: ClusterSettings, ex: &Arc<Executor<'static>>) -> Result<Cluster, String> {
         let (link, broken) = Link::new(&settings)?;
+        let mut random = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut random).map_err(|_| {
+            "the system random number generator failed (needed to name this instance's connections in Redis)"
+                .to_string()
+        })?;
+        let token = format!("{}#{}", settings.instance, hex::encode(random));
         tracing::info!(
             "cluster: instance {:?}, Redis at {}, fleet of {}, timeout {}",
             settings.instance,
@@ -101,6 +117,8 @@ impl Cluster {
             shares: Shares::default(),
             ex: ex.clone(),
             local_decisions: AtomicU64::new(0),
+            token,
+            seq: AtomicU64::new(0),
         });
         ex.spawn(keep(Arc::downgrade(&inner), broken)).detach();
         Ok(Cluster { inner })
@@ -142,17 +160,22 @@ impl Cluster {
     pub async fn admit(&self, identity: &str, limits: Limits) -> Result<ClusterSlot, Denied> {
         let i = &self.inner;
         let now = Instant::now();
+        let seq = i.seq.fetch_add(1, Ordering::Relaxed);
         if !i.link.is_up() {
-            return self.admit_locally(identity, limits, now);
+            return self.admit_locally(identity, limits, seq, now);
         }
         let key = i.shares.take(identity, None, now)?;
         let slot = ClusterSlot {
             inner: i.clone(),
-            identity: key,
+            identity: key.clone(),
+            seq,
             release: true,
         };
-        match self.admit_shared(identity, limits).await {
-            Some(Shared::Admitted) => Ok(slot),
+        match self.admit_shared(identity, seq, limits).await {
+            Some(Shared::Admitted) => {
+                i.shares.count(&key, seq);
+                Ok(slot)
+            }
             Some(Shared::OverMax) => Err(slot.forget(Denied::MaxConnections)),
             Some(Shared::OverRate(retry)) => {
                 // Remembered for at most a minute (then Redis is asked again).
@@ -162,35 +185,44 @@ impl Cluster {
                 Err(slot.forget(Denied::RateLimited))
             }
             None => {
-                // Redis failed or was late: decide by the share instead.
+                // Redis failed or was late, and may still count this
+                // member: the share decides, for the same member; a refusal
+                // is told to Redis once it is back.
                 let _ = slot.forget(Denied::RateLimited);
-                self.admit_locally(identity, limits, Instant::now())
+                let decided = self.admit_locally(identity, limits, seq, Instant::now());
+                if decided.is_err() {
+                    i.shares.unreleased(key, seq);
+                }
+                decided
             }
         }
     }
 
-    fn admit_locally(&self, identity: &str, limits: Limits, now: Instant) -> Result<ClusterSlot, Denied> {
+    fn admit_locally(&self, identity: &str, limits: Limits, seq: u64, now: Instant) -> Result<ClusterSlot, Denied> {
         let i = &self.inner;
         let share = share::share(limits, i.settings.instances);
         let key = i.shares.take(identity, Some(share), now)?;
+        // Counted: the next refresh writes it to Redis.
+        i.shares.count(&key, seq);
         i.local_decisions.fetch_add(1, Ordering::Relaxed);
         Ok(ClusterSlot {
             inner: i.clone(),
             identity: key,
+            seq,
             release: true,
         })
     }
 
     /// The admit script; `None` when Redis failed (the link is then down).
-    async fn admit_shared(&self, identity: &str, limits: Limits) -> Option<Shared> {
+    async fn admit_shared(&self, identity: &str, seq: u64, limits: Limits) -> Option<Shared> {
         let i = &self.inner;
         let s = &i.settings;
         let interval_us = (1e6 / limits.connection_rate).min(1e15);
         let ttl_ms = ms(s.liveness_ttl);
         let mut inv = i.scripts.admit.prepare_invoke();
         inv.key(rate_key(&s.prefix, identity))
-            .key(conn_key(&s.prefix, identity));
-        inv.arg(&s.instance)
+            .key(conns_key(&s.prefix, identity));
+        inv.arg(member(&i.token, seq))
             .arg(limits.max_connections)
             .arg(interval_us)
             .arg(limits.burst)
@@ -236,12 +268,16 @@ fn ms(d: Duration) -> u64 {
 pub struct ClusterSlot {
     inner: Arc<Inner>,
     identity: Arc<str>,
+    seq: u64,
     release: bool,
 }
 
 impl std::fmt::Debug for ClusterSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterSlot").field("identity", &self.identity).finish()
+        f.debug_struct("ClusterSlot")
+            .field("identity", &self.identity)
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -256,28 +292,45 @@ impl ClusterSlot {
 impl Drop for ClusterSlot {
     fn drop(&mut self) {
         let i = &self.inner;
-        i.shares.give_back(&self.identity);
-        if !self.release || !i.link.is_up() {
-            return; // the next refresh writes the true count
+        i.shares.give_back(&self.identity, self.seq);
+        if !self.release || i.link.is_closed() {
+            return; // never counted, or this instance left the fleet
+        }
+        if !i.link.is_up() {
+            i.shares.unreleased(self.identity.clone(), self.seq);
+            return;
         }
         let inner = self.inner.clone();
         let identity = self.identity.clone();
+        let seq = self.seq;
         i.ex.spawn(async move {
-            let mut inv = inner.scripts.release.prepare_invoke();
-            inv.key(conn_key(&inner.settings.prefix, &identity))
-                .arg(&inner.settings.instance);
-            let _: Option<i64> = inner
-                .link
-                .call("release", |mut c| async move { inv.invoke_async(&mut c).await })
-                .await;
+            if !remove(&inner, &identity, &[seq]).await {
+                inner.shares.unreleased(identity, seq);
+            }
         })
         .detach();
     }
 }
 
+/// `ZREM`s the members `seqs` of `identity`; false when Redis failed (the
+/// link is then down).
+async fn remove(inner: &Inner, identity: &str, seqs: &[u64]) -> bool {
+    let mut cmd = redis::cmd("ZREM");
+    cmd.arg(conns_key(&inner.settings.prefix, identity));
+    for &seq in seqs {
+        cmd.arg(member(&inner.token, seq));
+    }
+    let done: Option<i64> = inner
+        .link
+        .call("release", |mut c| async move { cmd.query_async(&mut c).await })
+        .await;
+    done.is_some()
+}
+
 /// The keeper: connects (and reconnects, with back-off), then every third
-/// of `liveness_ttl`, or at once after a reconnect, writes this instance's
-/// counts and liveness deadline. Ends when the [`Cluster`] is dropped.
+/// of `liveness_ttl`, or at once after a reconnect, tells Redis of the
+/// closes it missed and renews this instance's connections. Ends when the
+/// [`Cluster`] is dropped.
 async fn keep(weak: Weak<Inner>, broken: channel::Receiver<()>) {
     let mut retry = RETRY_MIN;
     loop {
@@ -301,28 +354,60 @@ async fn keep(weak: Weak<Inner>, broken: channel::Receiver<()>) {
     }
 }
 
-/// Writes what this instance holds of each identity (the true count, and a
-/// fresh liveness deadline); stops at the first failure (the link is then
-/// down and the keeper reconnects).
+/// Tells Redis of the closes it missed, then renews what this instance
+/// counts ([`renew`]); stops at the first failure (the link is then down,
+/// the keeper reconnects, and the untold closes are kept).
 async fn refresh(inner: &Arc<Inner>) {
+    for (identity, seqs) in inner.shares.take_unreleased() {
+        for chunk in seqs.chunks(CHUNK) {
+            if !remove(inner, &identity, chunk).await {
+                for &seq in chunk {
+                    inner.shares.unreleased(identity.clone(), seq);
+                }
+                return;
+            }
+        }
+    }
+    renew(inner, inner.shares.snapshot()).await;
+}
+
+/// Renews the deadline of every connection in `counted` (restoring those
+/// Redis lost), then removes again those that closed meanwhile: their own
+/// removal may have run before the renewal re-added them. Stops at the
+/// first failure.
+async fn renew(inner: &Arc<Inner>, counted: Vec<(Arc<str>, Vec<u64>)>) {
     let ttl_ms = ms(inner.settings.liveness_ttl);
-    for (identity, held) in inner.shares.snapshot() {
-        let mut inv = inner.scripts.refresh.prepare_invoke();
-        inv.key(conn_key(&inner.settings.prefix, &identity))
-            .arg(&inner.settings.instance)
-            .arg(held)
-            .arg(ttl_ms);
-        let done: Option<i64> = inner
-            .link
-            .call("refresh", |mut c| async move { inv.invoke_async(&mut c).await })
-            .await;
-        match done {
-            None => return,
-            Some(_) if held == 0 => inner.shares.zero_reported(&identity),
-            Some(_) => {}
+    for (identity, seqs) in counted {
+        for chunk in seqs.chunks(CHUNK) {
+            let mut inv = inner.scripts.refresh.prepare_invoke();
+            inv.key(conns_key(&inner.settings.prefix, &identity)).arg(ttl_ms);
+            for &seq in chunk {
+                inv.arg(member(&inner.token, seq));
+            }
+            let done: Option<i64> = inner
+                .link
+                .call("refresh", |mut c| async move { inv.invoke_async(&mut c).await })
+                .await;
+            if done.is_none() {
+                return;
+            }
+            let closed: Vec<u64> = chunk
+                .iter()
+                .copied()
+                .filter(|&seq| !inner.shares.counts(&identity, seq))
+                .collect();
+            if !closed.is_empty() && !remove(inner, &identity, &closed).await {
+                for seq in closed {
+                    inner.shares.unreleased(identity.clone(), seq);
+                }
+                return;
+            }
         }
     }
 }
+
+#[cfg(test)]
+mod races;
 
 #[cfg(test)]
 mod tests {

@@ -1,18 +1,25 @@
 //! This instance's part of the shared limits: what it holds per identity
-//! (for the refreshes that keep Redis's counts true), the "over the rate
-//! until T" answers Redis gave, and the local share enforced while Redis
-//! is unreachable (`limit / instances`).
+//! (the connections counted in Redis, which the refreshes renew), the
+//! closes Redis has not been told of yet, the "over the rate until T"
+//! answers Redis gave, and the local share enforced while Redis is
+//! unreachable (`limit / instances`).
 //!
 //! Promises: one entry per identity the caller names (the caller passes
 //! config-bounded names: `[[client]]` names and one name for unlisted
-//! clients), so the map is bounded by the config; the lock is held for a
-//! few arithmetic operations, never across an await.
+//! clients), so the map is bounded by the config, and each entry's set by
+//! the connections open; the closes still to tell Redis are at most
+//! [`UNRELEASED_MAX`] (past that, Redis forgets them by their deadline,
+//! within `liveness_ttl`); the locks are held for a few operations, never
+//! across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::config::Limits;
+
+/// Most closes kept for telling Redis once it is back (a connection each).
+pub(crate) const UNRELEASED_MAX: usize = 65_536;
 
 /// Why a connection is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,21 +33,24 @@ pub enum Denied {
 
 #[derive(Debug)]
 struct Entry {
-    /// Connections of this identity open on this instance.
+    /// Connections of this identity open on this instance, and those
+    /// waiting for Redis's answer.
     held: u32,
+    /// The open ones Redis counts (it said yes), or should count (decided
+    /// by the local share): what a refresh renews, by sequence number.
+    counted: HashSet<u64>,
     /// Redis said: over the rate until then (no round trip before it).
     blocked_until: Option<Instant>,
     /// The local share's GCRA arrival time.
     tat: Instant,
-    /// Redis was told this instance holds none (no refresh needed until
-    /// it holds one again).
-    zero_reported: bool,
 }
 
-/// Per identity state, behind one lock.
+/// Per identity state, behind one lock; the closes Redis missed, behind
+/// another.
 #[derive(Debug, Default)]
 pub(crate) struct Shares {
     map: Mutex<HashMap<Arc<str>, Entry>>,
+    unreleased: Mutex<Vec<(Arc<str>, u64)>>,
 }
 
 /// `limit / instances`, at least 1.
@@ -65,9 +75,9 @@ impl Shares {
                 let k: Arc<str> = Arc::from(identity);
                 let e = Entry {
                     held: 0,
+                    counted: HashSet::new(),
                     blocked_until: None,
                     tat: now,
-                    zero_reported: false,
                 };
                 map.insert(k.clone(), e);
                 k
@@ -95,16 +105,31 @@ impl Shares {
             e.tat = new_tat;
         }
         e.held = e.held.saturating_add(1);
-        e.zero_reported = false;
         Ok(key)
     }
 
-    /// Gives back one connection of `identity`.
-    pub(crate) fn give_back(&self, identity: &str) {
+    /// Connection `seq` of `identity` (taken) is counted in Redis, or
+    /// should be: refreshes renew it from now on.
+    pub(crate) fn count(&self, identity: &str, seq: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(identity) {
+            e.counted.insert(seq);
+        }
+    }
+
+    /// Gives back connection `seq` of `identity` (refused or closed).
+    pub(crate) fn give_back(&self, identity: &str, seq: u64) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get_mut(identity) {
             e.held = e.held.saturating_sub(1);
+            e.counted.remove(&seq);
         }
+    }
+
+    /// Whether connection `seq` of `identity` is still open and counted.
+    pub(crate) fn counts(&self, identity: &str, seq: u64) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(identity).is_some_and(|e| e.counted.contains(&seq))
     }
 
     /// Remembers Redis's "over the rate for `retry`".
@@ -115,27 +140,37 @@ impl Shares {
         }
     }
 
-    /// What this instance holds, per identity: every identity it holds
-    /// connections of, and those it holds none of any more until a refresh
-    /// has said so ([`Shares::zero_reported`]); idle identities cost no
-    /// refresh.
-    pub(crate) fn snapshot(&self) -> Vec<(Arc<str>, u32)> {
+    /// What a refresh renews: the counted connections of every identity
+    /// that has any (idle identities cost no refresh).
+    pub(crate) fn snapshot(&self) -> Vec<(Arc<str>, Vec<u64>)> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
-            .filter(|(_, e)| e.held > 0 || !e.zero_reported)
-            .map(|(k, e)| (k.clone(), e.held))
+            .filter(|(_, e)| !e.counted.is_empty())
+            .map(|(k, e)| (k.clone(), e.counted.iter().copied().collect()))
             .collect()
     }
 
-    /// A refresh wrote "none" for `identity`: skip it until it holds one
-    /// again (unless it already does).
-    pub(crate) fn zero_reported(&self, identity: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get_mut(identity)
-            && e.held == 0
-        {
-            e.zero_reported = true;
+    /// A close (or a refusal Redis may have counted anyway) that Redis
+    /// could not be told of: told at the next refresh. Returns false (and
+    /// keeps nothing) past [`UNRELEASED_MAX`].
+    pub(crate) fn unreleased(&self, identity: Arc<str>, seq: u64) -> bool {
+        let mut v = self.unreleased.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= UNRELEASED_MAX {
+            return false;
         }
+        v.push((identity, seq));
+        true
+    }
+
+    /// The closes to tell Redis of now, by identity (taken: a failed
+    /// telling puts them back).
+    pub(crate) fn take_unreleased(&self) -> HashMap<Arc<str>, Vec<u64>> {
+        let v = std::mem::take(&mut *self.unreleased.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut by: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        for (identity, seq) in v {
+            by.entry(identity).or_default().push(seq);
+        }
+        by
     }
 
     /// Connections of `identity` held here.
@@ -172,9 +207,9 @@ mod tests {
         s.take("a", Some(l), now).expect("1");
         s.take("a", Some(l), now).expect("2");
         assert_eq!(s.take("a", Some(l), now), Err(Denied::MaxConnections));
-        s.give_back("a");
+        s.give_back("a", 0);
         s.take("a", Some(l), now).expect("3: burst");
-        s.give_back("a");
+        s.give_back("a", 0);
         assert_eq!(s.take("a", Some(l), now), Err(Denied::RateLimited), "burst of 3 spent");
         assert!(
             s.take("a", Some(l), now + Duration::from_millis(1100)).is_ok(),
@@ -184,20 +219,40 @@ mod tests {
     }
 
     #[test]
-    fn refreshes_skip_identities_whose_zero_was_reported() {
+    fn refreshes_renew_only_counted_open_connections() {
         let s = Shares::default();
         let now = Instant::now();
-        s.take("a", None, now).expect("a");
+        s.take("a", None, now).expect("a 1");
+        s.take("a", None, now).expect("a 2: Redis has not answered yet");
         s.take("b", None, now).expect("b");
-        s.give_back("b");
-        let mut snap = s.snapshot();
-        snap.sort();
-        assert_eq!(snap, [(Arc::from("a"), 1), (Arc::from("b"), 0)]);
-        s.zero_reported("b");
-        s.zero_reported("a"); // holds one: not skipped
-        assert_eq!(s.snapshot(), [(Arc::from("a"), 1)]);
-        s.take("b", None, now).expect("b again");
-        assert_eq!(s.snapshot().len(), 2, "b holds one again");
+        s.count("a", 1);
+        s.count("b", 7);
+        s.give_back("b", 7);
+        assert_eq!(
+            s.snapshot(),
+            [(Arc::from("a"), vec![1])],
+            "b closed, a's 2nd not counted yet"
+        );
+        assert!(s.counts("a", 1) && !s.counts("a", 2) && !s.counts("b", 7));
+        assert_eq!(s.held("a"), 2);
+        s.give_back("a", 2);
+        assert_eq!(s.held("a"), 1);
+    }
+
+    #[test]
+    fn unreleased_closes_are_bounded_and_grouped() {
+        let s = Shares::default();
+        let a: Arc<str> = Arc::from("a");
+        for seq in 0..UNRELEASED_MAX as u64 {
+            assert!(s.unreleased(a.clone(), seq));
+        }
+        assert!(!s.unreleased(a.clone(), u64::MAX), "full: left to the deadline");
+        assert!(!s.unreleased(Arc::from("b"), 1), "for every identity");
+        let by = s.take_unreleased();
+        assert_eq!(by.get("a").map(Vec::len), Some(UNRELEASED_MAX));
+        assert!(s.take_unreleased().is_empty(), "taken");
+        assert!(s.unreleased(Arc::from("b"), 1));
+        assert_eq!(s.take_unreleased().get("b"), Some(&vec![1]));
     }
 
     #[test]

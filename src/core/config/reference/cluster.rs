@@ -77,7 +77,7 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
         kind: Text,
         absent: Is(r#""tlb""#),
         example: r#""tlb-prod""#,
-        doc: "First part of every key (`PREFIX:{IDENTITY}:rate`, `PREFIX:{IDENTITY}:conn`). Two fleets that \
+        doc: "First part of every key (`PREFIX:{IDENTITY}:rate`, `PREFIX:{IDENTITY}:conns`). Two fleets that \
               share one Redis but not their limits use two prefixes; 1 to 64 bytes, no spaces or braces.",
     },
     KeyDoc {
@@ -87,9 +87,10 @@ pub(super) const CLUSTER: &[KeyDoc] = &[
             "host name and first listen address: `lb-a/0.0.0.0:8443`; with `reuse_port`, the process id too: `lb-a/0.0.0.0:8443/pid=4242`",
         ),
         example: r#""lb-a""#,
-        doc: "This instance's name in the shared counts; unique in the fleet (two instances with one name \
-              overwrite each other's counts). What a crashed process left is forgotten within `liveness_ttl`, \
-              sooner once the instance restarted under its name refreshes.",
+        doc: "This instance's name in the shared counts (each connection it holds is counted as \
+              `INSTANCE#TOKEN:SEQ`, the token random per process, so two processes with one name still count \
+              apart; a name unique in the fleet keeps Redis readable), in logs and in `/status`. What a crashed \
+              process left is forgotten within `liveness_ttl`.",
     },
     KeyDoc {
         name: "instances",
