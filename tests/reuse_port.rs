@@ -25,7 +25,14 @@ fn config(lab: &Lab, listen: SocketAddr, admin: SocketAddr, reuse_port: bool) ->
             reuse_port: Some(reuse_port),
             ..app_section("echo", listen, &[], &ups(&p))
         })
-        .client(client_section("client1", &["echo"], ""))
+        // Above the default rate (20/s, burst 40): one process can take
+        // most of the 60 quick connections, and a refusal would be read as
+        // a connection lost to the other process.
+        .client(client_section(
+            "client1",
+            &["echo"],
+            "connection_rate = 1000\nburst = 1000",
+        ))
         .render()
 }
 
