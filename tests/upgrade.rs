@@ -3,14 +3,15 @@
 //! socket`: no connection refused or failed, a connection open on the old
 //! process finishes there, the old process exits 0 after its drain, the
 //! new one serves the app and the admin endpoint; `--upgrade` with nothing
-//! running says so.
+//! running says so; a SIGHUP the moment the port accepts reloads (the
+//! handler is in place before anything listens) and does not kill.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use tlb::core::tools::client::{ClientOptions, connect_to, exchange};
@@ -309,4 +310,46 @@ fn an_upgrade_is_handed_the_listener_a_reload_added_and_not_one_it_removed() {
     let status = new.wait_for(Duration::from_secs(30)).expect("the second process exits");
     assert!(status.success(), "{status:?}");
     assert!(std::net::TcpStream::connect(added).is_err(), "{added} is still served");
+}
+
+/// Whether process `pid` catches SIGHUP now (bit 0 of `SigCgt` in
+/// /proc/PID/status, a hex mask of the signals with a handler).
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(str::trim)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .expect("a SigCgt line");
+    mask & 1 == 1
+}
+
+/// A reload sent the moment the port accepts (what a service manager's
+/// reload right after start does) reloads: the handler is installed before
+/// anything listens, so SIGHUP never meets its default action (exit). The
+/// handler state is read at the first accepted probe (the ports are polled
+/// every millisecond), on three starts.
+#[test]
+fn a_sighup_the_moment_the_port_accepts_reloads_and_does_not_kill() {
+    let s = setup();
+    for k in 1..=3 {
+        let (mut p, log) = serve(&s, &format!("hup-{k}"), &[]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(s.listen).is_err() {
+            assert!(p.child.try_wait().ok().flatten().is_none(), "exited: {}", read(&log));
+            assert!(Instant::now() < deadline, "not listening: {}", read(&log));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            catches_sighup(p.id()),
+            "start {k}: the port accepts before SIGHUP is handled"
+        );
+        p.signal("HUP");
+        wait_until("the reload", T, || read(&log).contains("reloaded"));
+        assert!(p.child.try_wait().ok().flatten().is_none(), "{}", read(&log));
+        p.signal("TERM");
+        let status = p.wait_for(Duration::from_secs(30)).expect("exits on SIGTERM");
+        assert!(status.success(), "{status:?}: {}", read(&log));
+    }
 }

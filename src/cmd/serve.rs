@@ -52,6 +52,11 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}: OK ({summary})", args.config.display());
         return Ok(());
     }
+    // Handlers first, before any socket listens: a SIGHUP sent as soon as
+    // the port accepts (a reload right after start) must reload, not kill
+    // the process (the default action); one that arrives before serving
+    // starts is handled then.
+    let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).context("installing signal handlers")?;
     // Sockets handed over (by the running instance, or systemd) serve their
     // addresses; the rest are bound here.
     let (mut inherited, upgrade) = if args.upgrade {
@@ -103,8 +108,6 @@ pub fn run(args: Args) -> Result<()> {
         "tlb serve: {summary}; {} worker thread(s), open-file limit {fds}",
         rt.threads()
     );
-    // Register signal handlers before serving so none is missed.
-    let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).context("installing signal handlers")?;
     let config_path = args.config.clone();
     let srv = server.clone();
     let (drain_tx, drain_rx) = smol::channel::bounded::<()>(1);
