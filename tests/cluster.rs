@@ -206,7 +206,13 @@ fn redis_stopped_means_the_local_share_and_restarted_means_shared_limits() {
     let st = a.status();
     assert_eq!((st.mode, st.up), ("local", false), "{st:?}");
     assert!(st.errors >= 1 && st.local_decisions >= 2, "{st:?}");
+    // B holds nothing, so only its keeper's PING (every third of the TTL)
+    // can tell it Redis is gone: its /status must say so all the same.
+    wait_until("idle B notices Redis is gone", TTL, || !b.is_up());
     redis.restart().expect("restarting redis-server");
+    // Up again on a new connection (B's old one died with the server: a
+    // first admit on it would be decided locally, and counted in Redis
+    // only at B's next refresh).
     wait_until("A and B reach Redis again", Duration::from_secs(10), || {
         a.is_up() && b.is_up()
     });

@@ -17,7 +17,9 @@
 //! gets `limit / instances` on this instance, and a background keeper
 //! reconnects on its own; every third of `liveness_ttl` the keeper renews
 //! the deadline of every connection this instance holds (and writes back
-//! those Redis lost), so connections of crashed instances are forgotten
+//! those Redis lost), or `PING`s Redis when it holds none (so `/status`
+//! of an idle instance says when Redis is gone), so connections of crashed
+//! instances are forgotten
 //! within `liveness_ttl`, and Redis counts each open connection once
 //! whatever order its writes arrive in (one member per connection: see
 //! [`scripts`]).
@@ -329,8 +331,8 @@ async fn remove(inner: &Inner, identity: &str, seqs: &[u64]) -> bool {
 
 /// The keeper: connects (and reconnects, with back-off), then every third
 /// of `liveness_ttl`, or at once after a reconnect, tells Redis of the
-/// closes it missed and renews this instance's connections. Ends when the
-/// [`Cluster`] is dropped.
+/// closes it missed and renews this instance's connections (or checks
+/// that Redis answers). Ends when the [`Cluster`] is dropped.
 async fn keep(weak: Weak<Inner>, broken: channel::Receiver<()>) {
     let mut retry = RETRY_MIN;
     loop {
@@ -355,10 +357,25 @@ async fn keep(weak: Weak<Inner>, broken: channel::Receiver<()>) {
 }
 
 /// Tells Redis of the closes it missed, then renews what this instance
-/// counts ([`renew`]); stops at the first failure (the link is then down,
-/// the keeper reconnects, and the untold closes are kept).
+/// counts ([`renew`]), or, holding nothing, `PING`s it: an idle instance
+/// also notices a Redis that went away (and says so in `/status`) within a
+/// third of `liveness_ttl`, rather than at its next connection. Stops at
+/// the first failure (the link is then down, the keeper reconnects, and
+/// the untold closes are kept).
 async fn refresh(inner: &Arc<Inner>) {
-    for (identity, seqs) in inner.shares.take_unreleased() {
+    let untold = inner.shares.take_unreleased();
+    let counted = inner.shares.snapshot();
+    if untold.is_empty() && counted.is_empty() {
+        let _: Option<String> = inner
+            .link
+            .call(
+                "ping",
+                |mut c| async move { redis::cmd("PING").query_async(&mut c).await },
+            )
+            .await;
+        return;
+    }
+    for (identity, seqs) in untold {
         for chunk in seqs.chunks(CHUNK) {
             if !remove(inner, &identity, chunk).await {
                 for &seq in chunk {
@@ -368,7 +385,7 @@ async fn refresh(inner: &Arc<Inner>) {
             }
         }
     }
-    renew(inner, inner.shares.snapshot()).await;
+    renew(inner, counted).await;
 }
 
 /// Renews the deadline of every connection in `counted` (restoring those
