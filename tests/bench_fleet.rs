@@ -243,6 +243,7 @@ fn interrupted(signals: usize) {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         "redis-server serves"
     );
+    assert_eq!(redis_pids(port).len(), 1, "its process is found by its port");
     child.signal("INT");
     if signals > 1 {
         wait_for_line(&stderr, "tlb bench: stopping", Duration::from_secs(30), &mut seen);
@@ -261,9 +262,12 @@ fn interrupted(signals: usize) {
         "TMPDIR left with {:?}",
         entries(tmp.path())
     );
+    // The process, not the port: once freed, the port may be bound by
+    // another test's server at once.
     assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "redis-server still serves on {port} after tlb bench exited: {seen:?}"
+        redis_pids(port).is_empty(),
+        "redis-server of port {port} still runs (pids {:?}) after tlb bench exited: {seen:?}",
+        redis_pids(port)
     );
 }
 
@@ -279,4 +283,24 @@ fn a_second_sigint_quits_at_once_and_still_removes_redis_and_the_lab() {
     if redis_or_skip("a_second_sigint_quits_at_once_and_still_removes_redis_and_the_lab") {
         interrupted(2);
     }
+}
+
+/// The pids of the `redis-server` processes serving `PORT`, from
+/// /proc/PID/cmdline: redis-server retitles itself `redis-server
+/// 127.0.0.1:PORT`; its arguments (`--port PORT`) are matched too.
+fn redis_pids(port: u16) -> Vec<u32> {
+    let addr = format!("127.0.0.1:{port}");
+    let port = port.to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                let words: Vec<&str> = c.split(['\0', ' ']).filter(|w| !w.is_empty()).collect();
+                words.first().is_some_and(|w| w.ends_with("redis-server"))
+                    && (words.contains(&addr.as_str()) || words.windows(2).any(|w| w == ["--port", port.as_str()]))
+            })
+        })
+        .collect()
 }

@@ -61,10 +61,13 @@ impl RedisKiller {
     }
 }
 
-/// Kills and reaps the child in `slot`, if any.
+/// Kills and reaps the child in `slot`, if any, under the lock: a second
+/// caller (a signal handler quitting at once, the owner's drop) waits until
+/// the server is gone rather than finding the slot empty and exiting the
+/// process before the first one's kill was sent.
 fn kill(slot: &Mutex<Option<Child>>) {
-    let child = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(mut c) = child {
+    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(mut c) = guard.take() {
         let _ = c.kill();
         let _ = c.wait();
     }
