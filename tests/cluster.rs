@@ -22,15 +22,10 @@ const TTL: Duration = Duration::from_secs(1);
 
 fn settings(redis: &RedisServer, instance: &str) -> ClusterSettings {
     ClusterSettings {
-        redis: redis.url(),
-        password: None,
-        ca: None,
-        cert_key: None,
-        prefix: "tlb".into(),
-        instance: instance.into(),
         instances: 2,
         timeout: TIMEOUT,
         liveness_ttl: TTL,
+        ..ClusterSettings::new(redis.url(), instance)
     }
 }
 

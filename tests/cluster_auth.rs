@@ -73,15 +73,10 @@ impl Certs {
 
 fn settings(redis: &RedisServer, instance: &str) -> ClusterSettings {
     ClusterSettings {
-        redis: redis.url(),
-        password: None,
-        ca: None,
-        cert_key: None,
-        prefix: "tlb".into(),
-        instance: instance.into(),
         instances: 2,
         timeout: Duration::from_millis(200),
         liveness_ttl: Duration::from_secs(1),
+        ..ClusterSettings::new(redis.url(), instance)
     }
 }
 

@@ -19,10 +19,9 @@
 //! the deadline of every connection this instance holds (and writes back
 //! those Redis lost), or `PING`s Redis when it holds none (so `/status`
 //! of an idle instance says when Redis is gone), so connections of crashed
-//! instances are forgotten
-//! within `liveness_ttl`, and Redis counts each open connection once
-//! whatever order its writes arrive in (one member per connection: see
-//! [`scripts`]).
+//! instances are forgotten within `liveness_ttl`, and Redis counts each
+//! open connection once whatever order its writes arrive in (one member
+//! per connection: see [`scripts`]).
 
 pub(crate) mod dial;
 pub(crate) mod link;
@@ -305,18 +304,15 @@ impl Drop for ClusterSlot {
         let inner = self.inner.clone();
         let identity = self.identity.clone();
         let seq = self.seq;
-        i.ex.spawn(async move {
-            if !remove(&inner, &identity, &[seq]).await {
-                inner.shares.unreleased(identity, seq);
-            }
-        })
-        .detach();
+        i.ex.spawn(async move { remove(&inner, &identity, &[seq]).await })
+            .detach();
     }
 }
 
-/// `ZREM`s the members `seqs` of `identity`; false when Redis failed (the
-/// link is then down).
-async fn remove(inner: &Inner, identity: &str, seqs: &[u64]) -> bool {
+/// `ZREM`s the members `seqs` of `identity`; when Redis fails (the link is
+/// then down, and a call on a down link fails at once) they are kept to be
+/// told at the next refresh, so no close is lost.
+async fn remove(inner: &Inner, identity: &Arc<str>, seqs: &[u64]) {
     let mut cmd = redis::cmd("ZREM");
     cmd.arg(conns_key(&inner.settings.prefix, identity));
     for &seq in seqs {
@@ -326,7 +322,11 @@ async fn remove(inner: &Inner, identity: &str, seqs: &[u64]) -> bool {
         .link
         .call("release", |mut c| async move { cmd.query_async(&mut c).await })
         .await;
-    done.is_some()
+    if done.is_none() {
+        for &seq in seqs {
+            inner.shares.unreleased(identity.clone(), seq);
+        }
+    }
 }
 
 /// The keeper: connects (and reconnects, with back-off), then every third
@@ -360,8 +360,8 @@ async fn keep(weak: Weak<Inner>, broken: channel::Receiver<()>) {
 /// counts ([`renew`]), or, holding nothing, `PING`s it: an idle instance
 /// also notices a Redis that went away (and says so in `/status`) within a
 /// third of `liveness_ttl`, rather than at its next connection. Stops at
-/// the first failure (the link is then down, the keeper reconnects, and
-/// the untold closes are kept).
+/// the first failure of a renewal (the link is then down and the keeper
+/// reconnects); closes it could not tell are kept ([`remove`]).
 async fn refresh(inner: &Arc<Inner>) {
     let untold = inner.shares.take_unreleased();
     let counted = inner.shares.snapshot();
@@ -375,17 +375,16 @@ async fn refresh(inner: &Arc<Inner>) {
             .await;
         return;
     }
+    // Every chunk is tried: after a failure the rest fail at once and are
+    // kept with it.
     for (identity, seqs) in untold {
         for chunk in seqs.chunks(CHUNK) {
-            if !remove(inner, &identity, chunk).await {
-                for &seq in chunk {
-                    inner.shares.unreleased(identity.clone(), seq);
-                }
-                return;
-            }
+            remove(inner, &identity, chunk).await;
         }
     }
-    renew(inner, counted).await;
+    if inner.link.is_up() {
+        renew(inner, counted).await;
+    }
 }
 
 /// Renews the deadline of every connection in `counted` (restoring those
@@ -413,11 +412,8 @@ async fn renew(inner: &Arc<Inner>, counted: Vec<(Arc<str>, Vec<u64>)>) {
                 .copied()
                 .filter(|&seq| !inner.shares.counts(&identity, seq))
                 .collect();
-            if !closed.is_empty() && !remove(inner, &identity, &closed).await {
-                for seq in closed {
-                    inner.shares.unreleased(identity.clone(), seq);
-                }
-                return;
+            if !closed.is_empty() {
+                remove(inner, &identity, &closed).await;
             }
         }
     }

@@ -28,15 +28,10 @@ fn redis_or_skip(test: &str) -> Option<RedisServer> {
 
 fn settings(redis: &RedisServer) -> ClusterSettings {
     ClusterSettings {
-        redis: redis.url(),
-        password: None,
-        ca: None,
-        cert_key: None,
-        prefix: "tlb".into(),
-        instance: "a".into(),
         instances: 2,
         timeout: Duration::from_secs(2),
         liveness_ttl: TTL,
+        ..ClusterSettings::new(redis.url(), "a")
     }
 }
 

@@ -141,6 +141,25 @@ pub struct ClusterSettings {
     pub liveness_ttl: Duration,
 }
 
+impl ClusterSettings {
+    /// Instance `instance` on `redis` with every other key at its default
+    /// (no password, no TLS files, fleet of 1), as `[cluster] redis =
+    /// REDIS` and `instance = INSTANCE` alone would give.
+    pub fn new(redis: impl Into<String>, instance: impl Into<String>) -> ClusterSettings {
+        ClusterSettings {
+            redis: redis.into(),
+            password: None,
+            ca: None,
+            cert_key: None,
+            prefix: DEFAULT_CLUSTER_PREFIX.to_string(),
+            instance: instance.into(),
+            instances: DEFAULT_CLUSTER_INSTANCES,
+            timeout: DEFAULT_CLUSTER_TIMEOUT,
+            liveness_ttl: DEFAULT_LIVENESS_TTL,
+        }
+    }
+}
+
 /// Default `[cluster] prefix`.
 pub const DEFAULT_CLUSTER_PREFIX: &str = "tlb";
 /// Default `[cluster] instances`.
